@@ -1,0 +1,137 @@
+"""Torch reference twin of the fused early-exit scorer.
+
+Everything the Triton kernel computes is defined here first, in plain torch and fp32:
+
+* ``vocab_partial_stats`` -- per-row online-softmax statistics over one slice of the vocabulary
+  (running max ``m``, ``s = sum exp(z - m)``, ``q = sum (z - m) exp(z - m)`` and the target logit);
+* ``merge_vocab_stats`` -- the deterministic merge of such partials (vocabulary split across
+  programs, or across tensor-parallel ranks in Megatron style);
+* ``finish_token_scores`` -- cross-entropy ``lse - z[target]`` or entropy ``log s - q / s``;
+* ``reduce_to_sequences`` -- per-sequence mean over labelled positions, ``-inf`` where none.
+
+The logits here *are* materialised (a chunk of rows at a time); avoiding that is the kernel's job.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+CRITERIA = ("loss", "entropy")
+_ROW_CHUNK = 8192  # rows of logits materialised at once by the reference
+
+
+class VocabStats(NamedTuple):
+    """Online-softmax statistics of rows of logits ``z`` over a slice of the vocabulary (fp32, [N])."""
+
+    max: torch.Tensor  # m = max_v z_v
+    sumexp: torch.Tensor  # s = sum_v exp(z_v - m)
+    sumzexp: torch.Tensor  # q = sum_v (z_v - m) exp(z_v - m)
+    target_logit: torch.Tensor  # z[target] if the target falls in this slice, else 0
+
+
+def check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
+def compact_labelled(labels: torch.Tensor):
+    """Flat row indices and sequence ids of the labelled positions of ``labels`` [B, S].
+
+    On a CUDA tensor this is one host synchronisation (the count is data dependent); the engine
+    calls it on the host copy of the labels, before the batch is moved to the device.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [batch, seq], got shape {tuple(labels.shape)}")
+    flat = torch.nonzero(labels.reshape(-1) != IGNORE_INDEX, as_tuple=False).squeeze(1)
+    return flat, torch.div(flat, labels.shape[1], rounding_mode="floor")
+
+
+def vocab_partial_stats(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    vocab_start: int = 0,
+) -> VocabStats:
+    """Statistics of ``z = rows @ weight.T + bias`` for the vocabulary slice ``weight`` [V_s, H].
+
+    ``targets`` are global vocabulary ids; ``vocab_start`` is the id of ``weight[0]``.
+    """
+    n, v = rows.shape[0], weight.shape[0]
+    outs = []
+    w = weight.float()
+    b = None if bias is None else bias.float()
+    for lo in range(0, max(n, 1), _ROW_CHUNK):
+        z = torch.nn.functional.linear(rows[lo : lo + _ROW_CHUNK].float(), w, b)
+        m = z.max(dim=1).values
+        e = torch.exp(z - m[:, None])
+        s = e.sum(dim=1)
+        q = ((z - m[:, None]) * e).sum(dim=1)
+        local = targets[lo : lo + _ROW_CHUNK].long() - vocab_start
+        inside = (local >= 0) & (local < v)
+        zt = torch.gather(z, 1, local.clamp(0, v - 1)[:, None]).squeeze(1)
+        outs.append((m, s, q, torch.where(inside, zt, torch.zeros_like(zt))))
+    if n == 0:
+        empty = rows.new_zeros(0, dtype=torch.float32)
+        return VocabStats(empty, empty, empty, empty)
+    return VocabStats(*(torch.cat(parts) for parts in zip(*outs)))
+
+
+def merge_vocab_stats(parts: Sequence[VocabStats]) -> VocabStats:
+    """Merge statistics of disjoint vocabulary slices, in the order given (deterministic).
+
+    A tensor-parallel caller does the same with collectives: all-reduce(max) of ``max``, then
+    rescales ``sumexp``/``sumzexp`` to the global max and all-reduces the sums (and ``target_logit``).
+    """
+    m = torch.stack([p.max for p in parts]).amax(dim=0)
+    s = torch.zeros_like(m)
+    q = torch.zeros_like(m)
+    zt = torch.zeros_like(m)
+    for p in parts:
+        scale = torch.exp(p.max - m)
+        s = s + p.sumexp * scale
+        # sum (z - m) e^{z - m} = e^{m_i - m} * (q_i + (m_i - m) s_i)
+        q = q + scale * (p.sumzexp + (p.max - m) * p.sumexp)
+        zt = zt + p.target_logit
+    return VocabStats(m, s, q, zt)
+
+
+def finish_token_scores(stats: VocabStats, criterion: str) -> torch.Tensor:
+    """Cross-entropy (``logsumexp(z) - z[target]``) or entropy (``log s - q / s``) per row."""
+    check_criterion(criterion)
+    if criterion == "loss":
+        return stats.max + torch.log(stats.sumexp) - stats.target_logit
+    return torch.log(stats.sumexp) - stats.sumzexp / stats.sumexp
+
+
+def reduce_to_sequences(token_scores: torch.Tensor, seq_index: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """Mean of ``token_scores`` per sequence id; ``-inf`` for a sequence with no row. No host sync."""
+    total = torch.zeros(num_seqs, dtype=torch.float32, device=token_scores.device)
+    count = torch.zeros(num_seqs, dtype=torch.float32, device=token_scores.device)
+    total.index_add_(0, seq_index, token_scores.float())
+    count.index_add_(0, seq_index, torch.ones_like(token_scores, dtype=torch.float32))
+    return torch.where(count > 0, total / count.clamp_min(1.0), torch.full_like(total, float("-inf")))
+
+
+def token_scores_torch(rows, weight, bias, targets, criterion: str = "loss") -> torch.Tensor:
+    """Per-row CE or entropy through the vocab head, fp32, logits materialised."""
+    check_criterion(criterion)
+    return finish_token_scores(vocab_partial_stats(rows, weight, bias, targets), criterion)
+
+
+def packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion="loss"):
+    return reduce_to_sequences(token_scores_torch(rows, weight, bias, targets, criterion), seq_index, num_seqs)
+
+
+def select_topk_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores, largest first; non-finite scores rank below every
+    finite one; ties go to the lower index (a stable descending sort)."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
+    if not 0 <= k <= scores.numel():
+        raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
+    key = scores if scores.dtype == torch.float64 else scores.float()
+    key = torch.where(torch.isfinite(key), key, torch.full_like(key, float("-inf")))
+    return torch.sort(key, descending=True, stable=True).indices[:k]

@@ -1,0 +1,30 @@
+"""sift_ds: SIFT (sample sifting via early exiting) for DeepSpeed BERT-class pretraining."""
+from setuptools import setup
+
+setup(
+    name="sift_ds",
+    version="0.1.0",
+    description="SIFT sample sifting via early exiting, as a DeepSpeed engine extension",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    # kernels/ is installed as the subpackage sift_ds.kernels, never as a top-level `kernels`.
+    packages=["sift_ds", "sift_ds.kernels"],
+    package_dir={"sift_ds": "sift_ds", "sift_ds.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "transformers>=4.40",
+        "datasets>=2.18",
+        "tokenizers>=0.15",
+        "tqdm",
+        "numpy",
+    ],
+    extras_require={
+        # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
+        "triton": ["triton>=3.0"],
+        "tensorboard": ["tensorboard"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard"],
+    },
+)
