@@ -1,0 +1,78 @@
+"""Every bad "sift" value is rejected by sift_ds.initialize with a ValueError naming the key."""
+import json
+
+import pytest
+
+import sift_ds
+from tiny import ds_config, tiny_bert
+
+
+def test_defaults_match_the_paper():
+    cfg = sift_ds.SiftConfig()
+    assert (cfg.enabled, cfg.criterion, cfg.exit_layer, cfg.keep_ratio, cfg.scope) == (True, "loss", 1, 0.5, "global")
+    assert cfg.gross_batch_size(32) == 64
+
+
+BAD = [
+    ({"enabled": "yes"}, "sift.enabled"),
+    ({"enabled": 1}, "sift.enabled"),
+    ({"criterion": "mse"}, "sift.criterion"),
+    ({"exit_layer": 0}, "sift.exit_layer"),
+    ({"exit_layer": 1.5}, "sift.exit_layer"),
+    ({"exit_layer": True}, "sift.exit_layer"),
+    ({"exit_layer": 4}, "sift.exit_layer=4 exceeds the model's depth"),
+    ({"keep_ratio": 0}, "sift.keep_ratio"),
+    ({"keep_ratio": 1.5}, "sift.keep_ratio"),
+    ({"keep_ratio": "half"}, "sift.keep_ratio"),
+    ({"keep_ratio": 0.3}, "sift.keep_ratio=0.3 with train_micro_batch_size_per_gpu=4"),
+    ({"warmup_steps": -1}, "sift.warmup_steps"),
+    ({"warmup_steps": 2.0}, "sift.warmup_steps"),
+    ({"scope": "node"}, "sift.scope"),
+    ({"kernel": "cuda"}, "sift.kernel"),
+    ({"seed": "x"}, "sift.seed"),
+    ({"topk": 3}, "unknown key(s) in ds_config 'sift' section: ['topk']"),
+]
+
+
+@pytest.mark.parametrize("section,message", BAD, ids=[m.split()[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_value_names_the_key(section, message):
+    cfg = ds_config(micro=4)
+    cfg["sift"] = section
+    with pytest.raises(ValueError) as err:
+        sift_ds.initialize(model=tiny_bert(layers=3), config=cfg)
+    assert message in str(err.value)
+
+
+def test_sift_section_must_be_an_object():
+    cfg = ds_config()
+    cfg["sift"] = [1]
+    with pytest.raises(ValueError, match="'sift' must be a JSON object"):
+        sift_ds.initialize(model=tiny_bert(), config=cfg)
+
+
+def test_gross_batch_from_train_batch_size(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = {"train_batch_size": 12, "gradient_accumulation_steps": 2, "sift": {"keep_ratio": 0.4}}
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=3 gives a gross batch of 7.5"):
+        sift_ds.initialize(model=tiny_bert(), config=cfg)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ValueError, match="nope.json"):
+        sift_ds.initialize(model=tiny_bert(), config=str(missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        sift_ds.initialize(model=tiny_bert(), config=str(bad))
+    good = tmp_path / "cfg.json"
+    good.write_text(json.dumps({**ds_config(), "sift": {"scope": "everywhere"}}))
+    with pytest.raises(ValueError, match="sift.scope"):
+        sift_ds.initialize(model=tiny_bert(), config=str(good))
+
+
+def test_model_without_adapter_is_explained():
+    import torch
+
+    with pytest.raises(TypeError, match="pass adapter="):
+        sift_ds.initialize(model=torch.nn.Linear(2, 2), config=ds_config())

@@ -1,0 +1,111 @@
+"""engine.select keeps exactly the top-k of early-exit scores computed by a direct HF forward."""
+import math
+
+import pytest
+import torch
+
+import sift_ds
+from tiny import VOCAB, ds_config, mlm_batch, tiny_bert
+
+LAYERS = 3
+
+
+def hf_reference_scores(model, batch, exit_layer, criterion):
+    """float64 scores from ``output_hidden_states`` at layer k and ``cls.predictions`` on every position."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], output_hidden_states=True)
+        logits = model.cls.predictions(out.hidden_states[exit_layer]).double()
+    model.train(was_training)
+    logp = torch.log_softmax(logits, -1)
+    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
+        -logp.gather(-1, batch["labels"].clamp_min(0)[..., None]).squeeze(-1)
+    mask = batch["labels"] != -100
+    total = (per_token * mask).sum(1)
+    count = mask.sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
+
+
+@pytest.fixture(scope="module")
+def engines(single_rank_dist):
+    made = {}
+
+    def get(criterion, exit_layer, keep_ratio=0.5):
+        key = (criterion, exit_layer, keep_ratio)
+        if key not in made:
+            model = tiny_bert(layers=LAYERS)
+            cfg = ds_config(micro=4, criterion=criterion, exit_layer=exit_layer, keep_ratio=keep_ratio, scope="local")
+            made[key] = sift_ds.initialize(model=model, config=cfg)[0]
+        return made[key]
+
+    return get
+
+
+@pytest.mark.parametrize("criterion", ["loss", "entropy"])
+@pytest.mark.parametrize("exit_layer", [1, 2, LAYERS])
+def test_kept_rows_are_topk_of_hf_scores(engines, criterion, exit_layer):
+    engine = engines(criterion, exit_layer)
+    batch = mlm_batch(engine.gross_batch_size, seed=exit_layer)
+    sel = engine.select(batch)
+    ref = hf_reference_scores(engine.module, batch, exit_layer, criterion)
+
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(sel.scores), finite)
+    torch.testing.assert_close(sel.scores[finite].double(), ref[finite], atol=1e-4, rtol=1e-4)
+
+    order = sorted(range(len(ref)), key=lambda i: (ref[i].item(), -i), reverse=True)
+    expected = sorted(order[: engine.micro_batch_size])
+    assert sel.indices.tolist() == expected
+    for key, value in batch.items():
+        assert torch.equal(sel.batch[key], value[expected]), key
+    # The selected rows are not the trivially first ones, and the no-label row is never kept.
+    assert len(batch["labels"]) // 2 not in expected
+
+
+def test_train_step_telemetry_and_dropout_restored(engines):
+    engine = engines("loss", 1)
+    engine.module.train()
+    batch = mlm_batch(engine.gross_batch_size, seed=7)
+    loss = engine.train_step(batch)
+    assert torch.isfinite(loss)
+    assert engine.module.training and all(m.training for m in engine.module.modules())
+    stats = engine.stats
+    assert stats["sift/kept_fraction"] == 0.5
+    assert stats["sift/nonfinite_scores"] == 1.0  # the row with no labelled position
+    assert stats["sift/score_kept_mean"] >= stats["sift/score_dropped_mean"]
+    assert 0.0 < stats["sift/selection_share"] < 1.0
+    assert stats["sift/warmup"] == 0.0
+
+
+def test_gross_batch_of_wrong_size_is_rejected(engines):
+    engine = engines("loss", 1)
+    with pytest.raises(ValueError, match="gross batch of 8"):
+        engine.select(mlm_batch(5))
+
+
+def test_keep_ratio_one_keeps_everything(engines):
+    engine = engines("entropy", 1, keep_ratio=1.0)
+    batch = mlm_batch(4, seed=3)
+    sel = engine.select(batch)
+    assert sel.indices.tolist() == [0, 1, 2, 3]
+
+
+def test_warmup_keeps_uniform_random_subset(single_rank_dist):
+    model = tiny_bert(layers=2)
+    engine = sift_ds.initialize(model=model, config=ds_config(micro=4, warmup_steps=3, scope="local"))[0]
+    seen = set()
+    for step in range(3):
+        batch = mlm_batch(8, seed=step)
+        sel = engine.select(batch)
+        assert sel.warmup and torch.isnan(sel.scores).all()
+        assert len(sel.indices) == 4 and len(set(sel.indices.tolist())) == 4
+        seen.update(sel.indices.tolist())
+        engine.train_step(batch)
+        assert engine.stats["sift/warmup"] == 1.0
+    assert len(seen) > 4  # not a fixed subset
+    batch = mlm_batch(8, seed=9)
+    sel = engine.select(batch)
+    labelled_rows = (batch["labels"] != -100).any(1)
+    assert not sel.warmup and torch.equal(torch.isfinite(sel.scores), labelled_rows)

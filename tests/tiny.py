@@ -1,0 +1,49 @@
+"""Debug-size BERT and synthetic MLM batches shared by the engine tests."""
+import torch
+
+from sift_ds.models import build_bert
+
+VOCAB = 97
+
+
+def tiny_bert(layers=3, objective="mlm", seed=0, dropout=0.1):
+    torch.manual_seed(seed)
+    return build_bert("tiny", vocab_size=VOCAB, objective=objective, max_position_embeddings=64,
+                      dropout=dropout, num_hidden_layers=layers)
+
+
+def mlm_batch(rows, seq=16, seed=0, pad=True, empty_row=True, p_mask=0.2):
+    """Token ids with a learnable pattern, 15-20% labelled positions, some padding, and (optionally)
+    one row with no labelled position."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(5, VOCAB, (rows, 1), generator=g)
+    steps = torch.arange(seq)[None, :]
+    ids = 5 + (start + 7 * steps) % (VOCAB - 5)
+    noise = torch.rand(rows, seq, generator=g) < 0.1
+    ids = torch.where(noise, torch.randint(5, VOCAB, (rows, seq), generator=g), ids)
+    attention = torch.ones_like(ids)
+    if pad:
+        lengths = torch.randint(seq // 2, seq + 1, (rows,), generator=g)
+        attention = (steps < lengths[:, None]).long()
+        ids = ids * attention  # pad id 0
+    labels = torch.where((torch.rand(rows, seq, generator=g) < p_mask) & (attention == 1), ids, torch.full_like(ids, -100))
+    if empty_row:
+        labels[rows // 2] = -100
+    inputs = torch.where(labels != -100, torch.full_like(ids, 4), ids)  # [MASK] = 4
+    return {"input_ids": inputs, "attention_mask": attention, "token_type_ids": torch.zeros_like(ids), "labels": labels}
+
+
+def ds_config(micro=4, gas=1, stage=0, dtype="fp32", **sift):
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": gas,
+        "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": 1.0,
+        "sift": {"exit_layer": 1, **sift},
+    }
+    if dtype == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif dtype == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
+    return cfg
