@@ -1,0 +1,43 @@
+# The two commands of the README. Both set up everything on a fresh machine first.
+#   make train   -- a small SIFT pretraining (tiny BERT, embedded corpus, 2 CPU ranks)
+#   make test    -- the test suite (CPU: DeepSpeed on gloo, Triton under TRITON_INTERPRET=1)
+VENV        ?= .venv
+PYTHON      ?= python3
+BIN         := $(VENV)/bin
+TORCH_PIN   ?= torch==2.13.0
+DEEPSPEED   ?= deepspeed==0.19.8
+NUM_GPUS    ?= 2
+DS_CONFIG   ?= ds_configs/tiny_cpu_sift.json
+RUN_DIR     ?= runs/tiny_sift
+export PIP_CONSTRAINT := $(CURDIR)/.ci/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed on the CPU (gloo) unless a GPU is visible; override with DS_ACCELERATOR=...
+DS_ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+
+.PHONY: setup train test bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned (the CPU wheel here; constraints stop any package from pulling another build),
+# then DeepSpeed's source archive built against that torch, then this project and its test extras.
+$(VENV)/.installed: setup.py .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q --no-build-isolation $(DEEPSPEED)
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -c "import torch, deepspeed, transformers, sift_ds; print('torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+train: setup
+	DS_ACCELERATOR=$(DS_ACCELERATOR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	$(BIN)/deepspeed --num_gpus $(NUM_GPUS) launch/pretrain_bert.py --ds_config $(DS_CONFIG) --output_dir $(RUN_DIR)
+
+test: setup
+	DS_ACCELERATOR=$(DS_ACCELERATOR) $(BIN)/pytest -q tests benchmarks
+
+bench: setup
+	$(BIN)/pytest benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .benchmarks
