@@ -109,3 +109,29 @@ def test_warmup_keeps_uniform_random_subset(single_rank_dist):
     sel = engine.select(batch)
     labelled_rows = (batch["labels"] != -100).any(1)
     assert not sel.warmup and torch.equal(torch.isfinite(sel.scores), labelled_rows)
+
+
+def test_no_reference_to_the_gross_batch_after_the_step(engines):
+    import gc
+    import weakref
+
+    engine = engines("loss", 1)
+    batch = mlm_batch(engine.gross_batch_size, seed=11)
+    refs = [weakref.ref(v) for v in batch.values()]
+    engine.train_step(batch)
+    assert engine.stats  # telemetry still readable
+    del batch
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist with a CUDA device")
+def test_select_does_not_sync_the_host(engines):  # pragma: no cover - CUDA only
+    engine = engines("entropy", 1)
+    batch = {k: v.pin_memory() for k, v in mlm_batch(engine.gross_batch_size, seed=5).items()}
+    engine.select(batch)  # warm up allocator / kernels
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.select(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
