@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from . import selector
+from . import kernels, selector
 from .adapters import EarlyExitAdapter, batch_rows
 from .config import SiftConfig
 from .scorer import early_exit_scores, labelled_positions
@@ -68,7 +68,12 @@ class SiftEngine:
         self.world_size, self.rank = (
             (dist.get_world_size(self.group), dist.get_rank(self.group)) if dist.is_initialized() else (1, 0)
         )
-        self._timer = _StepTimer(engine.device)
+        if config.enabled:
+            try:  # fail at start-up, not at the first step
+                kernels.resolve_backend(config.kernel, torch.device(engine.device))
+            except RuntimeError as err:
+                raise ValueError(f"sift.kernel={config.kernel!r} cannot run here: {err}") from None
+        self._timer = _StepTimer(torch.device(engine.device))
         self._last: Optional[dict] = None
 
     # ------------------------------------------------------------------ pass-through

@@ -76,3 +76,13 @@ def test_model_without_adapter_is_explained():
 
     with pytest.raises(TypeError, match="pass adapter="):
         sift_ds.initialize(model=torch.nn.Linear(2, 2), config=ds_config())
+
+
+def test_triton_kernel_without_cuda_or_interpreter_fails_at_startup(single_rank_dist, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("Triton runs natively here")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="sift.kernel='triton' cannot run here"):
+        sift_ds.initialize(model=tiny_bert(), config=ds_config(kernel="triton"))
