@@ -102,10 +102,39 @@ def sequence_scores(
     return packed_sequence_scores_torch(rows, weight, bias, targets, seq, hidden.shape[0], criterion)
 
 
-def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_topk(scores: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
     """LongTensor[k]: the k largest scores, largest first; non-finite below all finite; ties to the
-    lower index."""
+    lower index. "triton" ranks them in one small kernel (no sort, no sync)."""
+    if resolve_backend(backend, scores.device) == "triton":
+        from .triton_topk import select_topk_triton
+
+        return select_topk_triton(scores, k)
     return select_topk_torch(scores, k)
+
+
+def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: str = "auto") -> torch.Tensor:
+    """float32 [N]: CE or entropy of each row through the vocab head (rows [N, H], targets [N])."""
+    check_criterion(criterion)
+    if resolve_backend(backend, rows.device) == "triton":
+        from .triton_scorer import token_scores_triton
+
+        return token_scores_triton(rows, weight, bias, targets, criterion)
+    return token_scores_torch(rows, weight, bias, targets, criterion)
+
+
+def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int = 0, backend: str = "auto") -> VocabStats:
+    """Partial statistics of one vocabulary shard (Megatron-style tensor parallelism: W split over V).
+
+    ``targets`` are global ids, ``weight_shard[0]`` is id ``vocab_start``. To finish, all-reduce MAX of
+    ``max``; rescale ``sumexp`` by ``exp(max - global_max)`` and ``sumzexp`` by the same factor after
+    adding ``(max - global_max) * sumexp``; all-reduce SUM of those and of ``target_logit``; then
+    ``finish_token_scores`` (``merge_vocab_stats`` does exactly this for shards held in one process).
+    """
+    if resolve_backend(backend, rows.device) == "triton":
+        from .triton_scorer import vocab_partial_stats_triton
+
+        return vocab_partial_stats_triton(rows, weight_shard, bias_shard, targets, vocab_start)
+    return vocab_partial_stats(rows, weight_shard, bias_shard, targets, vocab_start)
 
 
 __all__ = [
@@ -121,7 +150,9 @@ __all__ = [
     "resolve_backend",
     "select_topk",
     "sequence_scores",
+    "token_scores",
     "token_scores_torch",
+    "vocab_shard_stats",
     "triton_available",
     "vocab_partial_stats",
 ]

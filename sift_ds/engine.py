@@ -129,11 +129,11 @@ class SiftEngine:
             self.adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, positions, self.labels_key
         )
         if global_scope:
-            indices = selector.global_topk(scores, keep, self.group)
+            indices = selector.global_topk(scores, keep, self.group, cfg.kernel)
             kept = selector.exchange_rows(batch, indices, keep, self.group)
             kept_mask = selector.local_rows_kept(indices, self.rank, gross)
         else:
-            indices = selector.local_topk(scores, keep)
+            indices = selector.local_topk(scores, keep, cfg.kernel)
             kept = selector.take_rows(batch, indices)
             kept_mask = indices
         return self._record(Selection(kept, indices, scores), scores, kept_mask)

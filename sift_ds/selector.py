@@ -14,18 +14,18 @@ import torch.distributed as dist
 from . import kernels
 
 
-def local_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
+def local_topk(scores: torch.Tensor, keep: int, backend: str = "auto") -> torch.Tensor:
     """Ascending indices of the ``keep`` highest-scoring rows of this rank's gross batch."""
-    return torch.sort(kernels.select_topk(scores, keep)).values
+    return torch.sort(kernels.select_topk(scores, keep, backend)).values
 
 
-def global_topk(scores: torch.Tensor, keep_per_rank: int, group=None) -> torch.Tensor:
+def global_topk(scores: torch.Tensor, keep_per_rank: int, group=None, backend: str = "auto") -> torch.Tensor:
     """Ascending indices of the world x ``keep_per_rank`` highest scores over all ranks' gross
     batches (all-gather of the scores only; the top-k is computed identically on every rank)."""
     world = dist.get_world_size(group)
     gathered = [torch.empty_like(scores) for _ in range(world)]
     dist.all_gather(gathered, scores.contiguous(), group=group)
-    return local_topk(torch.cat(gathered), keep_per_rank * world)
+    return local_topk(torch.cat(gathered), keep_per_rank * world, backend)
 
 
 def warmup_subset(gross: int, keep: int, seed: int, step: int, micro_step: int, rank: int) -> torch.Tensor:

@@ -135,3 +135,20 @@ def test_select_does_not_sync_the_host(engines):  # pragma: no cover - CUDA only
         engine.select(batch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("criterion", ["loss", "entropy"])
+def test_engine_with_triton_kernel_matches_hf(single_rank_dist, monkeypatch, criterion):
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = tiny_bert(layers=LAYERS)
+    cfg = ds_config(micro=4, criterion=criterion, exit_layer=2, kernel="triton", scope="local")
+    engine = sift_ds.initialize(model=model, config=cfg)[0]
+    batch = mlm_batch(engine.gross_batch_size, seed=21)
+    sel = engine.select(batch)
+    ref = hf_reference_scores(engine.module, batch, 2, criterion)
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(sel.scores[finite].double().cpu(), ref[finite], atol=1e-4, rtol=1e-4)
+    order = sorted(range(len(ref)), key=lambda i: (ref[i].item(), -i), reverse=True)
+    assert sel.indices.tolist() == sorted(order[: engine.micro_batch_size])
