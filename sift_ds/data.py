@@ -1,0 +1,281 @@
+"""Pretraining data: raw text -> tokens (``datasets.map``, cached) -> fixed-length blocks -> train / val.
+
+Sources (one ``datasets.Dataset`` with a ``text`` column, one row per document):
+  * text files or globs: documents separated by blank lines (BERT's format: one sentence per line,
+    a blank line between documents); ``.json`` / ``.jsonl`` (optionally ``.gz``) files: JSON lines
+    with a text field;
+  * a ``datasets`` hub name + config (for machines with a network);
+  * nothing: the English documentation text shipped inside CPython (``pydoc_data.topics``), a corpus
+    present on every machine.
+
+Blocks (``pack_mlm`` / ``pack_nsp``) are full ``seq_len`` rows with ``input_ids``, ``token_type_ids``,
+``attention_mask`` and ``special_tokens_mask`` (plus ``next_sentence_label`` for MLM+NSP); the
+masking happens later, per batch (``sift_ds.loader``).
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+OBJECTIVES = ("mlm", "mlm+nsp")
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+MIN_SEQ_LEN = 8
+
+
+# ---------------------------------------------------------------------------------------- corpus
+def resolve_data_files(patterns: Sequence[str]) -> List[str]:
+    """Files named by paths or globs (``**`` recursive), sorted and de-duplicated; a pattern that
+    matches nothing is a ValueError naming it."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if not matches:
+            what = "no file matches the glob" if glob.has_magic(pattern) else "file not found"
+            raise ValueError(f"--data {pattern}: {what}")
+        files.extend(m for m in matches if m not in files)
+    return files
+
+
+def check_not_empty(files: Sequence[str]) -> List[str]:
+    """``files``, or a ValueError when every one of them is empty."""
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise ValueError(f"empty corpus: every --data file is empty ({', '.join(files)})")
+    return list(files)
+
+
+def default_corpus():
+    """CPython's English documentation topics (``pydoc_data.topics``), one document per topic."""
+    import datasets
+    from pydoc_data.topics import topics
+
+    return datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})
+
+
+def load_corpus(
+    data_files: Optional[Sequence[str]] = None,
+    text_field: str = "text",
+    dataset_name: Optional[str] = None,
+    dataset_config: Optional[str] = None,
+    dataset_split: str = "train",
+    cache_dir: Optional[str] = None,
+):
+    """The raw corpus as a ``datasets.Dataset`` with one ``text`` column (see the module docstring)."""
+    import datasets
+
+    if data_files and dataset_name:
+        raise ValueError("give either --data files or --dataset_name, not both")
+    if dataset_name:
+        ds = datasets.load_dataset(dataset_name, dataset_config, split=dataset_split, cache_dir=cache_dir)
+        return _text_column(ds, text_field, dataset_name)
+    if not data_files:
+        return default_corpus()
+    files = check_not_empty(resolve_data_files(data_files))
+    json_files = [f for f in files if f.endswith(JSON_SUFFIXES)]
+    text_files = [f for f in files if f not in json_files]
+    parts = []
+    try:
+        if text_files:
+            parts.append(datasets.load_dataset(
+                "text", data_files=text_files, sample_by="paragraph", split="train", cache_dir=cache_dir))
+        if json_files:
+            ds = datasets.load_dataset("json", data_files=json_files, split="train", cache_dir=cache_dir)
+            parts.append(_text_column(ds, text_field, ", ".join(json_files)))
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise ValueError(f"cannot read --data {', '.join(files)}: {err.__cause__ or err}") from err
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _text_column(ds, field: str, source: str):
+    if field not in ds.column_names:
+        raise ValueError(f"{source} has no text field {field!r} (--text_field); its fields are {ds.column_names}")
+    ds = ds.select_columns([field])
+    return ds.rename_column(field, "text") if field != "text" else ds
+
+
+# ---------------------------------------------------------------------------------------- tokens
+@contextlib.contextmanager
+def main_process_first(local: bool = True) -> Iterator[None]:
+    """Rank 0 (of each node when ``local``) runs the block first and fills the ``datasets`` cache;
+    the other ranks then run it and read the cache (``TrainingArguments.main_process_first``)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        yield
+        return
+    rank = int(os.environ.get("LOCAL_RANK", dist.get_rank())) if local else dist.get_rank()
+    if rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if rank == 0:
+            dist.barrier()
+
+
+def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **kwargs):
+    """``ds.map(function, batched=True)`` with a cache keyed by ``(ds fingerprint, name, key)``.
+
+    File-backed datasets cache next to their arrow files (``datasets``' own cache); in-memory ones
+    (the default corpus) in ``cache_dir`` (default: the ``datasets`` cache). An explicit fingerprint
+    avoids hashing the closure, whose tokenizer hash is not stable across calls.
+    """
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    fingerprint = Hasher.hash([ds._fingerprint, name, key])
+    if not ds.cache_files:
+        folder = os.path.join(cache_dir or str(datasets.config.HF_DATASETS_CACHE), "sift_ds")
+        os.makedirs(folder, exist_ok=True)
+        kwargs["cache_file_name"] = os.path.join(folder, f"{name}-{fingerprint}.arrow")
+    return ds.map(function, batched=True, new_fingerprint=fingerprint, load_from_cache_file=True, desc=name, **kwargs)
+
+
+def tokenize_corpus(corpus, tokenizer, cache_dir: Optional[str] = None):
+    """``input_ids`` per document, without special tokens (packing adds them)."""
+    from .tokenizer import to_json
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)["input_ids"]
+        return {"input_ids": ids, "num_tokens": [len(x) for x in ids]}
+
+    # Long documents exceed model_max_length; packing cuts them, so the length warning is noise.
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+    return cached_map(corpus, tokenize, "tokenize", to_json(tokenizer), cache_dir,
+                      remove_columns=corpus.column_names)
+
+
+def _special_ids(tokenizer) -> Tuple[int, int, int]:
+    return tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+
+
+def pack_mlm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None):
+    """``[CLS] tokens [SEP]`` blocks of exactly ``seq_len`` cut from the concatenated documents,
+    with ``[SEP]`` between documents (``run_mlm.py``'s ``group_texts``: the remainder of each map
+    batch is dropped)."""
+    cls, sep, _ = _special_ids(tokenizer)
+    body = seq_len - 2
+
+    def group(batch):
+        docs = [np.asarray(d, dtype=np.int64) for d in batch["input_ids"] if len(d)]
+        if not docs:
+            return _empty_blocks()
+        stream = np.concatenate([np.append(d, sep) for d in docs])
+        rows = len(stream) // body
+        blocks = np.empty((rows, seq_len), dtype=np.int64)
+        blocks[:, 0], blocks[:, -1] = cls, sep
+        blocks[:, 1:-1] = stream[: rows * body].reshape(rows, body)
+        special = (blocks == cls) | (blocks == sep)
+        return {
+            "input_ids": blocks,
+            "token_type_ids": np.zeros_like(blocks),
+            "attention_mask": np.ones_like(blocks),
+            "special_tokens_mask": special.astype(np.int64),
+        }
+
+    return cached_map(tokenized, group, "pack_mlm", (seq_len, cls, sep), cache_dir,
+                      remove_columns=tokenized.column_names)
+
+
+def _empty_blocks(nsp: bool = False) -> dict:
+    keys = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask"] + (["next_sentence_label"] if nsp else [])
+    return {k: [] for k in keys}
+
+
+def pack_nsp(tokenized, tokenizer, seq_len: int, seed: int, cache_dir: Optional[str] = None):
+    """Sentence pairs ``[CLS] A [SEP] B [SEP]`` (padded to ``seq_len``) with next-sentence labels,
+    a simple version of BERT's ``create_instances_from_document``: each document is walked in
+    chunks of ``seq_len - 3`` tokens, cut at a random point into A and B; half of the time B is
+    replaced by a random segment of another document of the same map batch (label 1, and the
+    unused continuation goes back into the document) -- label 0 means B follows A. The cut is at
+    token, not sentence, granularity. Random choices are seeded by (seed, first row of the batch).
+    """
+    cls, sep, pad = _special_ids(tokenizer)
+    target = seq_len - 3
+
+    def pairs(batch, indices):
+        rng = np.random.default_rng([seed, indices[0]])
+        docs = [list(d) for d in batch["input_ids"] if len(d) >= 2]
+        out = _empty_blocks(nsp=True)
+        for di, doc in enumerate(docs):
+            pos = 0
+            while len(doc) - pos >= 2:
+                chunk = min(target, len(doc) - pos)
+                a_len = int(rng.integers(1, chunk))
+                a = doc[pos : pos + a_len]
+                if rng.random() < 0.5:
+                    others = [j for j in range(len(docs)) if j != di] or [di]
+                    other = docs[others[int(rng.integers(len(others)))]]
+                    b_len = min(target - a_len, len(other))
+                    start = int(rng.integers(0, len(other) - b_len + 1))
+                    b, label, pos = other[start : start + b_len], 1, pos + a_len
+                else:
+                    b, label, pos = doc[pos + a_len : pos + chunk], 0, pos + chunk
+                _append_pair(out, a, b, label, cls, sep, pad, seq_len)
+        return out
+
+    return cached_map(tokenized, pairs, "pack_nsp", (seq_len, cls, sep, pad, seed), cache_dir,
+                      with_indices=True, remove_columns=tokenized.column_names)
+
+
+def _append_pair(out: dict, a: list, b: list, label: int, cls: int, sep: int, pad: int, seq_len: int) -> None:
+    ids = [cls, *a, sep, *b, sep]
+    fill = seq_len - len(ids)
+    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    special = [1] + [0] * len(a) + [1] + [0] * len(b) + [1]
+    out["input_ids"].append(ids + [pad] * fill)
+    out["token_type_ids"].append(types + [0] * fill)
+    out["attention_mask"].append([1] * len(ids) + [0] * fill)
+    out["special_tokens_mask"].append(special + [1] * fill)
+    out["next_sentence_label"].append(label)
+
+
+# ---------------------------------------------------------------------------------------- split
+def split_blocks(blocks, val_fraction: float, max_val: int, seed: int = 0):
+    """(train, val): a fixed random subset of ``round(val_fraction * n)`` blocks (at most
+    ``max_val``, at least 1) is held out; the permutation depends only on ``seed`` and ``n``."""
+    n = len(blocks)
+    if n < 2:
+        raise ValueError(f"empty corpus: it packs into {n} block(s); at least 2 are needed (train + validation)")
+    n_val = min(max_val, max(1, int(round(val_fraction * n))), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return blocks.select(np.sort(perm[n_val:])), blocks.select(np.sort(perm[:n_val]))
+
+
+@dataclass
+class PretrainData:
+    train: "object"  # datasets.Dataset of blocks
+    val: "object"
+    num_documents: int
+    num_tokens: int
+
+
+def build_pretrain_data(corpus, tokenizer, seq_len: int, objective: str = "mlm", val_fraction: float = 0.05,
+                        max_val: int = 2000, seed: int = 0, cache_dir: Optional[str] = None) -> PretrainData:
+    """Tokenize, pack and split ``corpus`` (ValueError for an empty corpus or a bad objective).
+
+    ``seed`` (the data seed) fixes the NSP pairs and the validation split, independently of the
+    training seed, so that runs with different training seeds are evaluated on the same blocks."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"--seq_len {seq_len} is too short (at least {MIN_SEQ_LEN})")
+    if len(corpus) == 0:
+        raise ValueError("empty corpus: the data source holds no documents")
+    tokenized = tokenize_corpus(corpus, tokenizer, cache_dir)
+    num_tokens = int(np.sum(tokenized.with_format("numpy")["num_tokens"]))
+    if num_tokens == 0:
+        raise ValueError("empty corpus: tokenization produced no tokens (the documents are blank)")
+    if objective == "mlm":
+        blocks = pack_mlm(tokenized, tokenizer, seq_len, cache_dir)
+    else:
+        blocks = pack_nsp(tokenized, tokenizer, seq_len, seed, cache_dir)
+    train, val = split_blocks(blocks, val_fraction, max_val, seed)
+    return PretrainData(train, val, len(corpus), num_tokens)
+

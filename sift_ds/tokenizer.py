@@ -1,0 +1,89 @@
+"""The run's tokenizer: a given path / hub name, or a WordPiece vocabulary trained on the corpus.
+
+A trained vocabulary is saved with the run (``output_dir/tokenizer``) as a standard
+``tokenizer.json`` + ``tokenizer_config.json`` that ``transformers.AutoTokenizer``,
+``BertTokenizerFast`` and ``PreTrainedTokenizerFast`` load.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2):
+    """A BERT-style uncased WordPiece tokenizer trained on ``texts`` (a ``BertTokenizerFast``)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(clean_text=True, lowercase=lowercase, strip_accents=lowercase)
+    wordpiece.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(BERT_SPECIAL_TOKENS),
+        show_progress=False,
+    )
+    return from_json(_canonical_ids(wordpiece._tokenizer.to_str()), lowercase=lowercase)
+
+
+def _canonical_ids(serialized: str) -> str:
+    """Renumber the trained vocabulary: special tokens first (their trained ids), then the rest
+    sorted. The trainer numbers tokens of equal frequency in hash-map order, which changes from
+    process to process; WordPiece encoding is greedy longest-match, independent of the ids, so
+    sorting makes the same vocabulary get the same ids in every run. (Frequency ties at the
+    vocabulary cutoff can still make two trainings differ by a few tokens: runs that must match
+    exactly share a tokenizer through --tokenizer; a resumed run reuses its own.)"""
+    spec = json.loads(serialized)
+    vocab = spec["model"]["vocab"]
+    special = [t for t in BERT_SPECIAL_TOKENS if t in vocab]
+    rest = sorted((t for t in vocab if t not in special), key=lambda t: (t.startswith("##"), t))
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(special + rest)}
+    if [vocab[t] for t in special] != list(range(len(special))):  # pragma: no cover - trainer contract
+        raise RuntimeError("the WordPiece trainer did not number the special tokens first")
+    return json.dumps(spec, ensure_ascii=False)
+
+
+def from_json(serialized: str, lowercase: bool = True):
+    """A ``BertTokenizerFast`` from a serialized ``tokenizers.Tokenizer`` (how rank 0 shares it)."""
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(tokenizer_object=Tokenizer.from_str(serialized), do_lower_case=lowercase)
+
+
+def to_json(tokenizer) -> str:
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer from a local directory / ``tokenizer.json`` or a hub name; it must have a
+    mask token (MLM) and CLS/SEP/PAD tokens (sequence packing)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if os.path.isfile(name_or_path) and name_or_path.endswith(".json"):
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=name_or_path)
+        tokenizer.add_special_tokens(
+            {k: v for k, v in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), BERT_SPECIAL_TOKENS)
+             if v in tokenizer.get_vocab()}
+        )
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    check_tokenizer(tokenizer, name_or_path)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, name: str) -> None:
+    missing = [t for t in ("mask_token", "cls_token", "sep_token", "pad_token") if getattr(tokenizer, t, None) is None]
+    if missing:
+        raise ValueError(f"tokenizer {name!r} has no {', '.join(missing)}; BERT pretraining needs [MASK], [CLS], [SEP], [PAD]")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer {name!r} is not a fast (tokenizers-backed) tokenizer")
+
+
+def batched_texts(dataset, column: str = "text", batch_size: int = 1000) -> Iterator[list]:
+    """The text column of a ``datasets.Dataset`` in batches (what ``train_from_iterator`` streams)."""
+    for start in range(0, len(dataset), batch_size):
+        yield dataset[start : start + batch_size][column]

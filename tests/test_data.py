@@ -1,0 +1,278 @@
+"""Data pipeline: corpus sources, tokenizer, packing, split, sharding, resumable order, masking."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sift_ds import data as D
+from sift_ds import tokenizer as T
+from sift_ds.loader import EVAL_STREAM, GrossBatchLoader, MaskingCollator, fixed_eval_batches, rows
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return D.default_corpus()
+
+
+@pytest.fixture(scope="module")
+def tok(corpus):
+    return T.train_wordpiece(T.batched_texts(corpus), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def mlm(corpus, tok, cache):
+    return D.build_pretrain_data(corpus, tok, SEQ, "mlm", val_fraction=0.05, max_val=200, seed=0, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def nsp(corpus, tok, cache):
+    return D.build_pretrain_data(corpus, tok, SEQ, "mlm+nsp", val_fraction=0.05, max_val=200, seed=0, cache_dir=cache)
+
+
+# ---------------------------------------------------------------------------------------- sources
+def test_default_corpus_is_cpython_docs(corpus):
+    from pydoc_data.topics import topics
+
+    assert len(corpus) == len(topics) > 50
+    assert corpus.column_names == ["text"]
+    assert sum(len(t) for t in corpus["text"]) > 100_000
+
+
+def test_text_files_split_documents_on_blank_lines(tmp_path):
+    (tmp_path / "a.txt").write_text("first doc line one.\nline two.\n\nsecond doc.\n")
+    (tmp_path / "b.txt").write_text("third doc.\n")
+    ds = D.load_corpus([str(tmp_path / "*.txt")], cache_dir=str(tmp_path / "c"))
+    assert [t.strip() for t in ds["text"]] == ["first doc line one.\nline two.", "second doc.", "third doc."]
+
+
+def test_jsonl_text_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"body": f"doc {i}", "id": i}) for i in range(3)) + "\n")
+    ds = D.load_corpus([str(path)], text_field="body", cache_dir=str(tmp_path / "c"))
+    assert ds.column_names == ["text"] and list(ds["text"]) == ["doc 0", "doc 1", "doc 2"]
+    with pytest.raises(ValueError, match=r"has no text field 'text' \(--text_field\); its fields are \['body', 'id'\]"):
+        D.load_corpus([str(path)], cache_dir=str(tmp_path / "c"))
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(ValueError, match=r"--data .*nope\.txt: file not found"):
+        D.resolve_data_files([str(tmp_path / "nope.txt")])
+    with pytest.raises(ValueError, match=r"no file matches the glob"):
+        D.resolve_data_files([str(tmp_path / "*.none")])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty corpus: every --data file is empty"):
+        D.load_corpus([str(tmp_path / "empty.txt")])
+    (tmp_path / "blank.txt").write_text("   \n\n \n")
+    blank = D.load_corpus([str(tmp_path / "blank.txt")], cache_dir=str(tmp_path / "c"))
+    tok = T.train_wordpiece(["some words to train on"] * 10, vocab_size=100)
+    with pytest.raises(ValueError, match="empty corpus"):
+        D.build_pretrain_data(blank, tok, SEQ, cache_dir=str(tmp_path / "c"))
+
+
+def test_trained_vocabulary_has_canonical_ids(tok):
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab]
+    assert tokens[:5] == list(T.BERT_SPECIAL_TOKENS) and [i for _, i in vocab] == list(range(len(vocab)))
+    assert tokens[5:] == sorted(tokens[5:], key=lambda t: (t.startswith("##"), t))
+    assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 2, 3, 4)
+
+
+def test_trained_tokenizer_round_trips_through_transformers(tok, tmp_path):
+    from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+    tok.save_pretrained(tmp_path / "tok")
+    text = "The assert statement raises AssertionError."
+    want = tok(text)["input_ids"]
+    for cls in (AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast):
+        loaded = cls.from_pretrained(tmp_path / "tok")
+        assert loaded(text)["input_ids"] == want
+        assert loaded.mask_token == "[MASK]" and len(loaded) == len(tok)
+    assert T.from_json(T.to_json(tok))(text)["input_ids"] == want
+
+
+# ---------------------------------------------------------------------------------------- packing
+def test_mlm_blocks_are_full_and_keep_the_token_stream(mlm, corpus, tok, cache):
+    blocks = D.pack_mlm(D.tokenize_corpus(corpus, tok, cache), tok, SEQ, cache)
+    ids = np.asarray(blocks["input_ids"])
+    assert ids.shape[1] == SEQ
+    assert (ids[:, 0] == tok.cls_token_id).all() and (ids[:, -1] == tok.sep_token_id).all()
+    special = np.asarray(blocks["special_tokens_mask"])
+    np.testing.assert_array_equal(special, np.isin(ids, [tok.cls_token_id, tok.sep_token_id]))
+    assert (np.asarray(blocks["attention_mask"]) == 1).all()
+    # The block bodies, in order, are the documents joined by [SEP] (the remainder dropped).
+    stream = []
+    for text in corpus["text"]:
+        stream += tok(text, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    body = ids[:, 1:-1].reshape(-1)
+    assert body.tolist() == stream[: len(body)]
+    assert len(mlm.train) + len(mlm.val) == len(blocks)
+
+
+def test_nsp_pairs(nsp, tok):
+    ds = nsp.train
+    labels = np.asarray(ds["next_sentence_label"])
+    assert 0.35 < labels.mean() < 0.65  # about half random next sentences
+    for row in rows(ds, range(50)):
+        ids, types = row["input_ids"], row["token_type_ids"]
+        n = sum(row["attention_mask"])
+        seps = [i for i in range(n) if ids[i] == tok.sep_token_id]
+        assert ids[0] == tok.cls_token_id and len(ids) == SEQ and seps[-1] == n - 1
+        a_end = seps[0]
+        assert types[: a_end + 1] == [0] * (a_end + 1) and types[a_end + 1 : n] == [1] * (n - a_end - 1)
+        assert all(t == tok.pad_token_id for t in ids[n:])
+        assert row["special_tokens_mask"][:n] == [int(i in (0, *seps)) for i in range(n)]
+
+
+def test_nsp_continuations_follow_in_the_document(nsp, corpus, tok):
+    docs = [tok(t, add_special_tokens=False)["input_ids"] for t in corpus["text"]]
+    joined = [" ".join(map(str, d)) for d in docs]
+    checked = 0
+    for row in rows(nsp.train, range(40)):
+        if row["next_sentence_label"] != 0:
+            continue
+        n = sum(row["attention_mask"])
+        a_end = row["input_ids"].index(tok.sep_token_id)
+        a, b = row["input_ids"][1:a_end], row["input_ids"][a_end + 1 : n - 1]
+        assert any(" ".join(map(str, a + b)) in j for j in joined)
+        checked += 1
+    assert checked > 5
+
+
+# ---------------------------------------------------------------------------------------- split
+def test_validation_split_is_fixed_and_disjoint(corpus, tok, cache, mlm):
+    again = D.build_pretrain_data(corpus, tok, SEQ, "mlm", val_fraction=0.05, max_val=200, seed=0, cache_dir=cache)
+    assert again.val["input_ids"] == mlm.val["input_ids"] and again.train["input_ids"] == mlm.train["input_ids"]
+    n = len(mlm.train) + len(mlm.val)
+    assert len(mlm.val) == min(200, round(0.05 * n))
+    val_idx = set(mlm.val._indices.column(0).to_pylist())
+    train_idx = set(mlm.train._indices.column(0).to_pylist())
+    assert not val_idx & train_idx and len(val_idx | train_idx) == n
+    other = D.build_pretrain_data(corpus, tok, SEQ, "mlm", val_fraction=0.05, max_val=200, seed=1, cache_dir=cache)
+    assert other.val["input_ids"] != mlm.val["input_ids"]
+
+
+def test_tokenization_is_cached(corpus, tok, cache, mlm):
+    files = sorted(os.listdir(os.path.join(cache, "sift_ds")))
+    # The in-memory corpus's tokens go to the cache dir; the packed blocks, derived from that
+    # file-backed dataset, to datasets' own cache file next to it.
+    assert any(f.startswith("tokenize-") for f in files) and any(f.startswith("cache-") for f in files)
+    D.build_pretrain_data(corpus, tok, SEQ, "mlm", val_fraction=0.05, max_val=200, seed=0, cache_dir=cache)
+    assert sorted(os.listdir(os.path.join(cache, "sift_ds"))) == files  # reused, nothing new written
+
+
+# ---------------------------------------------------------------------------------------- loader
+def _loaders(ds, tok, world, batch=4, seed=3):
+    collator = MaskingCollator(tok)
+    return [GrossBatchLoader(ds, collator, batch, rank, world, seed) for rank in range(world)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_get_disjoint_rows_covering_each_epoch(mlm, tok, world):
+    loaders = _loaders(mlm.train, tok, world)
+    per_epoch = loaders[0].batches_per_epoch
+    assert per_epoch == len(mlm.train) // (4 * world)
+    seen = []
+    for position in range(per_epoch):
+        parts = [set(l.indices(0, position).tolist()) for l in loaders]
+        union = set().union(*parts)
+        assert sum(map(len, parts)) == len(union) == 4 * world  # disjoint across ranks
+        seen.extend(union)
+    assert len(seen) == len(set(seen)) == per_epoch * 4 * world  # no row twice in an epoch
+    assert not np.array_equal(loaders[0].order(0), loaders[0].order(1))  # reshuffled per epoch
+    np.testing.assert_array_equal(loaders[0].order(1), _loaders(mlm.train, tok, world)[0].order(1))
+
+
+def test_loader_resumes_mid_epoch_with_identical_batches(mlm, tok):
+    reference = _loaders(mlm.train, tok, 2)[1]
+    per_epoch = reference.batches_per_epoch
+    first = [reference.next_batch() for _ in range(per_epoch - 2)]  # stop 2 batches before the epoch ends
+    state = reference.state_dict()
+    after = [reference.next_batch() for _ in range(5)]  # crosses into epoch 1
+    assert reference.epoch == 1 and state == {**state, "epoch": 0, "position": per_epoch - 2}
+
+    resumed = _loaders(mlm.train, tok, 2)[1]
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    for want in after:
+        got = resumed.next_batch()
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    assert resumed.samples_seen == reference.samples_seen
+    assert first[0]["input_ids"].shape == (4, SEQ)
+
+
+def test_loader_rejects_a_different_dataset(mlm, nsp, tok):
+    state = _loaders(mlm.train, tok, 1)[0].state_dict()
+    with pytest.raises(ValueError, match="same corpus, tokenizer, --seq_len and --objective"):
+        _loaders(nsp.train, tok, 1)[0].load_state_dict(state)
+
+
+def test_too_little_data_for_one_global_batch(mlm, tok):
+    with pytest.raises(ValueError, match="fewer than one global gross batch"):
+        GrossBatchLoader(mlm.val.select(range(3)), MaskingCollator(tok), 4, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------- masking
+def test_masking_statistics_15_percent_80_10_10(mlm, tok):
+    collator = MaskingCollator(tok)
+    examples = rows(mlm.train, range(256))
+    original = torch.tensor([e["input_ids"] for e in examples])
+    special = torch.tensor([e["special_tokens_mask"] for e in examples]).bool()
+    batch = collator(examples, 7, 0, 0, 0)
+    labelled = batch["labels"] != -100
+    assert not (labelled & special).any()
+    assert torch.equal(batch["labels"][labelled], original[labelled])
+    rate = labelled.sum().item() / (~special).sum().item()
+    assert 0.14 < rate < 0.16
+    n = labelled.sum().item()
+    as_mask = (batch["input_ids"][labelled] == tok.mask_token_id).sum().item() / n
+    unchanged = (batch["input_ids"][labelled] == original[labelled]).sum().item() / n
+    assert 0.77 < as_mask < 0.83
+    assert 0.08 < unchanged < 0.12  # 10 % kept (+ random draws of the same token, ~0)
+    assert 0.08 < 1 - as_mask - unchanged < 0.12  # 10 % random tokens
+    assert torch.equal(batch["input_ids"][~labelled], original[~labelled])
+
+
+def test_masks_are_a_function_of_the_batch_key(mlm, tok):
+    collator = MaskingCollator(tok)
+    examples = rows(mlm.train, range(8))
+    a, b = collator(examples, 1, 0, 5, 0), collator(examples, 1, 0, 5, 0)
+    c = collator(examples, 1, 0, 5, 1)
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"], b["input_ids"])
+    assert not torch.equal(a["labels"], c["labels"])
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    collator(examples, 1, 0, 6, 0)
+    assert torch.equal(torch.rand(3), expected)  # the global torch RNG is untouched
+
+
+def test_eval_batches_have_fixed_masks_independent_of_world_size(mlm, tok):
+    collator = MaskingCollator(tok)
+    single = fixed_eval_batches(mlm.val, collator, 4, 0, 1, seed=0)
+    again = fixed_eval_batches(mlm.val, collator, 4, 0, 1, seed=0)
+    assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(single, again))
+    full = torch.cat([b["input_ids"] for b in single])
+    assert len(full) == len(mlm.val)
+    world = 3
+    per_rank = [fixed_eval_batches(mlm.val, collator, 4, r, world, seed=0) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1  # same number of forward passes on every rank
+    labelled = 0
+    for r, batches in enumerate(per_rank):
+        ids = torch.cat([b["input_ids"] for b in batches])
+        labels = torch.cat([b["labels"] for b in batches])
+        mine = torch.arange(r, len(mlm.val), world)
+        assert torch.equal(ids[: len(mine)], full[mine])
+        assert (labels[len(mine) :] == -100).all()  # filler rows carry no labels
+        labelled += (labels != -100).sum().item()
+    assert labelled == sum((b["labels"] != -100).sum().item() for b in single)
+    assert EVAL_STREAM > 0
