@@ -1,0 +1,61 @@
+#!/bin/bash
+# Multi-node SIFT pretraining under Slurm.
+#
+#   sbatch --nodes=4 --gpus-per-node=8 launch/slurm_pretrain.sh \
+#       --ds_config ds_configs/bert_base_zero2_bf16_sift.json --data '/data/wiki/*.txt' --output_dir runs/base
+#
+# Arguments after the script name go to launch/pretrain_bert.py; "--resume auto" is added unless
+# --resume is given, so resubmitting the same command continues the run. The script writes a
+# DeepSpeed hostfile ("<host> slots=<gpus>") for the allocation into the submit directory (shared
+# by the nodes) and starts the DeepSpeed launcher with --hostfile / --master_addr / --master_port:
+#
+#   SIFT_LAUNCHER=srun (default): `srun` runs one launcher per node with --no_ssh --node_rank; no
+#                                  ssh between nodes is needed, and Slurm's SIGTERM before the time
+#                                  limit (--signal below) reaches every rank, which saves a
+#                                  checkpoint at the next step boundary and exits.
+#   SIFT_LAUNCHER=pdsh:            one launcher on the first node reaches the others over pdsh/ssh
+#                                  (passwordless ssh between nodes required).
+#
+# Other variables: GPUS_PER_NODE (default SLURM_GPUS_ON_NODE, else 8), MASTER_PORT (default 29500).
+# NCCL_* and other variables for every rank: put them in ./.deepspeed_env (see docs/usage.md).
+#SBATCH --job-name=sift-bert
+#SBATCH --ntasks-per-node=1
+#SBATCH --exclusive
+#SBATCH --signal=TERM@300
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}"
+MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"
+MASTER_PORT="${MASTER_PORT:-29500}"
+HOSTFILE="${PWD}/hostfile.${SLURM_JOB_ID}"
+LAUNCHER="${SIFT_LAUNCHER:-srun}"
+
+scontrol show hostnames "${SLURM_JOB_NODELIST}" | while read -r host; do
+    echo "${host} slots=${GPUS_PER_NODE}"
+done > "${HOSTFILE}"
+trap 'rm -f "${HOSTFILE}"' EXIT
+
+ARGS=("$@")
+case " $* " in *" --resume "*|*" --resume="*) ;; *) ARGS+=(--resume auto) ;; esac
+DS=(deepspeed --hostfile "${HOSTFILE}" --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}")
+
+echo "nodes: $(cut -d' ' -f1 "${HOSTFILE}" | paste -sd,), ${GPUS_PER_NODE} GPUs each; master ${MASTER_ADDR}:${MASTER_PORT}"
+case "${LAUNCHER}" in
+    srun)
+        # One launcher per node; each starts its node's GPUs (node rank = Slurm's node id).
+        # shellcheck disable=SC2016  # expanded on each node: SLURM_NODEID differs per node
+        srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
+            'exec "${@:1:7}" --no_ssh --node_rank "${SLURM_NODEID}" launch/pretrain_bert.py "${@:8}"' \
+            _ "${DS[@]}" "${ARGS[@]}" &
+        ;;
+    pdsh)
+        "${DS[@]}" launch/pretrain_bert.py "${ARGS[@]}" &
+        ;;
+    *)
+        echo "SIFT_LAUNCHER must be srun or pdsh, got ${LAUNCHER}" >&2
+        exit 2
+        ;;
+esac
+wait $!

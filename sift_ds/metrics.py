@@ -1,0 +1,141 @@
+"""Run metrics: a FLOPs / MFU estimate, and the logger behind ``metrics.jsonl``, TensorBoard and the
+progress display (a tqdm bar on a terminal, plain lines otherwise)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+A100_BF16_TFLOPS = 312.0
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """Model FLOPs per token, nanoGPT's ``estimate_mfu`` accounting (6N per token for forward +
+    backward, plus the attention score / value matmuls), extended with the SIFT selection pass.
+
+    train_per_token  -- backprop pass: ``6 N + 12 L H T`` (N: parameters without the position
+                        embeddings; the tied word embedding counts once, for the decoder matmul
+                        that the MLM head runs at every position).
+    select_per_token -- selection forward per scored (gross) token: ``2 N_prefix + 4 k H T`` for the
+                        embeddings and first k layers, plus the head (transform + decoder) on the
+                        masked fraction of positions only, as the scorer runs it.
+    """
+
+    train_per_token: float
+    select_per_token: float
+
+    @classmethod
+    def for_bert(cls, model, seq_len: int, exit_layer: int, masked_fraction: float = 0.15) -> "FlopsModel":
+        cfg = model.config
+        hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
+        n_total = _numel(model) - cfg.max_position_embeddings * hidden
+        n_layer = _numel(model.bert.encoder.layer[0])
+        n_head = _numel(model.cls.predictions.transform) + cfg.vocab_size * (hidden + 1)
+        train = 6 * n_total + 12 * layers * hidden * seq_len
+        select = 2 * exit_layer * n_layer + 4 * exit_layer * hidden * seq_len + masked_fraction * 2 * n_head
+        return cls(float(train), float(select))
+
+    def step_flops(self, train_tokens: int, gross_tokens: int, selecting: bool) -> float:
+        return self.train_per_token * train_tokens + (self.select_per_token * gross_tokens if selecting else 0.0)
+
+
+def _numel(module) -> int:
+    """Parameter count (ZeRO-3 partitioned parameters report their full size as ``ds_numel``)."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += getattr(p, "ds_numel", p.numel())
+    return total
+
+
+def mfu(flops: float, seconds: float, peak_tflops: float, devices: int) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over ``devices x peak_tflops``."""
+    if seconds <= 0:
+        return 0.0
+    return flops / seconds / (peak_tflops * 1e12 * devices)
+
+
+# ---------------------------------------------------------------------------------------- logger
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+SHOWN = (("train_loss", "loss"), ("val_loss", "val_loss"), ("val_acc", "val_acc"), ("val_nsp_acc", "val_nsp_acc"),
+         ("tokens_per_s", "tok/s"), ("mfu", "mfu"), ("lr", "lr"), ("sift/selection_share", "sel_share"))
+
+
+class MetricsLogger:
+    """Rank 0 writes one JSON line per logging step to ``metrics.jsonl``, the numeric fields to
+    DeepSpeed's monitor (TensorBoard / W&B / CSV as the ds_config enables them), and a progress
+    display: a tqdm bar when stderr is a terminal, else one plain line per record. Other ranks no-op.
+    """
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, monitor=None,
+                 enabled: bool = True, progress: Optional[bool] = None):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
+        self.bar = None
+        if not enabled:
+            return
+        purge_after(self.path, start_step)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+
+    def step(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def log(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.monitor is not None:
+            events = [(f"Pretrain/{k}", float(v), record["step"]) for k, v in record.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
+            self.monitor.write_events(events)
+        shown = {label: record[k] for k, label in SHOWN if record.get(k) is not None}
+        if self.bar is not None:
+            self.bar.set_postfix({k: _fmt(v) for k, v in shown.items()}, refresh=False)
+            self.step(record["step"])
+        else:
+            self.info(f"step {record['step']}/{record['max_steps']} | "
+                      + " | ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def purge_after(path: str, step: int) -> None:
+    """Drop the records of steps after ``step`` (a resumed run rewrites them; TensorBoard's
+    ``purge_step`` does the same for event files)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)

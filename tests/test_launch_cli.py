@@ -1,0 +1,173 @@
+"""launch/pretrain_bert.py start-up: argument handling, the ds_config "pretrain" section, and one
+clear line for each configuration error; every shipped ds_config resolves."""
+import glob
+import json
+import os
+
+import pytest
+
+from launch_helpers import CONFIGS, SCRIPT, cpu_env, load_cli, read_config, run, write_config
+
+cli = load_cli()
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def tiny(tmp_path, edit=None, name="cfg.json"):
+    config = read_config("tiny_cpu_sift.json")
+    if edit:
+        edit(config)
+    return write_config(tmp_path / name, config)
+
+
+def error_of(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.resolve(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------- arguments
+def test_pretrain_section_supplies_defaults_and_the_command_line_wins(tmp_path):
+    cfg = tiny(tmp_path)
+    args = cli.parse_args(["--ds_config", cfg, "--output_dir", str(tmp_path / "o")])
+    assert (args.model, args.seq_len, args.vocab_size, args.max_steps) == ("tiny", 128, 4096, 400)
+    args = cli.parse_args(["--ds_config", cfg, "--seq_len", "64", "--output_dir", str(tmp_path / "o"),
+                           "--data", "a.txt", "--data", "b.txt"])
+    assert args.seq_len == 64 and args.data == ["a.txt", "b.txt"] and args.model == "tiny"
+
+
+@pytest.mark.parametrize("flags", [["--deepspeed_config"], ["--deepspeed"], ["--deepspeed", "--deepspeed_config"]])
+def test_deepspeed_config_aliases(tmp_path, flags):
+    cfg = tiny(tmp_path)
+    argv = [*flags[:-1], flags[-1], cfg, "--local_rank=1", "--output_dir", str(tmp_path / "o")]
+    args = cli.parse_args(argv)
+    assert args.ds_config == cfg and args.local_rank == 1 and args.model == "tiny"
+
+
+def test_plan_resolves_batch_schedule_and_monitors(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = str(tmp_path / "run")
+    plan = cli.resolve(["--ds_config", tiny(tmp_path), "--output_dir", out, "--sift_keep_ratio", "0.25"])
+    assert (plan.world_size, plan.micro_batch, plan.grad_accum, plan.train_batch) == (2, 16, 1, 32)
+    assert plan.gross_batch == 64 and plan.sift.keep_ratio == 0.25 and plan.ds_config["sift"]["keep_ratio"] == 0.25
+    params = plan.ds_config["scheduler"]["params"]
+    assert params["total_num_steps"] == plan.max_steps == 400
+    assert params["warmup_max_lr"] == plan.ds_config["optimizer"]["params"]["lr"]
+    assert plan.ds_config["tensorboard"]["output_path"] == os.path.join(out, "tensorboard")
+    assert "pretrain" not in plan.ds_config and os.path.isdir(out) and plan.resume is None
+
+
+def test_default_optimizer_is_the_papers_adamw_with_0_2_percent_warmup(tmp_path):
+    def strip(c):
+        del c["optimizer"], c["scheduler"]
+
+    plan = cli.resolve(["--ds_config", tiny(tmp_path, strip), "--max_steps", "5000", "--output_dir", str(tmp_path / "o")])
+    assert plan.ds_config["optimizer"] == {
+        "type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.01}}
+    assert plan.ds_config["scheduler"] == {"type": "WarmupDecayLR", "params": {
+        "total_num_steps": 5000, "warmup_num_steps": 10, "warmup_max_lr": 1e-4, "warmup_type": "linear"}}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.json"))), ids=os.path.basename)
+def test_every_shipped_config_resolves(path, tmp_path):
+    cpu = "tiny_cpu" in path
+    args = cli.parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
+    plan = cli.pretrain.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
+    if "_sift" in path:
+        assert plan.sift.enabled and plan.gross_batch == 2 * plan.micro_batch
+        twin = read_config(os.path.basename(path).replace("_sift", "_vanilla"))
+        mine = read_config(os.path.basename(path))
+        for config in (twin, mine):  # the twins differ in the sift section and the run's names only
+            config.pop("sift"), config["tensorboard"].pop("job_name"), config["pretrain"].pop("output_dir")
+        assert twin == mine
+    else:
+        assert not plan.sift.enabled and plan.gross_batch == plan.micro_batch
+    if "bert_base" in path:
+        assert plan.micro_batch == 32 and args.seq_len == 512 and args.model == "base"
+
+
+# ---------------------------------------------------------------------------------------- errors
+def _set(path, value):
+    def edit(config):
+        node = config
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return edit
+
+
+ERRORS = [
+    # (ds_config edit, extra argv, world size, expected message)
+    (None, ["--ds_config", "{tmp}/missing.json"], 1, "ds_config file not found: {tmp}/missing.json"),
+    (_set(["train_batch_size"], 64), [], 2,
+     "batch sizes do not add up: train_micro_batch_size_per_gpu=16 x gradient_accumulation_steps=1 x world size 2"
+     " = 32, but train_batch_size=64"),
+    (_set(["train_micro_batch_size_per_gpu"], 0), [], 1, "ds_config train_micro_batch_size_per_gpu must be a positive integer, got 0"),
+    (_set(["sift", "keep_ratio"], 0.3), [], 1, "gives a gross batch of 53.3333 rows per rank; it must be a whole number"),
+    (None, ["--sift_keep_ratio", "1.5"], 1, "sift.keep_ratio must be in (0, 1], got 1.5 (set by --sift_keep_ratio)"),
+    (None, ["--sift_exit_layer", "3"], 1, "sift.exit_layer=3 exceeds the model's depth (2 encoder layers)"),
+    (_set(["sift", "budget"], 1), [], 1, "unknown key(s) in ds_config 'sift' section: ['budget']"),
+    (_set(["fp16"], {"enabled": True}), [], 1, "DeepSpeed does not support fp16 on the CPU accelerator"),
+    (None, ["--seq_len", "1024"], 1, "--seq_len 1024 exceeds the model's max_position_embeddings (512)"),
+    (None, ["--seq_len", "4"], 1, "--seq_len 4 is too short (at least 8)"),
+    (None, ["--model", "huge"], 1, "--model 'huge' is neither a preset (tiny, mini, small, medium, base, large) nor an HF config path"),
+    (None, ["--data", "{tmp}/nope.txt"], 1, "--data {tmp}/nope.txt: file not found"),
+    (None, ["--data", "{tmp}/*.none"], 1, "--data {tmp}/*.none: no file matches the glob"),
+    (None, ["--data", "{tmp}/empty.txt"], 1, "empty corpus: every --data file is empty ({tmp}/empty.txt)"),
+    (None, ["--data", "{tmp}/empty.txt", "--dataset_name", "wikitext"], 1, "give either --data or --dataset_name, not both"),
+    (None, ["--tokenizer", "./no/such/tokenizer"], 1, "--tokenizer ./no/such/tokenizer: no such file or directory"),
+    (None, ["--resume", "{tmp}/nowhere"], 1, "--resume {tmp}/nowhere: no such checkpoint directory"),
+    (None, ["--resume", "{tmp}"], 1, "--resume {tmp}: not a DeepSpeed checkpoint"),
+    (_set(["pretrain", "max_steps"], None), [], 1, "--max_steps is required: the ds_config scheduler leaves total_num_steps auto"),
+    (_set(["pretrain", "epochs"], 3), [], 1, "ds_config 'pretrain' section: unknown key 'epochs'"),
+    (None, ["--val_fraction", "1.5"], 1, "--val_fraction must be in (0, 1), got 1.5"),
+    (None, ["--log_interval", "0"], 1, "--log_interval must be > 0, got 0"),
+    (_set(["scheduler", "params", "warmup_min_lr"], "auto"), [], 1, "'auto' is not supported for these keys"),
+]
+
+
+@pytest.mark.parametrize("edit,argv,world,message", ERRORS, ids=[e[-1][:40] for e in ERRORS])
+def test_configuration_errors_are_one_clear_line(tmp_path, monkeypatch, capsys, edit, argv, world, message):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    (tmp_path / "empty.txt").write_text("")
+    tmp = str(tmp_path)
+    argv = [a.replace("{tmp}", tmp) for a in argv]
+    base = [] if "--ds_config" in argv else ["--ds_config", tiny(tmp_path, edit)]
+    err = error_of(capsys, base + argv + ["--output_dir", str(tmp_path / "out")])
+    assert err.startswith("pretrain_bert.py: error: ")
+    assert message.replace("{tmp}", tmp) in err
+
+
+def test_argparse_rejects_bad_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--ds_config", tiny(tmp_path), "--objective", "clm"])
+    assert "argument --objective: invalid choice: 'clm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--ds_config", tiny(tmp_path), "--sift_enabled", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_bad_value_in_the_pretrain_section_is_reported_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--ds_config", tiny(tmp_path, _set(["pretrain", "seq_len"], "long"))])
+    assert "argument --seq_len: invalid int value: 'long'" in capsys.readouterr().err
+
+
+def test_errors_after_start_up_are_one_line_too(tmp_path):
+    """A real process: a JSON-lines corpus without the text field fails once loaded, with one line."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"body": "hello"}) + "\n")
+    proc = run([os.sys.executable, SCRIPT, "--ds_config", tiny(tmp_path), "--data", str(corpus),
+                "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")],
+               env=cpu_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"pretrain_bert.py: error: {corpus} has no text field 'text' (--text_field); its fields are ['body']")

@@ -1,0 +1,59 @@
+"""A real 2-rank DeepSpeed CPU run of the shipped tiny SIFT config: training, validation accuracy,
+metrics.jsonl, TensorBoard, checkpoint, tokenizer and the exported model."""
+import json
+import math
+import os
+
+from launch_helpers import CONFIGS, check, deepspeed_command, metrics, run
+
+STEPS = 40
+
+
+def test_two_rank_tiny_sift_run(tmp_path):
+    out = tmp_path / "run"
+    proc = check(run(deepspeed_command([
+        "--ds_config", os.path.join(CONFIGS, "tiny_cpu_sift.json"), "--output_dir", out, "--max_steps", STEPS,
+        "--seq_len", 64, "--eval_interval", 20, "--log_interval", 5, "--sift_warmup_steps", 10,
+        "--cache_dir", tmp_path / "cache",
+    ])))
+    log = proc.stdout + proc.stderr
+    assert "batch: micro 16, gross 32 per rank, grad-accum 1, world 2, global 32" in log
+    assert "optimizer: " in log and "(apex.optimizers not available)" in log
+
+    records = metrics(out)
+    assert [r["step"] for r in records] == list(range(5, STEPS + 1, 5))
+    evals = [r for r in records if r["val_acc"] is not None]
+    assert [r["step"] for r in evals] == [20, 40]
+    first, last = evals[0], evals[-1]
+    print(f"\nvalidation: step {first['step']} loss {first['val_loss']:.3f} acc {first['val_acc']:.3f} -> "
+          f"step {last['step']} loss {last['val_loss']:.3f} acc {last['val_acc']:.3f}")
+    assert 0.0 <= last["val_acc"] <= 1.0
+    assert last["val_loss"] < first["val_loss"] < math.log(4096)
+    for r in records:
+        assert r["samples"] == r["step"] * 32 and r["gross_samples"] == r["step"] * 64
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["train_loss"] > 0
+        assert r["sift/nonfinite_scores"] == 0
+        # rank 0's share of the globally kept rows: exactly half in warm-up, around half after
+        assert r["sift/kept_fraction"] == 0.5 if r["sift/warmup"] else 0 <= r["sift/kept_fraction"] <= 1
+    assert [r["sift/warmup"] for r in records[:3]] == [1.0, 1.0, 0.0]  # selection from step 11 on
+    assert records[-1]["sift/score_kept_mean"] > records[-1]["sift/score_dropped_mean"]  # kept = highest loss
+    assert records[-1]["elapsed_s"] > 0
+
+    # Checkpoint, run config, tokenizer and the exported Hugging Face model.
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"global_step{STEPS}"
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["world_size"] == 2 and run_config["ds_config"]["train_batch_size"] == 32
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    model = BertForMaskedLM.from_pretrained(out / "final")
+    assert model.config.vocab_size == len(tokenizer) == 4096 and model.config.num_hidden_layers == 2
+
+    # TensorBoard scalars through DeepSpeed's monitor.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "tiny_cpu_sift"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "Pretrain/val_acc" in tags and "Pretrain/train_loss" in tags and "Pretrain/sift/kept_fraction" in tags
+    assert [e.step for e in events.Scalars("Pretrain/val_acc")] == [20, 40]
