@@ -110,6 +110,9 @@ def resolve_plan(args: argparse.Namespace, world_size: Optional[int] = None,
     resume = checkpoint.find_resume(args.resume, args.output_dir)
     if args.resume == "auto" and resume is None:
         notes.append(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(args.output_dir)}, starting fresh")
+    elif resume is None and checkpoint.list_tags(checkpoint.checkpoint_dir(args.output_dir)):
+        notes.append(f"{args.output_dir} already holds checkpoints: starting fresh and overwriting them "
+                     "(--resume auto continues instead)")
     return RunPlan(args, ds_config, sift, world_size, micro, gas, total, gross, max_steps, model_config,
                    data_files, resume, notes)
 
@@ -333,8 +336,11 @@ def obtain_tokenizer(plan: RunPlan, corpus_for_training):
     run_tokenizer = os.path.join(plan.output_dir, "tokenizer")
     if plan.args.tokenizer:
         return tok.load_tokenizer(plan.args.tokenizer), plan.args.tokenizer
-    if plan.resume is not None and os.path.isdir(run_tokenizer):
-        return tok.load_tokenizer(run_tokenizer), f"{run_tokenizer} (the resumed run's)"
+    if plan.resume is not None:
+        # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
+        for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume[0])), "tokenizer")):
+            if os.path.isdir(path):
+                return tok.load_tokenizer(path), f"{path} (the resumed run's)"
     payload = [None]
     if dist.get_rank() == 0:
         trained = tok.train_wordpiece(tok.batched_texts(corpus_for_training()), plan.args.vocab_size)
@@ -366,14 +372,9 @@ def setup_job(plan: RunPlan) -> Job:
     import torch.distributed as dist
     from transformers import set_seed
 
-    import sift_ds
-
-    from . import data as data_lib
-    from .fused import apex_adam, fuse_layer_norms, weight_decay_groups
     from .loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
-    from .metrics import FlopsModel, MetricsLogger
-    from .models import build_bert
-    from .training import LoopOptions, Trainer
+    from .metrics import MetricsLogger
+    from .training import Trainer
 
     args = plan.args
     init_distributed()
@@ -382,24 +383,57 @@ def setup_job(plan: RunPlan) -> Job:
     for note in plan.notes:
         logger.info(note)
     set_seed(args.seed)
+    tokenizer, data = prepare_data(plan)
+    engine, flops = build_engine(plan, len(tokenizer))
 
-    def corpus():
-        return data_lib.load_corpus(plan.data_files, args.text_field, args.dataset_name, args.dataset_config,
-                                    args.dataset_split, args.cache_dir)
+    collator = MaskingCollator(tokenizer, args.mlm_probability)
+    loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, args.seed)
+    eval_batches = fixed_eval_batches(data.val, collator, args.eval_batch_size or plan.micro_batch, engine.rank,
+                                      engine.world_size, args.data_seed)
+    state = checkpoint.load(engine, *plan.resume) if plan.resume is not None else None
+    metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0)
+    run_info = {"seq_len": args.seq_len, "objective": args.objective, "world_size": plan.world_size}
+    trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
+    if state is not None:
+        trainer.restore(state)
+    if rank == 0:
+        if state is None or not os.path.isdir(os.path.join(plan.output_dir, "tokenizer")):
+            tokenizer.save_pretrained(os.path.join(plan.output_dir, "tokenizer"))
+        write_run_config(plan)
+    return Job(plan, engine, trainer, tokenizer)
 
+
+def prepare_data(plan: RunPlan):
+    """(tokenizer, PretrainData): the corpus, then the tokenizer, then tokenized blocks, with each
+    node's first rank filling the ``datasets`` cache before the others read it."""
+    from . import data as data_lib
+
+    args = plan.args
     with data_lib.main_process_first():
-        raw = corpus()
-    tokenizer, source = obtain_tokenizer(plan, lambda: raw)
+        corpus = data_lib.load_corpus(plan.data_files, args.text_field, args.dataset_name, args.dataset_config,
+                                      args.dataset_split, args.cache_dir)
+    tokenizer, source = obtain_tokenizer(plan, lambda: corpus)
     logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
     with data_lib.main_process_first():
-        data = data_lib.build_pretrain_data(raw, tokenizer, args.seq_len, args.objective, args.val_fraction,
+        data = data_lib.build_pretrain_data(corpus, tokenizer, args.seq_len, args.objective, args.val_fraction,
                                             args.max_val_samples, args.data_seed, args.cache_dir)
     logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
                 data.num_documents, data.num_tokens, len(data.train), len(data.val), args.seq_len, args.objective)
+    return tokenizer, data
 
-    config = plan.model_config
-    config.vocab_size = len(tokenizer)
-    model = build_bert(args.model, len(tokenizer), args.objective, max_position_embeddings=config.max_position_embeddings)
+
+def build_engine(plan: RunPlan, vocab_size: int):
+    """(SiftEngine, FlopsModel): the BERT (apex FusedLayerNorm when available), AdamW weight-decay
+    groups (apex FusedAdam when available), ``sift_ds.initialize``."""
+    import sift_ds
+
+    from .fused import apex_adam, fuse_layer_norms, weight_decay_groups
+    from .metrics import FlopsModel
+    from .models import build_bert
+
+    args = plan.args
+    model = build_bert(args.model, vocab_size, args.objective,
+                       max_position_embeddings=plan.model_config.max_position_embeddings)
     count, norm = fuse_layer_norms(model)
     groups = weight_decay_groups(model)
     client_optimizer = apex_adam(groups, plan.ds_config)
@@ -414,12 +448,14 @@ def setup_job(plan: RunPlan) -> Job:
     logger.info("batch: micro %d, gross %d per rank, grad-accum %d, world %d, global %d; sift: %s",
                 plan.micro_batch, engine.gross_batch_size, plan.grad_accum, plan.world_size, plan.train_batch,
                 json.dumps(plan.sift.to_dict()))
+    return engine, flops
 
-    collator = MaskingCollator(tokenizer, args.mlm_probability)
-    loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, args.seed)
-    eval_batches = fixed_eval_batches(data.val, collator, args.eval_batch_size or plan.micro_batch, engine.rank,
-                                      engine.world_size, args.data_seed)
-    options = LoopOptions(
+
+def loop_options(plan: RunPlan):
+    from .training import LoopOptions
+
+    args = plan.args
+    return LoopOptions(
         max_steps=plan.max_steps,
         log_interval=auto_interval(args.log_interval, plan.max_steps, 0.02, 100),
         eval_interval=auto_interval(args.eval_interval, plan.max_steps, 0.1, 1000),
@@ -431,16 +467,6 @@ def setup_job(plan: RunPlan) -> Job:
         peak_tflops=args.peak_tflops,
         seq_len=args.seq_len,
     )
-    run_info = {"seq_len": args.seq_len, "objective": args.objective, "world_size": plan.world_size}
-    trainer = Trainer(engine, loader, eval_batches, None, flops, options, run_info)
-    if plan.resume is not None:
-        trainer.restore(checkpoint.load(engine, *plan.resume))
-    if rank == 0:
-        if plan.resume is None or not os.path.isdir(os.path.join(plan.output_dir, "tokenizer")):
-            tokenizer.save_pretrained(os.path.join(plan.output_dir, "tokenizer"))
-        write_run_config(plan)
-    trainer.metrics = MetricsLogger(plan.output_dir, plan.max_steps, trainer.step, engine.monitor, enabled=rank == 0)
-    return Job(plan, engine, trainer, tokenizer)
 
 
 def write_run_config(plan: RunPlan) -> None:

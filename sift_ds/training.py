@@ -114,6 +114,7 @@ class Trainer:
         self.last_eval: Dict[str, float] = {}
         self.stop_reason: Optional[str] = None
         self._signal = _StopSignal()
+        self._gloo = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -154,8 +155,8 @@ class Trainer:
                 self.metrics.step(step)
                 self.stop_reason = self._should_stop(step)
                 final = step >= opts.max_steps or self.stop_reason is not None
-                do_eval = final or (opts.eval_interval and step % opts.eval_interval == 0)
-                if do_eval or final or step % opts.log_interval == 0:
+                do_eval = final or bool(opts.eval_interval and step % opts.eval_interval == 0)
+                if do_eval or step % opts.log_interval == 0:
                     self._log(step, window, tokens_per_step, do_eval)
                     window = _Window(engine.device)
                 if final or (opts.save_interval and step % opts.save_interval == 0):
@@ -179,12 +180,18 @@ class Trainer:
             (self._signal.received, "SIGTERM"),
         ]
         flags = [1.0 if cond else 0.0 for cond, _ in reasons]
-        if (opts.time_budget_s or True) and dist.is_initialized():
+        if dist.is_initialized():  # SIGTERM and the clock can differ between ranks
             t = torch.tensor(flags, dtype=torch.float32)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group())
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._stop_group())
             flags = t.tolist()
         hit = [text for (_, text), flag in zip(reasons, flags) if flag]
         return ", ".join(hit) if hit and step < opts.max_steps else None
+
+    def _stop_group(self):
+        """A gloo group for the stop-flag all-reduce, so that it costs no device sync on GPU runs."""
+        if self._gloo is None:
+            self._gloo = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        return self._gloo
 
     def _log(self, step: int, window: "_Window", tokens_per_step: int, do_eval: bool) -> None:
         engine, opts = self.engine, self.opts
@@ -217,17 +224,6 @@ class Trainer:
         tag = checkpoint.save(self.engine, self.opts.save_dir, self.run_state(), self.opts.keep_checkpoints or None)
         self.metrics.info(f"saved checkpoint {self.opts.save_dir}/{tag}")
         return tag
-
-
-_CPU_GROUP = None
-
-
-def _cpu_group():
-    """A gloo group for the tiny stop-flag all-reduce (no device sync on GPU runs)."""
-    global _CPU_GROUP
-    if _CPU_GROUP is None:
-        _CPU_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-    return _CPU_GROUP
 
 
 def _current_lr(engine) -> Optional[float]:

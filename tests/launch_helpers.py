@@ -2,14 +2,14 @@
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+from launcher import run_deepspeed
+
 SCRIPT = os.path.join(REPO, "launch", "pretrain_bert.py")
 CONFIGS = os.path.join(REPO, "ds_configs")
-DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 
 
 def load_cli():
@@ -30,33 +30,24 @@ def write_config(path, config: dict) -> str:
     return str(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_env(**extra) -> dict:
+    """Environment for a plain ``python`` run: CPU accelerator, and no torch.distributed variables
+    left over from in-process tests (the script then makes a world of one on a free port)."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
 
 
-def deepspeed_command(args, num_procs: int = 2):
-    """``deepspeed --num_gpus N launch/pretrain_bert.py ARGS`` on the CPU accelerator (gloo)."""
-    return [DEEPSPEED, "--num_gpus", str(num_procs), "--master_port", str(free_port()), SCRIPT, *map(str, args)]
+def run_python(args, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python launch/pretrain_bert.py ARGS`` as one process."""
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=cpu_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
-def run(command, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command, cwd=REPO, env=kwargs.pop("env", cpu_env()), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-    return proc
-
-
-def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-    return proc
+def pretrain_2_ranks(args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus 2 launch/pretrain_bert.py ARGS`` on the CPU (gloo); fails with the output."""
+    return run_deepspeed(SCRIPT, args, num_gpus=2, timeout=timeout, env={"DS_ACCELERATOR": "cpu"})
 
 
 def metrics(output_dir) -> list:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from launch_helpers import CONFIGS, SCRIPT, cpu_env, load_cli, read_config, run, write_config
+from launch_helpers import CONFIGS, load_cli, read_config, run_python, write_config
 
 cli = load_cli()
 
@@ -164,9 +164,8 @@ def test_errors_after_start_up_are_one_line_too(tmp_path):
     """A real process: a JSON-lines corpus without the text field fails once loaded, with one line."""
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"body": "hello"}) + "\n")
-    proc = run([os.sys.executable, SCRIPT, "--ds_config", tiny(tmp_path), "--data", str(corpus),
-                "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")],
-               env=cpu_env(), timeout=120)
+    proc = run_python(["--ds_config", tiny(tmp_path), "--data", corpus, "--cache_dir", tmp_path / "cache",
+                       "--output_dir", tmp_path / "out"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (

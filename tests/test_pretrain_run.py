@@ -4,18 +4,18 @@ import json
 import math
 import os
 
-from launch_helpers import CONFIGS, check, deepspeed_command, metrics, run
+from launch_helpers import CONFIGS, metrics, pretrain_2_ranks
 
 STEPS = 40
 
 
 def test_two_rank_tiny_sift_run(tmp_path):
     out = tmp_path / "run"
-    proc = check(run(deepspeed_command([
+    proc = pretrain_2_ranks([
         "--ds_config", os.path.join(CONFIGS, "tiny_cpu_sift.json"), "--output_dir", out, "--max_steps", STEPS,
         "--seq_len", 64, "--eval_interval", 20, "--log_interval", 5, "--sift_warmup_steps", 10,
         "--cache_dir", tmp_path / "cache",
-    ])))
+    ])
     log = proc.stdout + proc.stderr
     assert "batch: micro 16, gross 32 per rank, grad-accum 1, world 2, global 32" in log
     assert "optimizer: " in log and "(apex.optimizers not available)" in log

@@ -3,11 +3,12 @@ losses step for step (real 2-rank DeepSpeed runs on the CPU); SIGTERM saves and 
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from launch_helpers import SCRIPT, check, cpu_env, deepspeed_command, metrics, run, small_config
+from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, small_config
 from sift_ds import checkpoint
 from sift_ds.data import default_corpus
 from sift_ds.tokenizer import batched_texts, train_wordpiece
@@ -29,14 +30,14 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path):
     common = ["--ds_config", config, "--sift_warmup_steps", "2", "--tokenizer", tmp_path / "tokenizer"]
     reference, split = tmp_path / "reference", tmp_path / "split"
 
-    check(run(deepspeed_command(common + ["--output_dir", reference])))
-    stopped = check(run(deepspeed_command(common + ["--output_dir", split, "--exit_interval", STOP])))
+    pretrain_2_ranks(common + ["--output_dir", reference])
+    stopped = pretrain_2_ranks(common + ["--output_dir", split, "--exit_interval", STOP])
     assert "exit interval" in stopped.stdout + stopped.stderr
     assert latest_tag(split) == f"global_step{STOP}"
     assert [r["step"] for r in metrics(split)] == list(range(1, STOP + 1))
     assert not (split / "final").exists()
 
-    resumed = check(run(deepspeed_command(common + ["--output_dir", split, "--resume", "auto"])))
+    resumed = pretrain_2_ranks(common + ["--output_dir", split, "--resume", "auto"])
     assert f"resumed from {split}/checkpoints/global_step{STOP}" in resumed.stdout + resumed.stderr
 
     want, got = metrics(reference), metrics(split)
@@ -58,7 +59,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     """Slurm pre-emption / the launcher's shutdown: one plain `python` process (a world of one)."""
     config = small_config(tmp_path, base="tiny_cpu_vanilla.json", max_steps=10_000)
     out = tmp_path / "run"
-    proc = subprocess.Popen([os.sys.executable, SCRIPT, "--ds_config", config, "--output_dir", str(out)],
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--ds_config", config, "--output_dir", str(out)],
                             env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
