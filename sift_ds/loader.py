@@ -9,7 +9,7 @@ run drew, with no generator state to save.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,9 @@ def derive_seed(*key: int) -> int:
 
 
 class MaskingCollator:
-    """``DataCollatorForLanguageModeling`` whose masks are drawn from a generator seeded per call."""
+    """Masks a batch of fixed-length blocks with ``DataCollatorForLanguageModeling.torch_mask_tokens``
+    (the collator's own masking, without its per-example padding pass: blocks are already full
+    length), drawing from a generator seeded per call."""
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15):
         from transformers import DataCollatorForLanguageModeling
@@ -37,23 +39,26 @@ class MaskingCollator:
         # global torch RNG, which is then forked and seeded around the call.
         self._has_generator = hasattr(self.collator, "generator")
 
-    def __call__(self, examples: List[dict], *seed_key: int) -> Dict[str, torch.Tensor]:
+    def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
+        """``columns``: the block columns of a batch (arrays with a leading batch dimension, e.g. a
+        ``datasets`` numpy-formatted slice); returns tensors with ``labels`` (-100 where unmasked)."""
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items()}
+        special = batch.pop("special_tokens_mask", None)
+        inputs = batch["input_ids"].clone()
         seed = derive_seed(*seed_key)
         if self._has_generator:
             self.collator.generator = torch.Generator().manual_seed(seed)
-            batch = self.collator(examples)
+            batch["input_ids"], batch["labels"] = self.collator.torch_mask_tokens(inputs, special)
         else:  # pragma: no cover - transformers < 4.48
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                batch = self.collator(examples)
-        return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+                batch["input_ids"], batch["labels"] = self.collator.torch_mask_tokens(inputs, special)
+        return batch
 
 
-def rows(dataset, indices: Sequence[int]) -> List[dict]:
-    """Rows of a ``datasets.Dataset`` as a list of example dicts (what a collator takes)."""
-    columns = dataset[list(map(int, indices))]
-    keys = list(columns)
-    return [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+def take(dataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:
+    """Rows ``indices`` of a ``datasets.Dataset`` of blocks, as one numpy array per column."""
+    return dataset.with_format("numpy")[list(map(int, indices))]
 
 
 class GrossBatchLoader:
@@ -79,6 +84,7 @@ class GrossBatchLoader:
             )
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, None
+        self._rows = dataset.with_format("numpy")
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
@@ -95,7 +101,8 @@ class GrossBatchLoader:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         epoch, position = self.epoch, self.position
-        batch = self.collator(rows(self.dataset, self.indices(epoch, position)), self.seed, epoch, position, self.rank)
+        rows = self._rows[self.indices(epoch, position).tolist()]
+        batch = self.collator(rows, self.seed, epoch, position, self.rank)
         self.position += 1
         return batch
 
@@ -142,7 +149,7 @@ def fixed_eval_batches(dataset, collator: MaskingCollator, batch_size: int, rank
     n = len(dataset)
     masked: List[Dict[str, torch.Tensor]] = []
     for chunk, start in enumerate(range(0, n, batch_size)):
-        masked.append(collator(rows(dataset, range(start, min(n, start + batch_size))), seed, EVAL_STREAM, chunk))
+        masked.append(collator(take(dataset, range(start, min(n, start + batch_size))), seed, EVAL_STREAM, chunk))
     full = {k: torch.cat([b[k] for b in masked]) for k in masked[0]}
     mine = torch.arange(rank, n, world_size)
     per_rank = -(-n // world_size)

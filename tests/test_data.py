@@ -8,7 +8,7 @@ import torch
 
 from sift_ds import data as D
 from sift_ds import tokenizer as T
-from sift_ds.loader import EVAL_STREAM, GrossBatchLoader, MaskingCollator, fixed_eval_batches, rows
+from sift_ds.loader import EVAL_STREAM, GrossBatchLoader, MaskingCollator, fixed_eval_batches, take
 
 SEQ = 32
 
@@ -121,7 +121,7 @@ def test_nsp_pairs(nsp, tok):
     ds = nsp.train
     labels = np.asarray(ds["next_sentence_label"])
     assert 0.35 < labels.mean() < 0.65  # about half random next sentences
-    for row in rows(ds, range(50)):
+    for row in ds.select(range(50)):
         ids, types = row["input_ids"], row["token_type_ids"]
         n = sum(row["attention_mask"])
         seps = [i for i in range(n) if ids[i] == tok.sep_token_id]
@@ -136,7 +136,7 @@ def test_nsp_continuations_follow_in_the_document(nsp, corpus, tok):
     docs = [tok(t, add_special_tokens=False)["input_ids"] for t in corpus["text"]]
     joined = [" ".join(map(str, d)) for d in docs]
     checked = 0
-    for row in rows(nsp.train, range(40)):
+    for row in nsp.train.select(range(40)):
         if row["next_sentence_label"] != 0:
             continue
         n = sum(row["attention_mask"])
@@ -224,10 +224,11 @@ def test_too_little_data_for_one_global_batch(mlm, tok):
 # ---------------------------------------------------------------------------------------- masking
 def test_masking_statistics_15_percent_80_10_10(mlm, tok):
     collator = MaskingCollator(tok)
-    examples = rows(mlm.train, range(256))
-    original = torch.tensor([e["input_ids"] for e in examples])
-    special = torch.tensor([e["special_tokens_mask"] for e in examples]).bool()
-    batch = collator(examples, 7, 0, 0, 0)
+    columns = take(mlm.train, range(256))
+    original = torch.tensor(columns["input_ids"])
+    special = torch.tensor(columns["special_tokens_mask"]).bool()
+    batch = collator(columns, 7, 0, 0, 0)
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels", "token_type_ids"]
     labelled = batch["labels"] != -100
     assert not (labelled & special).any()
     assert torch.equal(batch["labels"][labelled], original[labelled])
@@ -242,9 +243,26 @@ def test_masking_statistics_15_percent_80_10_10(mlm, tok):
     assert torch.equal(batch["input_ids"][~labelled], original[~labelled])
 
 
+def test_masks_equal_the_full_collator_call(nsp, tok):
+    """Masking the stacked blocks draws exactly what DataCollatorForLanguageModeling's own
+    __call__ (pad, then mask) draws from the same generator."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from sift_ds.loader import derive_seed
+
+    examples = list(nsp.train.select(range(16)))
+    reference = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")
+    reference.generator = torch.Generator().manual_seed(derive_seed(3, 1, 4, 1))
+    want = reference(examples)
+    got = MaskingCollator(tok)(take(nsp.train, range(16)), 3, 1, 4, 1)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
 def test_masks_are_a_function_of_the_batch_key(mlm, tok):
     collator = MaskingCollator(tok)
-    examples = rows(mlm.train, range(8))
+    examples = take(mlm.train, range(8))
     a, b = collator(examples, 1, 0, 5, 0), collator(examples, 1, 0, 5, 0)
     c = collator(examples, 1, 0, 5, 1)
     assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"], b["input_ids"])
