@@ -76,7 +76,7 @@ SHOWN = (("train_loss", "loss"), ("val_loss", "val_loss"), ("val_acc", "val_acc"
 class MetricsLogger:
     """Rank 0 writes one JSON line per logging step to ``metrics.jsonl``, the numeric fields to
     DeepSpeed's monitor (TensorBoard / W&B / CSV as the ds_config enables them), and a progress
-    display: a tqdm bar when stderr is a terminal, else one plain line per record. Other ranks no-op.
+    display: a tqdm bar when stdout is a terminal, else one plain line per record. Other ranks no-op.
     """
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, monitor=None,
@@ -85,15 +85,17 @@ class MetricsLogger:
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
         self.bar = None
+        self._postfix: Dict[str, Any] = {}
         if not enabled:
             return
         purge_after(self.path, start_step)
         if progress is None:
-            progress = sys.stderr.isatty()
+            progress = sys.stdout.isatty()
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
+                            file=sys.stdout)
 
     def step(self, step: int) -> None:
         if self.bar is not None:
@@ -109,12 +111,16 @@ class MetricsLogger:
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
             self.monitor.write_events(events)
         shown = {label: record[k] for k, label in SHOWN if record.get(k) is not None}
-        if self.bar is not None:
-            self.bar.set_postfix({k: _fmt(v) for k, v in shown.items()}, refresh=False)
-            self.step(record["step"])
-        else:
-            self.info(f"step {record['step']}/{record['max_steps']} | "
-                      + " | ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
+        line = f"step {record['step']}/{record['max_steps']} | " + " | ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+        if self.bar is None:
+            self.info(line)
+            return
+        self._postfix.update(shown)  # the bar keeps the last validation figures between evaluations
+        self.bar.set_postfix({label: _fmt(self._postfix[label]) for _, label in SHOWN if label in self._postfix},
+                             refresh=False)
+        self.step(record["step"])
+        if record.get("val_acc") is not None:
+            self.bar.write(line)  # evaluations stay on screen above the bar
 
     def info(self, message: str) -> None:
         if not self.enabled:

@@ -136,6 +136,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
         opts, engine = self.opts, self.engine
+        if opts.time_budget_s and self.elapsed_s >= opts.time_budget_s:
+            logger.info("the time budget (%g min) was spent before this resume: nothing to do", opts.time_budget_s / 60)
+            self.metrics.close()
+            return self.last_eval
         gas = engine.gradient_accumulation_steps()
         tokens_per_step = engine.train_batch_size() * opts.seq_len
         gross_tokens_per_step = self.loader.global_batch * gas * opts.seq_len
