@@ -42,7 +42,7 @@ class RunPlan:
     train_batch: int
     gross_batch: int
     max_steps: int
-    model_config: Any  # transformers.BertConfig (vocab_size set once the tokenizer is known)
+    model_config: Any  # transformers.BertConfig of --model (its vocab_size comes from the tokenizer later)
     data_files: Optional[List[str]]
     resume: Optional[Tuple[str, Optional[str]]]
     notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
@@ -72,10 +72,8 @@ def section_to_argv(section: dict, parser: argparse.ArgumentParser, cli_args: ar
             raise ValueError(f"ds_config '{PRETRAIN_SECTION}' section: unknown key {key!r}; known keys: {known}")
         if value is None or getattr(cli_args, key) != parser.get_default(key):
             continue  # null in the section, or given on the command line
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            argv += [flag, json.dumps(v) if isinstance(v, bool) else str(v)]
+        for v in value if isinstance(value, list) else [value]:
+            argv += [action.option_strings[0], json.dumps(v) if isinstance(v, bool) else str(v)]
     return argv
 
 
@@ -173,7 +171,7 @@ def _resolve_batch(ds_config: dict, world: int) -> Tuple[int, int, int]:
 
 def _enabled(ds_config: dict, key: str) -> bool:
     section = ds_config.get(key)
-    return isinstance(section, dict) and bool(section.get("enabled", key == "fp16" and section != {}))
+    return isinstance(section, dict) and bool(section.get("enabled", False))
 
 
 def _check_precision(ds_config: dict, accelerator: str) -> None:
@@ -214,7 +212,8 @@ def _resolve_schedule(ds_config: dict, args, notes: List[str]) -> int:
     max_steps = args.max_steps or config_total
     if max_steps is None:
         raise ValueError("--max_steps is required: the ds_config scheduler leaves total_num_steps "
-                         f"{'auto' if total == 'auto' else 'unset'}")
+                         f"{'auto' if total == 'auto' else 'unset'} (a --time_budget run needs it too: the "
+                         "learning-rate schedule is in steps)")
     if config_total is not None and args.max_steps and args.max_steps != config_total:
         notes.append(f"--max_steps {args.max_steps} differs from the scheduler's total_num_steps {config_total}; "
                      "the schedule is kept as configured")

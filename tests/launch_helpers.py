@@ -2,14 +2,16 @@
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
-from conftest import REPO
-from launcher import run_deepspeed
-
+# Self-contained on purpose: under `pytest tests benchmarks` the module name `conftest` can resolve
+# to benchmarks/conftest.py, so nothing here imports from it.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "launch", "pretrain_bert.py")
 CONFIGS = os.path.join(REPO, "ds_configs")
+DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 
 
 def load_cli():
@@ -47,7 +49,13 @@ def run_python(args, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def pretrain_2_ranks(args, timeout: int = 300) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus 2 launch/pretrain_bert.py ARGS`` on the CPU (gloo); fails with the output."""
-    return run_deepspeed(SCRIPT, args, num_gpus=2, timeout=timeout, env={"DS_ACCELERATOR": "cpu"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), SCRIPT, *map(str, args)]
+    proc = subprocess.run(command, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    return proc
 
 
 def metrics(output_dir) -> list:
