@@ -6,7 +6,7 @@ batch in rank order, are identical on every rank, and rank ``r`` trains on ``ind
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 import torch.distributed as dist

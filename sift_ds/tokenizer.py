@@ -16,7 +16,6 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2):
     """A BERT-style uncased WordPiece tokenizer trained on ``texts`` (a ``BertTokenizerFast``)."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
 
     wordpiece = BertWordPieceTokenizer(clean_text=True, lowercase=lowercase, strip_accents=lowercase)
     wordpiece.train_from_iterator(

@@ -1,20 +1,13 @@
 import os
-import socket
 
 import pytest
 import torch
 
+from launcher import free_port
+
 # DeepSpeed picks its accelerator at import: use the CPU one unless a GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +23,3 @@ def single_rank_dist():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (DeepSpeed refuses fp16 on CPU)")

@@ -2,16 +2,13 @@
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
-# Self-contained on purpose: under `pytest tests benchmarks` the module name `conftest` can resolve
-# to benchmarks/conftest.py, so nothing here imports from it.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launcher import REPO, clean_env, run_deepspeed
+
 SCRIPT = os.path.join(REPO, "launch", "pretrain_bert.py")
 CONFIGS = os.path.join(REPO, "ds_configs")
-DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 
 
 def load_cli():
@@ -33,12 +30,8 @@ def write_config(path, config: dict) -> str:
 
 
 def cpu_env(**extra) -> dict:
-    """Environment for a plain ``python`` run: CPU accelerator, and no torch.distributed variables
-    left over from in-process tests (the script then makes a world of one on a free port)."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
+    """Environment for a plain ``python`` run: the script then makes a world of one on a free port."""
+    return clean_env(DS_ACCELERATOR="cpu", **extra)
 
 
 def run_python(args, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -49,13 +42,7 @@ def run_python(args, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def pretrain_2_ranks(args, timeout: int = 300) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus 2 launch/pretrain_bert.py ARGS`` on the CPU (gloo); fails with the output."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), SCRIPT, *map(str, args)]
-    proc = subprocess.run(command, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-    return proc
+    return run_deepspeed(SCRIPT, args, num_gpus=2, timeout=timeout, env={"DS_ACCELERATOR": "cpu"})
 
 
 def metrics(output_dir) -> list:

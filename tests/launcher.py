@@ -1,18 +1,44 @@
-"""Run a script under the real ``deepspeed`` launcher (N CPU ranks, gloo) from a test."""
+"""Shared test helpers: the repo root, free ports, and real runs under the ``deepspeed`` launcher.
+
+Self-contained on purpose: under ``pytest tests benchmarks`` the module name ``conftest`` can
+resolve to benchmarks/conftest.py, so test modules import from here, never from ``conftest``.
+"""
 import os
+import socket
 import subprocess
 import sys
 
-from conftest import REPO, free_port
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (DeepSpeed refuses fp16 on CPU)")
 
 
-def run_deepspeed(script, args=(), num_gpus=2, timeout=600, env=None, check=True):
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", str(num_gpus), "--master_port", str(free_port()), script, *map(str, args)]
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    if "CUDA_VISIBLE_DEVICES" not in full_env and full_env.get("DS_ACCELERATOR") == "cpu":
-        full_env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra) -> dict:
+    """Environment for a child run: CPU accelerator unless a GPU is present, one thread per rank, and
+    no torch.distributed variables left over from in-process tests."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    for key in DIST_VARS:
+        env.pop(key, None)
+    return env
+
+
+def run_deepspeed(script, args=(), num_gpus=2, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus N script ARGS`` (gloo on the CPU); with ``check``, fails showing the output."""
+    cmd = [DEEPSPEED, "--num_gpus", str(num_gpus), "--master_port", str(free_port()), str(script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc

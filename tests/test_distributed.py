@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from conftest import REPO, requires_cuda
-from launcher import run_deepspeed
+from launcher import REPO, requires_cuda, run_deepspeed
 
 SCRIPT = os.path.join(REPO, "tests", "dist_scripts", "sift_train.py")
 

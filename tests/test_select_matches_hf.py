@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sift_ds
-from tiny import VOCAB, ds_config, mlm_batch, tiny_bert
+from tiny import ds_config, mlm_batch, tiny_bert
 
 LAYERS = 3
 
