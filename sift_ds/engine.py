@@ -113,6 +113,9 @@ class SiftEngine:
             indices = torch.arange(gross, device=device)
             return self._record(Selection(batch, indices, nan_scores), nan_scores, indices)
 
+        # The warm-up subset is a pure function of (optimizer step, micro-step within it, rank).
+        # DeepSpeed restores global_steps but not micro_steps on load; checkpoints are taken at
+        # accumulation boundaries, where micro_steps % gas is 0 either way, so resume stays exact.
         step, micro = self.engine.global_steps, self.engine.micro_steps % self.engine.gradient_accumulation_steps()
         global_scope = cfg.scope == "global" and self.world_size > 1
         if self.in_warmup:
