@@ -152,3 +152,18 @@ def test_engine_with_triton_kernel_matches_hf(single_rank_dist, monkeypatch, cri
     torch.testing.assert_close(sel.scores[finite].double().cpu(), ref[finite], atol=1e-4, rtol=1e-4)
     order = sorted(range(len(ref)), key=lambda i: (ref[i].item(), -i), reverse=True)
     assert sel.indices.tolist() == sorted(order[: engine.micro_batch_size])
+
+
+def test_initialize_training_data_yields_gross_batches(single_rank_dist):
+    rows = mlm_batch(24, seed=4)
+    dataset = [{k: v[i] for k, v in rows.items()} for i in range(24)]
+
+    def collate(items):
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    model = tiny_bert(layers=2)
+    engine, _, loader, _ = sift_ds.initialize(model=model, config=ds_config(micro=4, keep_ratio=0.5),
+                                              training_data=dataset, collate_fn=collate)
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape == (8, 16)  # gross batch = micro / keep_ratio
+    assert torch.isfinite(engine.train_step(batch))
