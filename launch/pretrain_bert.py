@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="base", help="preset (tiny, mini, small, medium, base, large) or HF config path")
+    g.add_argument("--sparse_mlm_head", type=str2bool, default=True, metavar="BOOL",
+                   help="training forward runs the MLM head on masked positions only (same loss, as "
+                        "MosaicBERT / academic-budget-bert); false: HF's head on every position")
     g.add_argument("--objective", default="mlm", choices=OBJECTIVES, help="masked LM, or masked LM + next sentence")
     g.add_argument("--seq_len", type=int, default=128, help="tokens per sequence")
     g.add_argument("--data", action="append", metavar="PATH_OR_GLOB",

@@ -19,7 +19,8 @@ class FlopsModel:
 
     train_per_token  -- backprop pass: ``6 N + 12 L H T`` (N: parameters without the position
                         embeddings; the tied word embedding counts once, for the decoder matmul
-                        that the MLM head runs at every position).
+                        that the MLM head runs at every position -- or, with ``sparse_head``, at
+                        the masked fraction of positions only).
     select_per_token -- selection forward per scored (gross) token: ``2 N_prefix + 4 k H T`` for the
                         embeddings and first k layers, plus the head (transform + decoder) on the
                         masked fraction of positions only, as the scorer runs it.
@@ -29,13 +30,15 @@ class FlopsModel:
     select_per_token: float
 
     @classmethod
-    def for_bert(cls, model, seq_len: int, exit_layer: int, masked_fraction: float = 0.15) -> "FlopsModel":
+    def for_bert(cls, model, seq_len: int, exit_layer: int, masked_fraction: float = 0.15,
+                 sparse_head: bool = False) -> "FlopsModel":
         cfg = model.config
         hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
         n_total = _numel(model) - cfg.max_position_embeddings * hidden
         n_layer = _numel(model.bert.encoder.layer[0])
         n_head = _numel(model.cls.predictions.transform) + cfg.vocab_size * (hidden + 1)
-        train = 6 * n_total + 12 * layers * hidden * seq_len
+        head_positions = masked_fraction if sparse_head else 1.0
+        train = 6 * (n_total - n_head) + 6 * head_positions * n_head + 12 * layers * hidden * seq_len
         select = 2 * exit_layer * n_layer + 4 * exit_layer * hidden * seq_len + masked_fraction * 2 * n_head
         return cls(float(train), float(select))
 

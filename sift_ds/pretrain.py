@@ -432,11 +432,13 @@ def build_engine(plan: RunPlan, vocab_size: int):
 
     args = plan.args
     model = build_bert(args.model, vocab_size, args.objective,
-                       max_position_embeddings=plan.model_config.max_position_embeddings)
+                       max_position_embeddings=plan.model_config.max_position_embeddings,
+                       sparse_head=args.sparse_mlm_head)
     count, norm = fuse_layer_norms(model)
     groups = weight_decay_groups(model)
     client_optimizer = apex_adam(groups, plan.ds_config)
-    flops = FlopsModel.for_bert(model, args.seq_len, plan.sift.exit_layer, args.mlm_probability)
+    flops = FlopsModel.for_bert(model, args.seq_len, plan.sift.exit_layer, args.mlm_probability,
+                                sparse_head=args.sparse_mlm_head)
     engine, _, _, _ = sift_ds.initialize(model=model, model_parameters=groups, config=plan.ds_config,
                                          optimizer=client_optimizer)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer
