@@ -74,7 +74,8 @@ class SiftEngine:
             except RuntimeError as err:
                 raise ValueError(f"sift.kernel={config.kernel!r} cannot run here: {err}") from None
         self._timer = _StepTimer(torch.device(engine.device))
-        self._last: Optional[dict] = None
+        self._pending: Optional[dict] = None  # telemetry of the last select
+        self._last: Optional[dict] = None  # ... and of the last train_step, with its timings
 
     # ------------------------------------------------------------------ pass-through
     def __getattr__(self, name: str) -> Any:

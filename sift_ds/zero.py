@@ -17,10 +17,6 @@ from typing import Iterable, Iterator, List
 from torch import nn
 
 
-def is_zero3_partitioned(module: nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in module.parameters())
-
-
 def _unique_params(modules: Iterable[nn.Module]) -> List[nn.Parameter]:
     seen, params = set(), []
     for m in modules:

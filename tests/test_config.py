@@ -51,8 +51,12 @@ def test_sift_section_must_be_an_object():
 
 
 def test_gross_batch_from_train_batch_size(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = {"train_batch_size": 12, "gradient_accumulation_steps": 2, "sift": {"keep_ratio": 0.4}}
+    import torch.distributed as dist
+
+    # The world size comes from the process group when one exists (other tests may have made one).
+    world = dist.get_world_size() if dist.is_initialized() else 2
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    cfg = {"train_batch_size": 3 * 2 * world, "gradient_accumulation_steps": 2, "sift": {"keep_ratio": 0.4}}
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=3 gives a gross batch of 7.5"):
         sift_ds.initialize(model=tiny_bert(), config=cfg)
 
