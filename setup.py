@@ -10,7 +10,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     # kernels/ is installed as the subpackage sift_ds.kernels, never as a top-level `kernels`.
-    packages=["sift_ds", "sift_ds.kernels"],
+    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study"],
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels": "kernels"},
     install_requires=[
         "torch>=2.1",
@@ -25,6 +25,7 @@ setup(
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
         "triton": ["triton>=3.0"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard", "scipy", "matplotlib"],
+        "study": ["matplotlib"],
     },
 )

@@ -26,7 +26,7 @@ if not CUDA:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import sift_ds  # noqa: E402
-from sift_ds.models import build_bert  # noqa: E402
+from sift_ds.pretrain.models import build_bert  # noqa: E402
 
 # preset, vocab, seq_len, micro-batch, exit_layer
 SHAPE = ("base", 30522, 512, 32, 1) if CUDA else ("mini", 8192, 64, 4, 1)

@@ -15,10 +15,15 @@ their dropout off. ``BertAdapter`` implements it for ``BertForPreTraining``/``Be
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
+
+try:  # transformers >= 4.56 / 5.x
+    from transformers.masking_utils import create_bidirectional_mask
+except ImportError:  # pragma: no cover - older transformers
+    create_bidirectional_mask = None
 
 
 @runtime_checkable
@@ -69,9 +74,7 @@ class BertAdapter:
 
     def _attention_mask(self, attention_mask: Optional[torch.Tensor], hidden: torch.Tensor):
         """The mask exactly as ``BertModel.forward`` prepares it for its layers."""
-        try:  # transformers >= 4.56 / 5.x
-            from transformers.masking_utils import create_bidirectional_mask
-        except ImportError:  # older transformers: the classic additive extended mask
+        if create_bidirectional_mask is None:  # older transformers: the classic additive extended mask
             if attention_mask is None:
                 return None
             return self.bert.get_extended_attention_mask(attention_mask, hidden.shape[:2])
@@ -101,13 +104,3 @@ def detect_adapter(model: nn.Module) -> EarlyExitAdapter:
         f"no built-in early-exit adapter for {type(model).__name__}; pass adapter= an object implementing "
         "sift_ds.EarlyExitAdapter (embed, layer, head_transform, vocab_projection, selection_modules, num_layers)"
     )
-
-
-def batch_rows(batch: Mapping[str, torch.Tensor]) -> int:
-    """Leading dimension shared by every tensor of the batch (ValueError otherwise)."""
-    sizes: Dict[str, int] = {k: v.shape[0] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
-    if not sizes:
-        raise ValueError("batch has no tensors")
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"batch tensors disagree on the leading (batch) dimension: {sizes}")
-    return next(iter(sizes.values()))

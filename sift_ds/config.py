@@ -1,42 +1,53 @@
-"""The ``"sift"`` section of a DeepSpeed config, as a typed, validated dataclass."""
+"""The ``"sift"`` section of a DeepSpeed config as a typed, frozen, validated ``SiftConfig``, and
+reading a ds_config (path or dict) with errors that name the file or key.
+
+Each field carries its help text and choices as metadata, so that command lines (the pretraining
+job's ``--sift_*`` flags, Megatron's ``--sift-*``) are generated from the dataclass and cannot miss
+a field.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from .kernels import BACKENDS, CRITERIA
 
 SECTION = "sift"
-CRITERIA = ("loss", "entropy")
 SCOPES = ("global", "local")
-KERNELS = ("auto", "triton", "torch")
+SAMPLINGS = ("topk", "rank")
+
+
+def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class SiftConfig:
-    """SIFT settings (Das et al., ICML 2024, sections 6-7).
+    """SIFT settings (Das et al., ICML 2024, sections 6-7); see each field's help, or docs/design.md.
 
-    enabled       -- False trains vanilla: the gross batch is the micro-batch and nothing is scored.
-    criterion     -- "loss" (early-exit masked-LM cross-entropy) or "entropy" (prediction entropy).
-    exit_layer    -- score from the hidden states after this many encoder layers (1..L; L = exact loss,
-                     i.e. OSGD / OHEM).
-    keep_ratio    -- fraction of the gross batch that is trained on (0 < r <= 1; the paper keeps 0.5).
-    warmup_steps  -- optimizer steps with no filtering: a uniform random subset of micro-batch size is
-                     kept, so the effective batch equals vanilla's (the paper: 20K of 800K steps).
-    scope         -- "global": top-k over all data-parallel ranks' gross batches; "local": per rank.
-    kernel        -- scorer backend: "auto" (Triton on CUDA), "triton" or "torch".
-    seed          -- seed of the warm-up's random subsets (deterministic per step, so resume is exact).
+    The paper's behaviour is the default: strict top-k of the loss at exit layer 1, keep 0.5, a fixed
+    warm-up, no annealing, no random share, no outlier guard.
     """
 
-    enabled: bool = True
-    criterion: str = "loss"
-    exit_layer: int = 1
-    keep_ratio: float = 0.5
-    warmup_steps: int = 0
-    scope: str = "global"
-    kernel: str = "auto"
-    seed: int = 1234
+    enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
+    criterion: str = _key("loss", "early-exit score: masked-LM cross-entropy or prediction entropy", CRITERIA)
+    exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
+    keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
+    warmup_steps: int = _key(0, "optimizer steps before selection starts: a uniform random subset is kept")
+    scope: str = _key("global", "top-k over all data-parallel ranks' gross batches, or per rank", SCOPES)
+    kernel: str = _key("auto", "scorer backend: auto (Triton on CUDA), triton or torch", BACKENDS)
+    seed: int = _key(1234, "seed of every random choice of the selector (stateless per step: resume is exact)")
+    anneal_end_step: int = _key(
+        0, "0: keep_ratio stays fixed; else it rises linearly from keep_ratio at warmup_steps to 1 (no "
+           "selection) at this step, by picking from a shrinking random pool (Composer SelectiveBackprop's end)")
+    random_fraction: float = _key(0.0, "share of the kept rows drawn uniformly from the rows not selected by score")
+    sampling: str = _key(
+        "topk", "topk: the highest scores; rank: sample rows with probability percentile^(1/keep - 1) of their "
+                "score rank (Composer SelectiveBackprop)", SAMPLINGS)
+    outlier_fraction: float = _key(0.0, "drop this top share of the scores (noisy, unlearnable rows) before selecting")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -55,20 +66,27 @@ class SiftConfig:
         return cfg
 
     def validate(self) -> None:
-        _check_type("enabled", self.enabled, bool)
-        _check_choice("criterion", self.criterion, CRITERIA)
-        _check_type("exit_layer", self.exit_layer, int)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[f.type])
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                raise ValueError(f"sift.{f.name} must be one of {list(f.metadata['choices'])}, got {value!r}")
         if self.exit_layer < 1:
             raise ValueError(f"sift.exit_layer must be >= 1 (layers are counted from 1), got {self.exit_layer}")
-        _check_type("keep_ratio", self.keep_ratio, (int, float))
         if not 0.0 < float(self.keep_ratio) <= 1.0:
             raise ValueError(f"sift.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        _check_type("warmup_steps", self.warmup_steps, int)
-        if self.warmup_steps < 0:
-            raise ValueError(f"sift.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check_choice("scope", self.scope, SCOPES)
-        _check_choice("kernel", self.kernel, KERNELS)
-        _check_type("seed", self.seed, int)
+        for key in ("warmup_steps", "anneal_end_step"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"sift.{key} must be >= 0, got {getattr(self, key)}")
+        if self.anneal_end_step and self.anneal_end_step <= self.warmup_steps:
+            raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after sift.warmup_steps="
+                             f"{self.warmup_steps}")
+        for key in ("random_fraction", "outlier_fraction"):
+            if not 0.0 <= float(getattr(self, key)) < 1.0:
+                raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.outlier_fraction + self.keep_ratio > 1.0 + 1e-9:
+            raise ValueError(f"sift.outlier_fraction={self.outlier_fraction} + sift.keep_ratio={self.keep_ratio} "
+                             "exceeds 1: too few rows would remain to keep")
 
     def validate_for_model(self, num_layers: int) -> None:
         if self.exit_layer > num_layers:
@@ -89,10 +107,22 @@ class SiftConfig:
             )
         return int(rounded)
 
-    def replace(self, **changes: Any) -> "SiftConfig":
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
+    def selecting(self, step: int) -> bool:
+        """Whether optimizer step ``step`` selects by score (after the warm-up, before the annealing ends)."""
+        return self.enabled and step >= self.warmup_steps and not (self.anneal_end_step and step >= self.anneal_end_step)
+
+    def keep_ratio_at(self, step: int) -> float:
+        """The effective keep ratio of step ``step``: ``keep_ratio``, annealed to 1 when configured."""
+        if not self.anneal_end_step or step <= self.warmup_steps:
+            return float(self.keep_ratio)
+        done = min(1.0, (step - self.warmup_steps) / (self.anneal_end_step - self.warmup_steps))
+        return float(self.keep_ratio) + done * (1.0 - float(self.keep_ratio))
+
+    @property
+    def plain_topk(self) -> bool:
+        """The paper's rule: strict top-k of all scores, no knob active."""
+        return (self.sampling == "topk" and not self.anneal_end_step and not self.random_fraction
+                and not self.outlier_fraction)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,11 +136,6 @@ def _check_type(key: str, value: Any, types) -> None:
         raise ValueError(f"sift.{key} must be of type {names}, got {value!r} ({type(value).__name__})")
 
 
-def _check_choice(key: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"sift.{key} must be one of {list(choices)}, got {value!r}")
-
-
 def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
     """A ds_config as a fresh dict, from a dict or a JSON file path (errors name the file)."""
     if isinstance(config, Mapping):
@@ -120,9 +145,12 @@ def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
         raise ValueError(f"ds_config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            return json.load(f)
+            loaded = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"ds_config file {path} is not valid JSON: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"ds_config file {path} must hold a JSON object, got a JSON {type(loaded).__name__}")
+    return loaded
 
 
 def split_ds_config(ds_config: Mapping[str, Any]):

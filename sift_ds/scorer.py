@@ -1,13 +1,16 @@
-"""Early-exit scoring: gross batch -> prefix forward -> head on labelled positions -> one score per row."""
+"""Early-exit scoring: gross batch -> prefix forward (dropout off) -> the model's own MLM head on the
+labelled positions only -> one float32 score per row (``sift_ds.kernels`` does the vocab part)."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import contextlib
+from typing import Iterator, List, Mapping, Optional
 
 import torch
+from torch import nn
 
 from . import kernels
 from .adapters import EarlyExitAdapter, early_exit_hidden
-from .zero import eval_mode, full_parameters
+from .zero import full_parameters
 
 
 def labelled_positions(labels: torch.Tensor):
@@ -16,6 +19,19 @@ def labelled_positions(labels: torch.Tensor):
     The engine calls this on the host copy of the labels, so the count needs no device sync.
     """
     return kernels.compact_labelled(labels)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: List[nn.Module]) -> Iterator[None]:
+    """Dropout off for the selection pass; the previous train/eval flags are restored after."""
+    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for sub, flag in flags:
+            sub.training = flag
 
 
 @torch.no_grad()
@@ -28,11 +44,10 @@ def early_exit_scores(
     positions: Optional[tuple] = None,
     labels_key: str = "labels",
 ) -> torch.Tensor:
-    """float32 [B]: mean early-exit MLM loss or entropy over each sequence's labelled positions.
+    """float32 [B]: mean early-exit MLM loss or entropy over each sequence's labelled positions
+    (``-inf`` for a row with none). ``exit_layer = L`` with ``"loss"`` is the full model's loss.
 
-    Runs embeddings + the first ``exit_layer`` layers with dropout off, then the model's own MLM head
-    (transform + tied decoder + bias) on the labelled positions only. ``positions`` may carry the
-    output of ``labelled_positions`` already computed (on the host); otherwise it is computed here.
+    ``positions`` may carry ``labelled_positions(labels)`` already computed on the host.
     """
     labels = batch[labels_key]
     flat, seq = positions if positions is not None else labelled_positions(labels)

@@ -1,99 +1,105 @@
-"""Which rows of the gross batch are trained on: top-k, scope (local / global) and warm-up schedule.
+"""Which rows of the gross batch are trained on: the warm-up subset, top-k or rank sampling of the
+scores, the robustness knobs (annealed keep ratio, random share, outlier guard), and the scope.
 
-Kept indices are always returned in ascending order (the kept rows keep their original order).
+Every function here is a pure function of the scores and of ``(seed, step, micro_step, ...)``:
+the same on every rank and after a resume. Kept indices are ascending (kept rows keep their order).
 Under scope "global" the indices refer to the concatenation of every data-parallel rank's gross
-batch in rank order, are identical on every rank, and rank ``r`` trains on ``indices[r*M:(r+1)*M]``.
+batch in rank order, and rank ``r`` trains ``indices[r*M:(r+1)*M]``.
 """
 from __future__ import annotations
-
-from typing import Dict
 
 import torch
 import torch.distributed as dist
 
 from . import kernels
+from .config import SiftConfig
+from .seeding import generator
+
+# Stream tags that keep the selector's random draws apart (mixed into the seed key).
+WARMUP_STREAM, POOL_STREAM, RANDOM_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
 
 
 def local_topk(scores: torch.Tensor, keep: int, backend: str = "auto") -> torch.Tensor:
-    """Ascending indices of the ``keep`` highest-scoring rows of this rank's gross batch."""
+    """Ascending indices of the ``keep`` highest-scoring rows."""
     return torch.sort(kernels.select_topk(scores, keep, backend)).values
 
 
-def global_topk(scores: torch.Tensor, keep_per_rank: int, group=None, backend: str = "auto") -> torch.Tensor:
-    """Ascending indices of the world x ``keep_per_rank`` highest scores over all ranks' gross
-    batches (all-gather of the scores only; the top-k is computed identically on every rank)."""
-    world = dist.get_world_size(group)
-    gathered = [torch.empty_like(scores) for _ in range(world)]
+def gather_scores(scores: torch.Tensor, group=None) -> torch.Tensor:
+    """Every data-parallel rank's gross-batch scores, concatenated in rank order (one all-gather)."""
+    gathered = [torch.empty_like(scores) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, scores.contiguous(), group=group)
-    return local_topk(torch.cat(gathered), keep_per_rank * world, backend)
+    return torch.cat(gathered)
+
+
+def global_topk(scores: torch.Tensor, keep_per_rank: int, group=None, backend: str = "auto") -> torch.Tensor:
+    """Ascending indices of the world x ``keep_per_rank`` highest scores over all ranks' gross batches."""
+    return local_topk(gather_scores(scores, group), keep_per_rank * dist.get_world_size(group), backend)
 
 
 def warmup_subset(gross: int, keep: int, seed: int, step: int, micro_step: int, rank: int) -> torch.Tensor:
-    """A uniform random subset of ``keep`` of ``gross`` rows, ascending. Stateless: a function of
-    (seed, optimizer step, micro-step, rank), so it is the same after a resume and any rank can
-    compute any other rank's subset."""
-    gen = torch.Generator().manual_seed(hash((seed, step, micro_step, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+    """A uniform random subset of ``keep`` of ``gross`` rows, ascending; a function of (seed, optimizer
+    step, micro-step, rank), so any rank can compute any other rank's subset."""
+    gen = generator(seed, WARMUP_STREAM, step, micro_step, rank)
     return torch.sort(torch.randperm(gross, generator=gen)[:keep]).values
 
 
 def warmup_global_indices(gross, keep, seed, step, micro_step, world) -> torch.Tensor:
-    """Global-scope warm-up: each rank keeps its own random subset (no rows move), expressed as
-    global indices, identical on every rank."""
-    return torch.cat(
-        [r * gross + warmup_subset(gross, keep, seed, step, micro_step, r) for r in range(world)]
-    )
+    """Global-scope warm-up: each rank keeps its own random subset (no rows move), as global indices."""
+    return torch.cat([r * gross + warmup_subset(gross, keep, seed, step, micro_step, r) for r in range(world)])
 
 
-# ---------------------------------------------------------------------------------------- row moves
-def _pack(batch: Dict[str, torch.Tensor], rows: int):
-    """All batch tensors as one int32 [rows, width] tensor (one collective instead of one per key)."""
-    cols, layout = [], []
-    for key, t in batch.items():
-        flat = t.reshape(rows, -1)
-        if t.is_floating_point():
-            packed = flat.float().view(torch.int32)
-        else:  # token ids, labels, masks: int32 is wide enough, and halves the traffic of int64
-            packed = flat.to(torch.int32)
-        cols.append(packed)
-        layout.append((key, t.dtype, tuple(t.shape[1:]), packed.shape[1]))
-    return torch.cat(cols, dim=1), layout
+def select_by_score(scores: torch.Tensor, keep: int, cfg: SiftConfig, step: int, micro_step: int) -> torch.Tensor:
+    """Ascending indices of ``keep`` rows of ``scores`` (one rank's, or all ranks' concatenated) under
+    the knobs of ``cfg``; with the defaults this is exactly ``local_topk`` (the paper's rule).
 
-
-def _unpack(packed: torch.Tensor, layout) -> Dict[str, torch.Tensor]:
-    out, col = {}, 0
-    for key, dtype, tail, width in layout:
-        part = packed[:, col : col + width]
-        col += width
-        value = part.contiguous().view(torch.float32) if dtype.is_floating_point else part
-        out[key] = value.to(dtype).reshape(packed.shape[0], *tail)
-    return out
-
-
-def exchange_rows(
-    batch: Dict[str, torch.Tensor], global_indices: torch.Tensor, keep: int, group=None
-) -> Dict[str, torch.Tensor]:
-    """This rank's ``keep`` rows of the globally kept set, moved between ranks as int32 token ids.
-
-    Every rank contributes its whole gross batch to one all-gather (fixed size, so no host sync) and
-    takes its slice ``global_indices[rank*keep:(rank+1)*keep]`` of the concatenation.
+    1. outlier guard: the top ``outlier_fraction`` of the scores are not eligible;
+    2. annealing: only a random pool of ``keep / keep_ratio_at(step)`` eligible rows competes;
+    3. ``keep - round(random_fraction * keep)`` rows by score: strict top-k, or sampled without
+       replacement with probability ``percentile ** (1 / keep_ratio - 1)`` of the score rank;
+    4. the random share: uniformly from the pool rows not yet kept.
     """
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    gross = next(iter(batch.values())).shape[0]
-    packed, layout = _pack(batch, gross)
-    gathered = [torch.empty_like(packed) for _ in range(world)]
-    dist.all_gather(gathered, packed, group=group)
-    mine = global_indices[rank * keep : (rank + 1) * keep].to(packed.device)
-    return _unpack(torch.cat(gathered).index_select(0, mine), layout)
+    if cfg.plain_topk:
+        return local_topk(scores, keep, cfg.kernel)
+    n, device = scores.shape[0], scores.device
+    key = (cfg.seed, step, micro_step)
+    eligible = torch.ones(n, dtype=torch.bool, device=device)
+    if cfg.outlier_fraction > 0:
+        dropped = int(cfg.outlier_fraction * n)
+        if dropped:
+            eligible[kernels.select_topk(scores, dropped, "torch")] = False
+    ratio = cfg.keep_ratio_at(step)
+    if ratio > cfg.keep_ratio:
+        pool_size = max(keep, min(n, round(keep / ratio)))
+        order = torch.randperm(n, generator=generator(*key, POOL_STREAM)).to(device)
+        ranked = order[torch.argsort((~eligible[order]).to(torch.int8), stable=True)]  # eligible first
+        pool = torch.zeros(n, dtype=torch.bool, device=device)
+        pool[ranked[:pool_size]] = True
+        eligible = pool
+    n_random = round(cfg.random_fraction * keep)
+    masked = scores.float().masked_fill(~eligible, float("-inf"))
+    if cfg.sampling == "rank":
+        by_score = _rank_sample(masked, eligible, keep - n_random, cfg.keep_ratio, generator(*key, SAMPLE_STREAM))
+    else:
+        by_score = kernels.select_topk(masked, keep - n_random, cfg.kernel)
+    kept = torch.zeros(n, dtype=torch.bool, device=device)
+    kept[by_score] = True
+    if n_random:
+        rest = eligible & ~kept
+        noise = torch.rand(n, generator=generator(*key, RANDOM_STREAM)).to(device)
+        kept[torch.topk(noise.masked_fill(~rest, -1.0), n_random).indices] = True
+    return torch.nonzero(kept, as_tuple=False).squeeze(1)
 
 
-def take_rows(batch: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str, torch.Tensor]:
-    return {k: v.index_select(0, indices.to(v.device)) for k, v in batch.items()}
-
-
-def local_rows_kept(global_indices: torch.Tensor, rank: int, gross: int) -> torch.Tensor:
-    """Bool [gross]: which of this rank's rows are in the global kept set."""
-    local = global_indices - rank * gross
-    local = torch.where((local >= 0) & (local < gross), local, torch.full_like(local, gross))
-    mask = torch.zeros(gross + 1, dtype=torch.bool, device=global_indices.device)
-    mask[local] = True  # rows of other ranks all land on the sentinel slot ``gross``
-    return mask[:gross]
+def _rank_sample(scores: torch.Tensor, eligible: torch.Tensor, k: int, keep_ratio: float, gen) -> torch.Tensor:
+    """``k`` eligible rows sampled without replacement, P proportional to percentile^(1/keep - 1),
+    percentile = (rank from the lowest score + 1) / eligible count (Composer's SelectiveBackprop)."""
+    order = torch.argsort(scores, stable=True)  # ineligible (-inf) rows first
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel(), device=order.device)
+    count = eligible.sum()
+    percentile = (ranks - (order.numel() - count) + 1).clamp(min=0).double() / count.clamp(min=1)
+    weights = percentile.pow(1.0 / keep_ratio - 1.0).masked_fill(~eligible, 0.0)
+    # Exponential race (Efraimidis-Spirakis) = sampling without replacement in proportion to weights.
+    race = torch.empty(weights.shape, dtype=weights.dtype).exponential_(generator=gen).to(weights.device)
+    keys = (weights / race).masked_fill(~eligible, -1.0)
+    return torch.topk(keys, k).indices

@@ -1,4 +1,4 @@
-"""Running a few submodules outside the engine's forward under ZeRO stage 3.
+"""ZeRO stage 3: running the selection pass's submodules outside the engine's forward.
 
 Under stage 3 every parameter is partitioned and DeepSpeed fetches it through forward hooks on each
 submodule, while a coordinator records the order in which submodules run so that it can prefetch
@@ -14,6 +14,8 @@ import contextlib
 from collections import OrderedDict
 from typing import Iterable, Iterator, List
 
+import deepspeed
+from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from torch import nn
 
 
@@ -48,22 +50,6 @@ def full_parameters(modules: List[nn.Module]) -> Iterator[None]:
     if not any(hasattr(p, "ds_id") for p in params):
         yield
         return
-    import deepspeed
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
     missing = [p for p in params if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE]
     with _hooks_suspended(modules), deepspeed.zero.GatheredParameters(missing, modifier_rank=None):
         yield
-
-
-@contextlib.contextmanager
-def eval_mode(modules: List[nn.Module]) -> Iterator[None]:
-    """Dropout off for the selection pass; the previous train/eval flags are restored after."""
-    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for sub, flag in flags:
-            sub.training = flag

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from sift_ds import data as D
-from sift_ds import tokenizer as T
-from sift_ds.loader import EVAL_STREAM, GrossBatchLoader, MaskingCollator, fixed_eval_batches, take
+from sift_ds.pretrain import corpus as C, data as D
+from sift_ds.pretrain import tokenizer as T
+from sift_ds.pretrain.loader import EVAL_STREAM, GrossBatchLoader, MaskingCollator, fixed_eval_batches, take
 
 SEQ = 32
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return D.default_corpus()
+    return C.default_corpus()
 
 
 @pytest.fixture(scope="module")
@@ -50,29 +50,29 @@ def test_default_corpus_is_cpython_docs(corpus):
 def test_text_files_split_documents_on_blank_lines(tmp_path):
     (tmp_path / "a.txt").write_text("first doc line one.\nline two.\n\nsecond doc.\n")
     (tmp_path / "b.txt").write_text("third doc.\n")
-    ds = D.load_corpus([str(tmp_path / "*.txt")], cache_dir=str(tmp_path / "c"))
+    ds = C.load_corpus([str(tmp_path / "*.txt")], cache_dir=str(tmp_path / "c"))
     assert [t.strip() for t in ds["text"]] == ["first doc line one.\nline two.", "second doc.", "third doc."]
 
 
 def test_jsonl_text_field(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"body": f"doc {i}", "id": i}) for i in range(3)) + "\n")
-    ds = D.load_corpus([str(path)], text_field="body", cache_dir=str(tmp_path / "c"))
+    ds = C.load_corpus([str(path)], text_field="body", cache_dir=str(tmp_path / "c"))
     assert ds.column_names == ["text"] and list(ds["text"]) == ["doc 0", "doc 1", "doc 2"]
     with pytest.raises(ValueError, match=r"has no text field 'text' \(--text_field\); its fields are \['body', 'id'\]"):
-        D.load_corpus([str(path)], cache_dir=str(tmp_path / "c"))
+        C.load_corpus([str(path)], cache_dir=str(tmp_path / "c"))
 
 
 def test_missing_and_empty_sources(tmp_path):
     with pytest.raises(ValueError, match=r"--data .*nope\.txt: file not found"):
-        D.resolve_data_files([str(tmp_path / "nope.txt")])
+        C.resolve_data_files([str(tmp_path / "nope.txt")])
     with pytest.raises(ValueError, match=r"no file matches the glob"):
-        D.resolve_data_files([str(tmp_path / "*.none")])
+        C.resolve_data_files([str(tmp_path / "*.none")])
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty corpus: every --data file is empty"):
-        D.load_corpus([str(tmp_path / "empty.txt")])
+        C.load_corpus([str(tmp_path / "empty.txt")])
     (tmp_path / "blank.txt").write_text("   \n\n \n")
-    blank = D.load_corpus([str(tmp_path / "blank.txt")], cache_dir=str(tmp_path / "c"))
+    blank = C.load_corpus([str(tmp_path / "blank.txt")], cache_dir=str(tmp_path / "c"))
     tok = T.train_wordpiece(["some words to train on"] * 10, vocab_size=100)
     with pytest.raises(ValueError, match="empty corpus"):
         D.build_pretrain_data(blank, tok, SEQ, cache_dir=str(tmp_path / "c"))
@@ -248,7 +248,7 @@ def test_masks_equal_the_full_collator_call(nsp, tok):
     __call__ (pad, then mask) draws from the same generator."""
     from transformers import DataCollatorForLanguageModeling
 
-    from sift_ds.loader import derive_seed
+    from sift_ds.seeding import derive_seed
 
     examples = list(nsp.train.select(range(16)))
     reference = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")

@@ -55,7 +55,7 @@ def test_plan_resolves_batch_schedule_and_monitors(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = str(tmp_path / "run")
     plan = cli.resolve(["--ds_config", tiny(tmp_path), "--output_dir", out, "--sift_keep_ratio", "0.25"])
-    assert (plan.world_size, plan.micro_batch, plan.grad_accum, plan.train_batch) == (2, 16, 1, 32)
+    assert (plan.world_size, plan.batch.micro, plan.batch.grad_accum, plan.batch.total) == (2, 16, 1, 32)
     assert plan.gross_batch == 64 and plan.sift.keep_ratio == 0.25 and plan.ds_config["sift"]["keep_ratio"] == 0.25
     params = plan.ds_config["scheduler"]["params"]
     assert params["total_num_steps"] == plan.max_steps == 400
@@ -79,18 +79,18 @@ def test_default_optimizer_is_the_papers_adamw_with_0_2_percent_warmup(tmp_path)
 def test_every_shipped_config_resolves(path, tmp_path):
     cpu = "tiny_cpu" in path
     args = cli.parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
-    plan = cli.pretrain.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
+    plan = cli.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
     if "_sift" in path:
-        assert plan.sift.enabled and plan.gross_batch == 2 * plan.micro_batch
+        assert plan.sift.enabled and plan.gross_batch == 2 * plan.batch.micro
         twin = read_config(os.path.basename(path).replace("_sift", "_vanilla"))
         mine = read_config(os.path.basename(path))
         for config in (twin, mine):  # the twins differ in the sift section and the run's names only
             config.pop("sift"), config["tensorboard"].pop("job_name"), config["pretrain"].pop("output_dir")
         assert twin == mine
     else:
-        assert not plan.sift.enabled and plan.gross_batch == plan.micro_batch
+        assert not plan.sift.enabled and plan.gross_batch == plan.batch.micro
     if "bert_base" in path:
-        assert plan.micro_batch == 32 and args.seq_len == 512 and args.model == "base"
+        assert plan.batch.micro == 32 and args.seq_len == 512 and args.model == "base"
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -154,10 +154,39 @@ def test_argparse_rejects_bad_choices(tmp_path, capsys):
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
-def test_bad_value_in_the_pretrain_section_is_reported_by_the_parser(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--ds_config", tiny(tmp_path, _set(["pretrain", "seq_len"], "long"))])
-    assert "argument --seq_len: invalid int value: 'long'" in capsys.readouterr().err
+@pytest.mark.parametrize("key,value,message", [
+    ("seq_len", "long", "seq_len must be int, got 'long'"),
+    ("seq_len", 1.5, "seq_len must be int, got 1.5"),
+    ("sparse_mlm_head", 1, "sparse_mlm_head must be bool, got 1"),
+    ("objective", "clm", "objective must be one of ['mlm', 'mlm+nsp'], got 'clm'"),
+    ("data", ["a.txt", 3], "data must be str, got 3"),
+    ("local_rank", 1, "unknown key 'local_rank'"),
+])
+def test_bad_value_in_the_pretrain_section_is_one_line_naming_the_key(tmp_path, capsys, key, value, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--ds_config", tiny(tmp_path, _set(["pretrain", key], value))])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pretrain_bert.py: error: ds_config 'pretrain' section: ") and message in err
+
+
+def test_every_sift_config_field_has_a_flag(tmp_path):
+    """The --sift_* flags are generated from SiftConfig, so a new field cannot be missed."""
+    import dataclasses
+
+    from sift_ds import SiftConfig
+
+    values = {"enabled": "false", "criterion": "entropy", "exit_layer": "2", "keep_ratio": "0.25",
+              "warmup_steps": "7", "scope": "local", "kernel": "torch", "seed": "9", "anneal_end_step": "50",
+              "random_fraction": "0.25", "sampling": "rank", "outlier_fraction": "0.05"}
+    assert set(values) == {f.name for f in dataclasses.fields(SiftConfig)}
+    argv = ["--ds_config", tiny(tmp_path), "--output_dir", str(tmp_path / "o")]
+    for key, value in values.items():
+        argv += [f"--sift_{key}", value]
+    plan = cli.resolve(argv)
+    assert plan.sift == SiftConfig(enabled=False, criterion="entropy", exit_layer=2, keep_ratio=0.25,
+                                   warmup_steps=7, scope="local", kernel="torch", seed=9, anneal_end_step=50,
+                                   random_fraction=0.25, sampling="rank", outlier_fraction=0.05)
 
 
 def test_errors_after_start_up_are_one_line_too(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from sift_ds.models import PRESETS, bert_config, build_bert
+from sift_ds.pretrain.models import PRESETS, bert_config, build_bert
 from tiny import VOCAB, mlm_batch
 
 
@@ -54,7 +54,7 @@ def test_presets_and_bad_objective():
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_flops_model_by_hand(sparse):
-    from sift_ds.metrics import FlopsModel
+    from sift_ds.pretrain.metrics import FlopsModel
 
     L, H, I, V, P, T, k, f = 2, 64, 128, VOCAB, 64, 32, 1, 0.15
     model = build_bert("tiny", V, "mlm", max_position_embeddings=P, sparse_head=sparse)

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, small_config
-from sift_ds import checkpoint
-from sift_ds.data import default_corpus
-from sift_ds.tokenizer import batched_texts, train_wordpiece
+from sift_ds.pretrain import checkpoint
+from sift_ds.pretrain.corpus import default_corpus
+from sift_ds.pretrain.tokenizer import batched_texts, train_wordpiece
 
 STEPS, STOP = 8, 4
 

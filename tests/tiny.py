@@ -1,7 +1,7 @@
 """Debug-size BERT and synthetic MLM batches shared by the engine tests."""
 import torch
 
-from sift_ds.models import build_bert
+from sift_ds.pretrain.models import build_bert
 
 VOCAB = 97
 

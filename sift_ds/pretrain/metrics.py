@@ -9,8 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-A100_BF16_TFLOPS = 312.0
-
+from tqdm.auto import tqdm
 
 @dataclass(frozen=True)
 class FlopsModel:
@@ -95,8 +94,6 @@ class MetricsLogger:
         if progress is None:
             progress = sys.stdout.isatty()
         if progress:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
                             file=sys.stdout)
 

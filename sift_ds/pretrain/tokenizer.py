@@ -10,13 +10,14 @@ import json
 import os
 from typing import Iterable, Iterator
 
+from tokenizers import BertWordPieceTokenizer, Tokenizer
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2):
     """A BERT-style uncased WordPiece tokenizer trained on ``texts`` (a ``BertTokenizerFast``)."""
-    from tokenizers import BertWordPieceTokenizer
-
     wordpiece = BertWordPieceTokenizer(clean_text=True, lowercase=lowercase, strip_accents=lowercase)
     wordpiece.train_from_iterator(
         texts,
@@ -47,9 +48,6 @@ def _canonical_ids(serialized: str) -> str:
 
 def from_json(serialized: str, lowercase: bool = True):
     """A ``BertTokenizerFast`` from a serialized ``tokenizers.Tokenizer`` (how rank 0 shares it)."""
-    from tokenizers import Tokenizer
-    from transformers import BertTokenizerFast
-
     return BertTokenizerFast(tokenizer_object=Tokenizer.from_str(serialized), do_lower_case=lowercase)
 
 
@@ -60,8 +58,6 @@ def to_json(tokenizer) -> str:
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from a local directory / ``tokenizer.json`` or a hub name; it must have a
     mask token (MLM) and CLS/SEP/PAD tokens (sequence packing)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     if os.path.isfile(name_or_path) and name_or_path.endswith(".json"):
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=name_or_path)
         tokenizer.add_special_tokens(

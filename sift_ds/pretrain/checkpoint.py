@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ def _from_bytes(b: bytes) -> torch.Tensor:
 
 def _accelerator():
     """DeepSpeed's accelerator when it has its own generator (CUDA, XPU, ...), else None."""
-    from deepspeed.accelerator import get_accelerator
-
     accel = get_accelerator()
     return None if accel.device_name() == "cpu" else accel
 

@@ -6,17 +6,17 @@ Reusable outside ``launch/pretrain_bert.py``: give it an engine from ``sift_ds.i
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from . import checkpoint
+from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
+from .runtime import StopSignal
 
 logger = logging.getLogger(__name__)
 
@@ -31,74 +31,9 @@ class LoopOptions:
     time_budget_s: float = 0.0  # >0: save and stop once the cumulative training wall time reaches it
     save_dir: Optional[str] = None
     keep_checkpoints: int = 0  # >0: keep only the newest N checkpoints
+    probe_interval: int = 0  # >0: the fidelity probe every N steps (always at evaluations)
     peak_tflops: float = 312.0
     seq_len: int = 128
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _all_reduce_sum(values: List[float], device) -> List[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-@torch.no_grad()
-def evaluate(engine, batches: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-    """Masked-LM loss and accuracy (and NSP accuracy when the batches carry NSP labels) over this
-    rank's fixed validation batches, summed over all ranks."""
-    module = engine.module
-    was_training = module.training
-    module.eval()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # mlm loss, mlm correct, mlm count, nsp correct, nsp count
-    try:
-        for batch in batches:
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            labels, nsp_labels = batch.pop("labels"), batch.pop("next_sentence_label", None)
-            out = engine(**batch)
-            logits = getattr(out, "prediction_logits", None)
-            logits = out.logits if logits is None else logits
-            mask = labels != -100
-            picked, targets = logits[mask].float(), labels[mask]
-            sums[0] += F.cross_entropy(picked, targets, reduction="sum").item()
-            sums[1] += (picked.argmax(-1) == targets).sum().item()
-            sums[2] += mask.sum().item()
-            if nsp_labels is not None:
-                valid = nsp_labels != -100
-                sums[3] += (out.seq_relationship_logits.argmax(-1) == nsp_labels)[valid].sum().item()
-                sums[4] += valid.sum().item()
-    finally:
-        module.train(was_training)
-    loss, correct, count, nsp_correct, nsp_count = _all_reduce_sum(sums, engine.device)
-    result = {"val_loss": loss / max(count, 1.0), "val_acc": correct / max(count, 1.0)}
-    if nsp_count:
-        result["val_nsp_acc"] = nsp_correct / nsp_count
-    return result
-
-
-class _StopSignal:
-    """SIGTERM (Slurm pre-emption, the DeepSpeed launcher's shutdown) asks for a checkpoint and a
-    clean exit at the next step boundary instead of killing the step."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class Trainer:
@@ -113,7 +48,7 @@ class Trainer:
         self.elapsed_s = 0.0  # training wall time, cumulative over resumes
         self.last_eval: Dict[str, float] = {}
         self.stop_reason: Optional[str] = None
-        self._signal = _StopSignal()
+        self._signal = StopSignal()
         self._gloo = None
 
     # ------------------------------------------------------------------ state
@@ -149,7 +84,7 @@ class Trainer:
         loop_start = time.perf_counter() - self.elapsed_s
         try:
             while self.step < opts.max_steps and self.stop_reason is None:
-                selecting = engine.config.enabled and not engine.in_warmup
+                selecting = engine.selecting
                 for _ in range(gas):
                     window.add_loss(engine.train_step(next(batches)))
                 window.steps += 1
@@ -160,13 +95,17 @@ class Trainer:
                 self.stop_reason = self._should_stop(step)
                 final = step >= opts.max_steps or self.stop_reason is not None
                 do_eval = final or bool(opts.eval_interval and step % opts.eval_interval == 0)
-                if do_eval or step % opts.log_interval == 0:
-                    self._log(step, window, tokens_per_step, do_eval)
+                do_probe = engine.sift_config.enabled and (
+                    do_eval or bool(opts.probe_interval and step % opts.probe_interval == 0))
+                paused = time.perf_counter()  # evaluation, probe and checkpoint time is not training time
+                if do_eval or do_probe or step % opts.log_interval == 0:
+                    self._log(step, window, tokens_per_step, do_eval, do_probe)
                     window = _Window(engine.device)
                 if final or (opts.save_interval and step % opts.save_interval == 0):
-                    paused = time.perf_counter()
+                    saving = time.perf_counter()
                     self.save()
-                    window.paused += time.perf_counter() - paused
+                    window.paused += time.perf_counter() - saving
+                loop_start += time.perf_counter() - paused
         finally:
             self._signal.restore()
             self.metrics.close()
@@ -197,7 +136,7 @@ class Trainer:
             self._gloo = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         return self._gloo
 
-    def _log(self, step: int, window: "_Window", tokens_per_step: int, do_eval: bool) -> None:
+    def _log(self, step: int, window: "_Window", tokens_per_step: int, do_eval: bool, do_probe: bool) -> None:
         engine, opts = self.engine, self.opts
         train_loss = window.mean_loss()  # all-reduced: also the sync point for the timing
         seconds = window.seconds()
@@ -214,12 +153,14 @@ class Trainer:
             "val_loss": None,
             "val_acc": None,
             "tokens_per_s": window.steps * tokens_per_step / seconds if seconds > 0 else 0.0,
-            "mfu": mfu(window.flops, seconds, opts.peak_tflops, _world()),
+            "mfu": mfu(window.flops, seconds, opts.peak_tflops, dist.get_world_size() if dist.is_initialized() else 1),
         }
         if do_eval:
             self.last_eval = evaluate(engine, self.eval_batches)
             record.update(self.last_eval)
         record.update(engine.stats)
+        if do_probe:  # the early-exit fidelity probe on the first (fixed) validation batch
+            record.update(engine.probe(self.eval_batches[0]))
         self.metrics.log(record)
 
     def save(self) -> Optional[str]:

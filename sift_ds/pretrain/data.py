@@ -1,121 +1,25 @@
-"""Pretraining data: raw text -> tokens (``datasets.map``, cached) -> fixed-length blocks -> train / val.
-
-Sources (one ``datasets.Dataset`` with a ``text`` column, one row per document):
-  * text files or globs: documents separated by blank lines (BERT's format: one sentence per line,
-    a blank line between documents); ``.json`` / ``.jsonl`` (optionally ``.gz``) files: JSON lines
-    with a text field;
-  * a ``datasets`` hub name + config (for machines with a network);
-  * nothing: the English documentation text shipped inside CPython (``pydoc_data.topics``), a corpus
-    present on every machine.
+"""Pretraining data: the corpus's documents -> tokens (``datasets.map``, cached) -> fixed-length blocks
+-> train / validation split.
 
 Blocks (``pack_mlm`` / ``pack_nsp``) are full ``seq_len`` rows with ``input_ids``, ``token_type_ids``,
 ``attention_mask`` and ``special_tokens_mask`` (plus ``next_sentence_label`` for MLM+NSP); the
-masking happens later, per batch (``sift_ds.loader``).
+masking happens later, per batch (``sift_ds.pretrain.loader``).
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
+import datasets
 import numpy as np
+from datasets.fingerprint import Hasher
+
+from .tokenizer import to_json
 
 OBJECTIVES = ("mlm", "mlm+nsp")
-JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 MIN_SEQ_LEN = 8
-
-
-# ---------------------------------------------------------------------------------------- corpus
-def resolve_data_files(patterns: Sequence[str]) -> List[str]:
-    """Files named by paths or globs (``**`` recursive), sorted and de-duplicated; a pattern that
-    matches nothing is a ValueError naming it."""
-    files = []
-    for pattern in patterns:
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
-        if not matches:
-            what = "no file matches the glob" if glob.has_magic(pattern) else "file not found"
-            raise ValueError(f"--data {pattern}: {what}")
-        files.extend(m for m in matches if m not in files)
-    return files
-
-
-def check_not_empty(files: Sequence[str]) -> List[str]:
-    """``files``, or a ValueError when every one of them is empty."""
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise ValueError(f"empty corpus: every --data file is empty ({', '.join(files)})")
-    return list(files)
-
-
-def default_corpus():
-    """CPython's English documentation topics (``pydoc_data.topics``), one document per topic."""
-    import datasets
-    from pydoc_data.topics import topics
-
-    return datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})
-
-
-def load_corpus(
-    data_files: Optional[Sequence[str]] = None,
-    text_field: str = "text",
-    dataset_name: Optional[str] = None,
-    dataset_config: Optional[str] = None,
-    dataset_split: str = "train",
-    cache_dir: Optional[str] = None,
-):
-    """The raw corpus as a ``datasets.Dataset`` with one ``text`` column (see the module docstring)."""
-    import datasets
-
-    if data_files and dataset_name:
-        raise ValueError("give either --data files or --dataset_name, not both")
-    if dataset_name:
-        ds = datasets.load_dataset(dataset_name, dataset_config, split=dataset_split, cache_dir=cache_dir)
-        return _text_column(ds, text_field, dataset_name)
-    if not data_files:
-        return default_corpus()
-    files = check_not_empty(resolve_data_files(data_files))
-    json_files = [f for f in files if f.endswith(JSON_SUFFIXES)]
-    text_files = [f for f in files if f not in json_files]
-    parts = []
-    try:
-        if text_files:
-            parts.append(datasets.load_dataset(
-                "text", data_files=text_files, sample_by="paragraph", split="train", cache_dir=cache_dir))
-        if json_files:
-            ds = datasets.load_dataset("json", data_files=json_files, split="train", cache_dir=cache_dir)
-            parts.append(_text_column(ds, text_field, ", ".join(json_files)))
-    except datasets.exceptions.DatasetGenerationError as err:
-        raise ValueError(f"cannot read --data {', '.join(files)}: {err.__cause__ or err}") from err
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def _text_column(ds, field: str, source: str):
-    if field not in ds.column_names:
-        raise ValueError(f"{source} has no text field {field!r} (--text_field); its fields are {ds.column_names}")
-    ds = ds.select_columns([field])
-    return ds.rename_column(field, "text") if field != "text" else ds
-
-
-# ---------------------------------------------------------------------------------------- tokens
-@contextlib.contextmanager
-def main_process_first(local: bool = True) -> Iterator[None]:
-    """Rank 0 (of each node when ``local``) runs the block first and fills the ``datasets`` cache;
-    the other ranks then run it and read the cache (``TrainingArguments.main_process_first``)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        yield
-        return
-    rank = int(os.environ.get("LOCAL_RANK", dist.get_rank())) if local else dist.get_rank()
-    if rank != 0:
-        dist.barrier()
-    try:
-        yield
-    finally:
-        if rank == 0:
-            dist.barrier()
 
 
 def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **kwargs):
@@ -125,9 +29,6 @@ def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **
     (the default corpus) in ``cache_dir`` (default: the ``datasets`` cache). An explicit fingerprint
     avoids hashing the closure, whose tokenizer hash is not stable across calls.
     """
-    import datasets
-    from datasets.fingerprint import Hasher
-
     fingerprint = Hasher.hash([ds._fingerprint, name, key])
     if not ds.cache_files:
         folder = os.path.join(cache_dir or str(datasets.config.HF_DATASETS_CACHE), "sift_ds")
@@ -138,8 +39,6 @@ def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **
 
 def tokenize_corpus(corpus, tokenizer, cache_dir: Optional[str] = None):
     """``input_ids`` per document, without special tokens (packing adds them)."""
-    from .tokenizer import to_json
-
     def tokenize(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False, verbose=False)["input_ids"]

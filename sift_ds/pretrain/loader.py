@@ -13,15 +13,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence
 
 import numpy as np
 import torch
+from transformers import DataCollatorForLanguageModeling
+
+from ..kernels import IGNORE_INDEX
+from ..seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
 EVAL_STREAM = 0x5EED_E7A1  # seed-sequence tag that keeps validation masks apart from training masks
-
-
-def derive_seed(*key: int) -> int:
-    """A 63-bit seed from a tuple of non-negative ints (numpy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class MaskingCollator:
@@ -30,8 +29,6 @@ class MaskingCollator:
     length), drawing from a generator seeded per call."""
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15):
-        from transformers import DataCollatorForLanguageModeling
-
         self.collator = DataCollatorForLanguageModeling(
             tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability, return_tensors="pt"
         )
@@ -41,7 +38,7 @@ class MaskingCollator:
 
     def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
         """``columns``: the block columns of a batch (arrays with a leading batch dimension, e.g. a
-        ``datasets`` numpy-formatted slice); returns tensors with ``labels`` (-100 where unmasked)."""
+        ``datasets`` numpy-formatted slice); returns tensors with ``labels`` (IGNORE_INDEX where unmasked)."""
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items()}
         special = batch.pop("special_tokens_mask", None)
         inputs = batch["input_ids"].clone()
@@ -156,8 +153,8 @@ def fixed_eval_batches(dataset, collator: MaskingCollator, batch_size: int, rank
     local = {k: v.index_select(0, mine) for k, v in full.items()}
     if len(mine) < per_rank:
         filler = {k: v[:1].clone() for k, v in full.items()}
-        filler["labels"].fill_(-100)
+        filler["labels"].fill_(IGNORE_INDEX)
         if "next_sentence_label" in filler:
-            filler["next_sentence_label"].fill_(-100)
+            filler["next_sentence_label"].fill_(IGNORE_INDEX)
         local = {k: torch.cat([v, filler[k]]) for k, v in local.items()}
     return [{k: v[i : i + batch_size] for k, v in local.items()} for i in range(0, per_rank, batch_size)]

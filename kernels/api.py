@@ -1,0 +1,158 @@
+"""Functional early-exit scorer API, re-exported by ``sift_ds.kernels``.
+
+``sequence_scores`` / ``packed_sequence_scores`` turn hidden states that are already through the
+MLM head's transform into one float32 score per sequence: the mean, over its labelled positions,
+of the cross-entropy (``criterion="loss"``) or prediction entropy (``criterion="entropy"``) of the
+tied vocab head. ``select_topk`` ranks them. ``backend`` is "torch" (the reference twin in
+``reference.py``), "triton" (the fused kernel) or "auto" (Triton on CUDA when it imports).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .reference import (
+    CRITERIA,
+    IGNORE_INDEX,
+    VocabStats,
+    check_criterion,
+    compact_labelled,
+    finish_token_scores,
+    merge_vocab_stats,
+    packed_sequence_scores_torch,
+    reduce_to_sequences,
+    select_topk_torch,
+    token_scores_torch,
+    vocab_partial_stats,
+)
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto" -> "triton" on CUDA when Triton imports, else "torch"; "triton" on a CPU tensor
+    needs ``TRITON_INTERPRET=1`` (the interpreter), otherwise it is an error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' requested but triton does not import")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("backend='triton' on a CPU tensor needs TRITON_INTERPRET=1")
+    return backend
+
+
+def packed_sequence_scores(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    criterion: str = "loss",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Scores of ``num_seqs`` sequences from the compacted labelled rows.
+
+    rows [N, H] (through the head transform), weight [V, H], bias [V] or None, targets [N] vocab ids,
+    seq_index [N] the sequence of each row. Returns float32 [num_seqs], ``-inf`` for no rows.
+    """
+    check_criterion(criterion)
+    if resolve_backend(backend, rows.device) == "triton":
+        from .triton_scorer import packed_sequence_scores_triton
+
+        return packed_sequence_scores_triton(rows, weight, bias, targets, seq_index, num_seqs, criterion)
+    return packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion)
+
+
+def sequence_scores(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    criterion: str = "loss",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """hidden [B, S, H], weight [V, H], bias [V] or None, labels [B, S] (-100 = not masked) ->
+    float32 [B]: per-sequence mean CE or entropy over labelled positions, -inf where none."""
+    check_criterion(criterion)
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} and {tuple(labels.shape)}"
+        )
+    if resolve_backend(backend, hidden.device) == "triton":
+        from .triton_scorer import sequence_scores_triton
+
+        return sequence_scores_triton(hidden, weight, bias, labels, criterion)
+    flat, seq = compact_labelled(labels)
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
+    targets = labels.reshape(-1).index_select(0, flat)
+    return packed_sequence_scores_torch(rows, weight, bias, targets, seq, hidden.shape[0], criterion)
+
+
+def select_topk(scores: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
+    """LongTensor[k]: the k largest scores, largest first; non-finite below all finite; ties to the
+    lower index. "triton" ranks them in one small kernel (no sort, no sync)."""
+    if resolve_backend(backend, scores.device) == "triton":
+        from .triton_topk import select_topk_triton
+
+        return select_topk_triton(scores, k)
+    return select_topk_torch(scores, k)
+
+
+def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: str = "auto") -> torch.Tensor:
+    """float32 [N]: CE or entropy of each row through the vocab head (rows [N, H], targets [N])."""
+    check_criterion(criterion)
+    if resolve_backend(backend, rows.device) == "triton":
+        from .triton_scorer import token_scores_triton
+
+        return token_scores_triton(rows, weight, bias, targets, criterion)
+    return token_scores_torch(rows, weight, bias, targets, criterion)
+
+
+def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int = 0, backend: str = "auto") -> VocabStats:
+    """Partial statistics of one vocabulary shard (Megatron-style tensor parallelism: W split over V).
+
+    ``targets`` are global ids, ``weight_shard[0]`` is id ``vocab_start``. To finish, all-reduce MAX of
+    ``max``; rescale ``sumexp`` by ``exp(max - global_max)`` and ``sumzexp`` by the same factor after
+    adding ``(max - global_max) * sumexp``; all-reduce SUM of those and of ``target_logit``; then
+    ``finish_token_scores`` (``merge_vocab_stats`` does exactly this for shards held in one process).
+    """
+    if resolve_backend(backend, rows.device) == "triton":
+        from .triton_scorer import vocab_partial_stats_triton
+
+        return vocab_partial_stats_triton(rows, weight_shard, bias_shard, targets, vocab_start)
+    return vocab_partial_stats(rows, weight_shard, bias_shard, targets, vocab_start)
+
+
+__all__ = [
+    "BACKENDS",
+    "CRITERIA",
+    "IGNORE_INDEX",
+    "VocabStats",
+    "compact_labelled",
+    "finish_token_scores",
+    "merge_vocab_stats",
+    "packed_sequence_scores",
+    "reduce_to_sequences",
+    "resolve_backend",
+    "select_topk",
+    "sequence_scores",
+    "token_scores",
+    "token_scores_torch",
+    "vocab_shard_stats",
+    "triton_available",
+    "vocab_partial_stats",
+]

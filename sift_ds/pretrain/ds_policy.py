@@ -1,0 +1,82 @@
+"""The pretraining job's ds_config policy: the paper's AdamW and learning-rate schedule when the config
+leaves them out, "auto" scheduler values filled in from the run length, monitor paths under the run's
+output directory, and the precision checks DeepSpeed would otherwise make only after start-up."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import List, Optional
+
+PAPER_ADAMW = {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.01}}
+PAPER_WARMUP_FRACTION = 0.002  # the paper warms up over 0.2 % of the steps
+SCHEDULERS_WITH_TOTAL = ("WarmupDecayLR", "WarmupCosineLR")
+MONITORS = ("tensorboard", "csv_monitor", "wandb", "comet")
+
+
+def enabled(ds_config: dict, key: str) -> bool:
+    section = ds_config.get(key)
+    return isinstance(section, dict) and bool(section.get("enabled", False))
+
+
+def check_precision(ds_config: dict, accelerator: str) -> None:
+    fp16, bf16 = enabled(ds_config, "fp16"), enabled(ds_config, "bf16") or enabled(ds_config, "bfloat16")
+    if fp16 and bf16:
+        raise ValueError("ds_config enables both fp16 and bf16; choose one")
+    if fp16 and accelerator == "cpu":
+        raise ValueError("ds_config fp16.enabled: DeepSpeed does not support fp16 on the CPU accelerator; "
+                         "use bf16 or fp32 (e.g. ds_configs/tiny_cpu_sift.json)")
+
+
+def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: List[str]) -> int:
+    """max_steps, and the optimizer / scheduler sections (edited in place): the paper's AdamW when
+    there is none, and "auto" (or absent) scheduler values filled in from the run length and lr."""
+    if "optimizer" not in ds_config:
+        ds_config["optimizer"] = copy.deepcopy(PAPER_ADAMW)
+        ds_config.setdefault("scheduler", {"type": "WarmupDecayLR", "params": {}})
+        notes.append("ds_config has no optimizer: using the paper's AdamW (lr 1e-4, wd 0.01, betas 0.9/0.999) "
+                     "with WarmupDecayLR (warm-up over 0.2% of the steps, then linear decay)")
+    optimizer = ds_config["optimizer"]
+    scheduler = ds_config.get("scheduler")
+    params = scheduler.setdefault("params", {}) if isinstance(scheduler, dict) else {}
+    total = params.get("total_num_steps")
+    config_total = total if isinstance(total, int) and not isinstance(total, bool) else None
+    max_steps = max_steps_option or config_total
+    if max_steps is None:
+        raise ValueError("--max_steps is required: the ds_config scheduler leaves total_num_steps "
+                         f"{'auto' if total == 'auto' else 'unset'} (a --time_budget run needs it too: the "
+                         "learning-rate schedule is in steps)")
+    if config_total is not None and max_steps_option and max_steps_option != config_total:
+        notes.append(f"--max_steps {max_steps_option} differs from the scheduler's total_num_steps {config_total}; "
+                     "the schedule is kept as configured")
+    if isinstance(scheduler, dict):
+        if scheduler.get("type") in SCHEDULERS_WITH_TOTAL and total in (None, "auto"):
+            params["total_num_steps"] = max_steps
+        if params.get("warmup_num_steps") in (None, "auto"):
+            params["warmup_num_steps"] = max(1, math.ceil(PAPER_WARMUP_FRACTION * max_steps))
+        lr = (optimizer.get("params") or {}).get("lr")
+        if params.get("warmup_max_lr") in (None, "auto") and lr is not None and scheduler.get("type") != "WarmupCosineLR":
+            params["warmup_max_lr"] = lr
+        if scheduler.get("type") in ("WarmupDecayLR", "WarmupLR"):
+            params.setdefault("warmup_type", "linear")
+        bad = sorted(k for k, v in params.items() if v == "auto")
+        if bad:
+            raise ValueError(f"ds_config scheduler.params {bad}: 'auto' is not supported for these keys")
+    return max_steps
+
+
+def resolve_monitors(ds_config: dict, output_dir: str, job_name: str) -> None:
+    """Monitor sections with an "auto" / empty output_path write under output_dir (edited in place)."""
+    for key in MONITORS:
+        section = ds_config.get(key)
+        if not isinstance(section, dict) or not section.get("enabled"):
+            continue
+        if section.get("output_path") in (None, "", "auto"):
+            section["output_path"] = os.path.join(output_dir, key.replace("_monitor", ""))
+        section.setdefault("job_name", job_name)
+    if enabled(ds_config, "tensorboard"):
+        try:  # tensorboard is optional: imported only when the config enables it
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("ds_config tensorboard.enabled needs the tensorboard package "
+                             "(pip install tensorboard) or set it to false") from None

@@ -1,0 +1,186 @@
+"""Assembly of one pretraining job from its ``RunPlan``: process group, tokenizer, data, model,
+``sift_ds.initialize``, loader, trainer, resume; then the run and the export of the final model."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch.distributed as dist
+from transformers import set_seed
+
+from .. import initialize
+from ..zero import full_parameters
+from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
+from .fused import fuse_layer_norms
+from .loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
+from .metrics import FlopsModel, MetricsLogger
+from .models import build_bert, weight_decay_groups
+from .optimizer import apex_adam
+from .plan import RunPlan
+from .runtime import configure_logging, init_distributed, main_process_first
+from .trainer import LoopOptions, Trainer
+
+logger = logging.getLogger("sift_ds.pretrain")
+
+
+@dataclass
+class Job:
+    plan: RunPlan
+    engine: Any
+    trainer: Trainer
+    tokenizer: Any
+
+    def run(self) -> Dict[str, float]:
+        result = self.trainer.train()
+        if self.trainer.step >= self.plan.max_steps:
+            export_model(self.engine, self.tokenizer, os.path.join(self.plan.output_dir, "final"))
+        if self.engine.global_rank == 0:
+            summary = {"step": self.trainer.step, **result, "elapsed_s": round(self.trainer.elapsed_s, 1)}
+            logger.info("finished: %s", json.dumps(summary))
+        return result
+
+
+def setup_job(plan: RunPlan) -> Job:
+    """Process group, tokenizer, data, model, DeepSpeed engine, loader, trainer (and resume)."""
+    opts = plan.options
+    init_distributed()
+    rank = dist.get_rank()
+    configure_logging(rank)
+    for note in plan.notes:
+        logger.info(note)
+    set_seed(opts.seed)
+    tokenizer, data = prepare_data(plan)
+    engine, flops = build_engine(plan, len(tokenizer))
+
+    collator = MaskingCollator(tokenizer, opts.mlm_probability)
+    loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
+    eval_batches = fixed_eval_batches(data.val, collator, opts.eval_batch_size or plan.batch.micro, engine.rank,
+                                      engine.world_size, opts.data_seed)
+    state = checkpoint.load(engine, *plan.resume) if plan.resume is not None else None
+    metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0)
+    run_info = {"seq_len": opts.seq_len, "objective": opts.objective, "world_size": plan.world_size}
+    trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
+    if state is not None:
+        trainer.restore(state)
+    if rank == 0:
+        if state is None or not os.path.isdir(os.path.join(plan.output_dir, "tokenizer")):
+            tokenizer.save_pretrained(os.path.join(plan.output_dir, "tokenizer"))
+        write_run_config(plan)
+    return Job(plan, engine, trainer, tokenizer)
+
+
+def prepare_data(plan: RunPlan):
+    """(tokenizer, PretrainData): the corpus, then the tokenizer, then tokenized blocks, with each
+    node's first rank filling the ``datasets`` cache before the others read it."""
+    opts = plan.options
+    with main_process_first():
+        corpus = corpus_lib.load_corpus(plan.data_files, opts.text_field, opts.dataset_name, opts.dataset_config,
+                                        opts.dataset_split, opts.cache_dir)
+    tokenizer, source = obtain_tokenizer(plan, corpus)
+    logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
+    with main_process_first():
+        data = data_lib.build_pretrain_data(corpus, tokenizer, opts.seq_len, opts.objective, opts.val_fraction,
+                                            opts.max_val_samples, opts.data_seed, opts.cache_dir)
+    logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
+                data.num_documents, data.num_tokens, len(data.train), len(data.val), opts.seq_len, opts.objective)
+    return tokenizer, data
+
+
+def obtain_tokenizer(plan: RunPlan, corpus):
+    """The tokenizer: --tokenizer; or, when resuming, the run's saved one; or a WordPiece vocabulary
+    trained on rank 0 and sent to the other ranks (so every rank has the same vocabulary)."""
+    opts = plan.options
+    run_tokenizer = os.path.join(plan.output_dir, "tokenizer")
+    if opts.tokenizer:
+        return tok.load_tokenizer(opts.tokenizer), opts.tokenizer
+    if plan.resume is not None:
+        # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
+        for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume[0])), "tokenizer")):
+            if os.path.isdir(path):
+                return tok.load_tokenizer(path), f"{path} (the resumed run's)"
+    payload = [None]
+    if dist.get_rank() == 0:
+        payload = [tok.to_json(tok.train_wordpiece(tok.batched_texts(corpus), opts.vocab_size))]
+    dist.broadcast_object_list(payload, src=0)
+    source = f"WordPiece trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
+    return tok.from_json(payload[0]), source
+
+
+def build_engine(plan: RunPlan, vocab_size: int):
+    """(SiftEngine, FlopsModel): the BERT (apex FusedLayerNorm when available), AdamW weight-decay
+    groups (apex FusedAdam when available), ``sift_ds.initialize`` with the plan's SiftConfig."""
+    opts = plan.options
+    model = build_bert(opts.model, vocab_size, opts.objective,
+                       max_position_embeddings=plan.model_config.max_position_embeddings,
+                       sparse_head=opts.sparse_mlm_head)
+    count, norm = fuse_layer_norms(model)
+    groups = weight_decay_groups(model)
+    client_optimizer, ds_config = apex_adam(groups, plan.ds_config)
+    flops = FlopsModel.for_bert(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
+                                sparse_head=opts.sparse_mlm_head)
+    engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
+                                 optimizer=client_optimizer)
+    basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer
+    logger.info("model: %s, %.1fM parameters; layer norm: %s%s; optimizer: %s.%s%s", opts.model,
+                sum(p.numel() for p in model.parameters()) / 1e6, norm, f" (x{count})" if count else "",
+                type(basic).__module__, type(basic).__name__,
+                "" if client_optimizer else " (apex.optimizers not available)")
+    logger.info("batch: micro %d, gross %d per rank, grad-accum %d, world %d, global %d; sift: %s",
+                plan.batch.micro, engine.gross_batch_size, plan.batch.grad_accum, plan.world_size, plan.batch.total,
+                json.dumps(plan.sift.to_dict()))
+    return engine, flops
+
+
+def auto_interval(value: Optional[int], max_steps: int, fraction: float, cap: int) -> int:
+    """An explicit interval, or ``fraction`` of the run capped at ``cap`` steps (at least 1)."""
+    if value is not None:
+        return value
+    return max(1, min(cap, int(max_steps * fraction)))
+
+
+def loop_options(plan: RunPlan) -> LoopOptions:
+    opts = plan.options
+    return LoopOptions(
+        max_steps=plan.max_steps,
+        log_interval=auto_interval(opts.log_interval, plan.max_steps, 0.02, 100),
+        eval_interval=auto_interval(opts.eval_interval, plan.max_steps, 0.1, 1000),
+        save_interval=opts.save_interval,
+        exit_interval=opts.exit_interval,
+        time_budget_s=(opts.time_budget or 0.0) * 60.0,
+        save_dir=checkpoint.checkpoint_dir(plan.output_dir),
+        keep_checkpoints=opts.keep_checkpoints,
+        probe_interval=opts.probe_interval,
+        peak_tflops=opts.peak_tflops,
+        seq_len=opts.seq_len,
+    )
+
+
+def write_run_config(plan: RunPlan) -> None:
+    """``run_config.json``: the resolved options, SiftConfig and the ds_config as resolved."""
+    record = {"options": plan.options.as_record(), "sift": plan.sift.to_dict(), "ds_config": plan.ds_config,
+              "world_size": plan.world_size, "max_steps": plan.max_steps}
+    with open(os.path.join(plan.output_dir, "run_config.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, default=str)
+
+
+def export_model(engine, tokenizer, out_dir: str) -> None:
+    """The trained model in Hugging Face format (``from_pretrained``-loadable, config.json naming the
+    HF class) with its tokenizer; under ZeRO-3 the partitioned parameters are gathered first."""
+    module = engine.module
+    with full_parameters([module]):
+        if dist.get_rank() == 0:
+            module.save_pretrained(out_dir, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+            architecture = getattr(module, "hf_architecture", None)
+            if architecture:
+                path = os.path.join(out_dir, "config.json")
+                with open(path, encoding="utf-8") as f:
+                    config = json.load(f)
+                config["architectures"] = [architecture]
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(config, f, indent=2)
+    if dist.is_initialized():
+        dist.barrier()

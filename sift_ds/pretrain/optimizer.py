@@ -1,0 +1,29 @@
+"""The optimizer of the pretraining job: BERT's weight-decay groups, and apex's FusedAdam as a client
+optimizer when apex is available (otherwise DeepSpeed builds the ds_config's optimizer itself)."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from .fused import apex_module
+
+ADAM_TYPES = ("adam", "adamw")
+
+
+def apex_adam(param_groups: List[dict], ds_config: dict) -> Tuple[Optional[object], dict]:
+    """(apex FusedAdam built from the ds_config's optimizer section, the ds_config for DeepSpeed
+    without that section) when apex is available and the section is Adam / AdamW without CPU
+    offload; else (None, ds_config). ``ds_config`` itself is not modified: the run's record keeps
+    its optimizer section."""
+    section = ds_config.get("optimizer") or {}
+    kind = str(section.get("type", "")).lower()
+    zero = ds_config.get("zero_optimization") or {}
+    if kind not in ADAM_TYPES or zero.get("offload_optimizer"):
+        return None, ds_config
+    fused_adam = apex_module("optimizers", "FusedAdam")
+    if fused_adam is None:
+        return None, ds_config
+    params = dict(section.get("params") or {})
+    params.pop("torch_adam", None)
+    adam_w_mode = params.pop("adam_w_mode", kind == "adamw")
+    optimizer = fused_adam(param_groups, adam_w_mode=adam_w_mode, **params)
+    return optimizer, {k: v for k, v in ds_config.items() if k != "optimizer"}

@@ -1,0 +1,185 @@
+"""The pretraining job's options as a typed, frozen dataclass, and the command line generated from it.
+
+Precedence: the dataclass defaults < the ds_config's ``"pretrain"`` section < the command line.
+The ``--sift_*`` flags are generated from ``SiftConfig``'s fields, so a new field gets its flag.
+Nothing here touches argparse internals: options not given on the command line are simply absent
+from the parsed namespace (``default=SUPPRESS``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..config import SiftConfig, load_ds_config
+from .data import OBJECTIVES
+
+PROG = "pretrain_bert.py"
+PRETRAIN_SECTION = "pretrain"  # ds_config section with defaults for the options
+SIFT_PREFIX = "sift_"
+
+
+def _opt(default, help: str, group: str, choices: Optional[Sequence[str]] = None, metavar: Optional[str] = None):
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    """Every option of ``launch/pretrain_bert.py`` (see ``--help``), validated by ``plan.resolve_plan``."""
+
+    ds_config: Optional[str] = _opt(None, "DeepSpeed config with a 'sift' section (and optionally a 'pretrain' section)",
+                                    "DeepSpeed", metavar="JSON")
+    local_rank: int = _opt(int(os.environ.get("LOCAL_RANK", "0")), "set by the DeepSpeed launcher", "DeepSpeed")
+    model: str = _opt("base", "preset (tiny, mini, small, medium, base, large) or HF config path", "model and data")
+    sparse_mlm_head: bool = _opt(True, "training forward runs the MLM head on masked positions only (same loss, as "
+                                       "MosaicBERT / academic-budget-bert); false: HF's head on every position",
+                                 "model and data")
+    objective: str = _opt("mlm", "masked LM, or masked LM + next sentence", "model and data", OBJECTIVES)
+    seq_len: int = _opt(128, "tokens per sequence", "model and data")
+    data: Optional[List[str]] = _opt(None, "text files (blank line between documents) or JSON-lines files (.json, "
+                                           ".jsonl, optionally .gz/.xz); repeatable; None: CPython's pydoc_data "
+                                           "documentation text", "model and data", metavar="PATH_OR_GLOB")
+    text_field: str = _opt("text", "text field of JSON lines / hub datasets", "model and data")
+    dataset_name: Optional[str] = _opt(None, "a `datasets` hub name (needs a network)", "model and data")
+    dataset_config: Optional[str] = _opt(None, "the hub dataset's configuration name", "model and data")
+    dataset_split: str = _opt("train", "the hub dataset's split", "model and data")
+    cache_dir: Optional[str] = _opt(None, "`datasets` cache; None: the datasets library's", "model and data")
+    tokenizer: Optional[str] = _opt(None, "tokenizer path or hub name; None: train WordPiece on the corpus",
+                                    "model and data")
+    vocab_size: int = _opt(30522, "size of the trained WordPiece vocabulary", "model and data")
+    val_fraction: float = _opt(0.05, "fraction of blocks held out for validation", "model and data")
+    max_val_samples: int = _opt(2000, "cap on the validation blocks", "model and data")
+    data_seed: int = _opt(0, "seed of the validation split and NSP pairs", "model and data")
+    mlm_probability: float = _opt(0.15, "masked fraction (80/10/10)", "model and data")
+    max_steps: Optional[int] = _opt(None, "optimizer steps; None: the scheduler's total_num_steps", "training")
+    time_budget: Optional[float] = _opt(None, "stop (with a checkpoint) after this much training wall time, "
+                                              "cumulative over resumes", "training", metavar="MINUTES")
+    seed: int = _opt(42, "initialisation, dropout, data order, masks", "training")
+    eval_batch_size: Optional[int] = _opt(None, "None: train_micro_batch_size_per_gpu", "training")
+    peak_tflops: float = _opt(312.0, "peak TFLOP/s per device for MFU (A100 bf16)", "training")
+    output_dir: str = _opt("runs/bert", "checkpoints, metrics, tokenizer, final model", "logging and checkpoints")
+    log_interval: Optional[int] = _opt(None, "None: 2%% of max_steps, at most 100", "logging and checkpoints")
+    eval_interval: Optional[int] = _opt(None, "0: only at the end; None: 10%% of max_steps, at most 1000",
+                                        "logging and checkpoints")
+    probe_interval: int = _opt(0, "early-exit fidelity probe (Spearman of exit-k scores vs the full loss) every N "
+                                  "steps on a fixed validation batch; 0: at evaluations only", "logging and checkpoints")
+    save_interval: int = _opt(1000, "0: only at the end", "logging and checkpoints")
+    keep_checkpoints: int = _opt(0, "keep the newest N checkpoints (0: all)", "logging and checkpoints")
+    exit_interval: int = _opt(0, "save and exit after a step divisible by N", "logging and checkpoints")
+    resume: Optional[str] = _opt(None, "auto: the latest checkpoint in output_dir, if any; or a checkpoint path",
+                                 "logging and checkpoints", metavar="auto|PATH")
+    sift: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})  # --sift_* overrides given
+
+    def as_record(self) -> Dict[str, Any]:
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v)
+                for f in dataclasses.fields(self)}
+
+
+NOT_IN_SECTION = ("ds_config", "local_rank", "sift")  # options the "pretrain" section may not set
+
+
+def str2bool(value: str) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+_CONVERTERS = {"bool": str2bool, "int": int, "float": float, "str": str}
+
+
+def _base_type(annotation: str) -> str:
+    """'Optional[int]' -> 'int', 'List[str]' -> 'str' (annotations are strings here)."""
+    inner = annotation.split("[", 1)[-1].rstrip("]") if "[" in annotation else annotation
+    return inner.split("[")[-1]
+
+
+def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
+    kind, meta = _base_type(f.type), f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default})",
+                  choices=meta.get("choices"),
+                  type=_CONVERTERS[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
+    if f.type.startswith("Optional[List") or f.type.startswith("List"):
+        kwargs["action"] = "append"
+    group.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Pretrain a BERT from scratch with SIFT on DeepSpeed.",
+                                epilog="Defaults: see PretrainOptions; the ds_config's 'pretrain' section "
+                                       "overrides them, and the command line overrides both.")
+    groups: Dict[str, Any] = {}
+    for f in dataclasses.fields(PretrainOptions):
+        if f.metadata.get("cli") is False:
+            continue
+        group = groups.setdefault(f.metadata["group"], p.add_argument_group(f.metadata["group"]))
+        flags = ["--ds_config", "--deepspeed_config"] if f.name == "ds_config" else [f"--{f.name}"]
+        _add_field(group, f, flags[0], f.name)
+        if len(flags) > 1:
+            group.add_argument(*flags[1:], dest=f.name, default=argparse.SUPPRESS, help="alias of --ds_config")
+    ds = groups["DeepSpeed"]
+    ds.add_argument("--deepspeed", dest="deepspeed_flag", nargs="?", const=True, default=argparse.SUPPRESS,
+                    metavar="JSON", help="alias of --ds_config; a bare --deepspeed flag (DeepSpeed's convention) "
+                                         "is ignored")
+    sift = p.add_argument_group("SIFT: overrides of the ds_config 'sift' section")
+    for f in dataclasses.fields(SiftConfig):
+        _add_field(sift, f, f"--{SIFT_PREFIX}{f.name}", f"{SIFT_PREFIX}{f.name}")
+    return p
+
+
+def _check_section_value(f: dataclasses.Field, value: Any) -> Any:
+    """A "pretrain" section value of the field's type (JSON ints are floats' too); ValueError otherwise."""
+    kind = _base_type(f.type)
+    if value is None:
+        return None
+    many = "List" in f.type
+    values = value if many and isinstance(value, list) else [value]
+    for v in values:
+        ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool), "str": isinstance(v, str)}[kind]
+        choices = f.metadata.get("choices")
+        if not ok or (choices and v not in choices):
+            want = f"one of {list(choices)}" if choices and ok else kind
+            raise ValueError(f"ds_config '{PRETRAIN_SECTION}' section: {f.name} must be {want}, got {v!r}")
+    return list(values) if many else value
+
+
+def read_pretrain_section(ds_config: str) -> Dict[str, Any]:
+    """The ``"pretrain"`` section of the ds_config file, its keys and value types checked."""
+    section = load_ds_config(ds_config).get(PRETRAIN_SECTION) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"ds_config key '{PRETRAIN_SECTION}' must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(PretrainOptions) if f.name not in NOT_IN_SECTION}
+    checked = {}
+    for key, value in section.items():
+        if key not in fields:
+            raise ValueError(f"ds_config '{PRETRAIN_SECTION}' section: unknown key {key!r}; known keys: "
+                             f"{sorted(fields)}")
+        if value is not None:
+            checked[key] = _check_section_value(fields[key], value)
+    return checked
+
+
+def parse_options(argv: Sequence[str]) -> PretrainOptions:
+    """Command line + the ds_config's "pretrain" section -> PretrainOptions (argparse exits on a bad
+    flag; a bad section is a ValueError naming the key)."""
+    parser = build_parser()
+    given = vars(parser.parse_args(list(argv)))
+    alias = given.pop("deepspeed_flag", None)
+    if isinstance(alias, str):
+        if given.get("ds_config", alias) != alias:
+            parser.error(f"--deepspeed {alias} and --ds_config {given['ds_config']} disagree")
+        given["ds_config"] = alias
+    sift = {k[len(SIFT_PREFIX):]: given.pop(k) for k in list(given) if k.startswith(SIFT_PREFIX)}
+    section = read_pretrain_section(given["ds_config"]) if given.get("ds_config") else {}
+    return PretrainOptions(**{**section, **given, "sift": sift})
+
+
+def record_json(options: PretrainOptions) -> str:
+    return json.dumps(options.as_record(), indent=2, default=str)

@@ -1,0 +1,135 @@
+"""The run plan: ``PretrainOptions`` + the ds_config, read once, validated against each other, and
+resolved into a frozen ``RunPlan`` before any process group, model or data exists. Every error is a
+ValueError naming the option or config key at fault."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from deepspeed.accelerator import get_accelerator
+from transformers import BertConfig
+
+from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
+from ..config import SECTION, SiftConfig, load_ds_config
+from . import checkpoint, ds_policy
+from .corpus import check_not_empty, resolve_data_files
+from .data import MIN_SEQ_LEN
+from .models import PRESETS, bert_config
+from .options import PRETRAIN_SECTION, PretrainOptions
+
+POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops")
+NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Resolved, validated settings of one run. ``ds_config`` is what DeepSpeed gets (batch sizes,
+    schedule and monitor paths filled in; its "sift" section is ``sift.to_dict()``, for the record)."""
+
+    options: PretrainOptions
+    ds_config: dict
+    sift: SiftConfig
+    world_size: int
+    batch: BatchSizes
+    gross_batch: int
+    max_steps: int
+    model_config: BertConfig  # its vocab_size comes from the tokenizer later
+    data_files: Optional[List[str]]
+    resume: Optional[Tuple[str, Optional[str]]]
+    notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
+
+    @property
+    def output_dir(self) -> str:
+        return self.options.output_dir
+
+
+def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
+                 accelerator: Optional[str] = None) -> RunPlan:
+    """Validate the options and the ds_config against each other (no side effect but the output dir)."""
+    world_size = world_size or world_size_from_env()
+    accelerator = accelerator or get_accelerator().device_name()
+    notes: List[str] = []
+    if not options.ds_config:
+        raise ValueError("--ds_config is required (a DeepSpeed JSON config with a 'sift' section; see ds_configs/)")
+    ds_config = load_ds_config(options.ds_config)
+    ds_config.pop(PRETRAIN_SECTION, None)
+    sift = resolve_sift(ds_config.get(SECTION), options.sift)
+    ds_config[SECTION] = sift.to_dict()
+    batch = resolve_batch_sizes(ds_config, world_size)
+    ds_config.update(batch.as_ds_config())
+    gross = sift.gross_batch_size(batch.micro)
+    ds_policy.check_precision(ds_config, accelerator)
+    check_ranges(options)
+    max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes)
+    ds_policy.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
+    if sift.enabled and sift.kernel == "triton" and accelerator == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("sift.kernel='triton' on the CPU needs TRITON_INTERPRET=1 (or use 'auto' / 'torch')")
+    model_config = resolve_model(options, sift)
+    if options.data and options.dataset_name:
+        raise ValueError("give either --data or --dataset_name, not both")
+    data_files = check_not_empty(resolve_data_files(options.data)) if options.data else None
+    check_tokenizer_path(options.tokenizer)
+    make_output_dir(options.output_dir)
+    resume = checkpoint.find_resume(options.resume, options.output_dir)
+    save_dir = checkpoint.checkpoint_dir(options.output_dir)
+    if options.resume == "auto" and resume is None:
+        notes.append(f"--resume auto: no checkpoint in {save_dir}, starting fresh")
+    elif resume is None and checkpoint.list_tags(save_dir):
+        notes.append(f"{options.output_dir} already holds checkpoints: starting fresh and overwriting them "
+                     "(--resume auto continues instead)")
+    return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
+                   notes)
+
+
+def resolve_sift(section, overrides) -> SiftConfig:
+    """The "sift" section with the ``--sift_*`` overrides applied; an error names the flag that set it."""
+    if section is not None and not isinstance(section, dict):
+        raise ValueError("ds_config key 'sift' must be a JSON object")
+    try:
+        return SiftConfig.from_dict({**(section or {}), **overrides})
+    except ValueError as err:
+        flags = [f"--sift_{key}" for key in overrides if f"sift.{key}" in str(err)]
+        raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None
+
+
+def check_ranges(options: PretrainOptions) -> None:
+    for name in POSITIVE + NON_NEGATIVE:
+        value = getattr(options, name)
+        allow_zero = name in NON_NEGATIVE
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            raise ValueError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    for name in ("val_fraction", "mlm_probability"):
+        if not 0.0 < getattr(options, name) < 1.0:
+            raise ValueError(f"--{name} must be in (0, 1), got {getattr(options, name)}")
+
+
+def resolve_model(options: PretrainOptions, sift: SiftConfig) -> BertConfig:
+    if options.model not in PRESETS and not os.path.exists(options.model):
+        raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(PRESETS)}) nor an HF config path")
+    try:
+        config = bert_config(options.model, vocab_size=options.vocab_size)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model {options.model}: cannot read the config ({err})") from None
+    if options.seq_len > config.max_position_embeddings:
+        raise ValueError(f"--seq_len {options.seq_len} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    if options.seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"--seq_len {options.seq_len} is too short (at least {MIN_SEQ_LEN})")
+    if sift.enabled:
+        sift.validate_for_model(config.num_hidden_layers)
+    return config
+
+
+def check_tokenizer_path(name: Optional[str]) -> None:
+    if name and not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ValueError(f"--tokenizer {name}: no such file or directory")
+
+
+def make_output_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--output_dir {path}: cannot create it ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"--output_dir {path}: not writable")
