@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from launch_helpers import CONFIGS, load_cli, read_config, run_python, write_config
+from launch_helpers import CONFIGS, REPO, load_cli, read_config, run_python, write_config
 
 cli = load_cli()
 
@@ -76,8 +76,9 @@ def test_default_optimizer_is_the_papers_adamw_with_0_2_percent_warmup(tmp_path)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.json"))), ids=os.path.basename)
-def test_every_shipped_config_resolves(path, tmp_path):
-    cpu = "tiny_cpu" in path
+def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
+    cpu = "_cpu" in path
+    monkeypatch.chdir(REPO)  # model config paths in the study configs are relative to the checkout
     args = cli.parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
     plan = cli.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
     if "_sift" in path:
@@ -87,6 +88,8 @@ def test_every_shipped_config_resolves(path, tmp_path):
         for config in (twin, mine):  # the twins differ in the sift section and the run's names only
             config.pop("sift"), config["tensorboard"].pop("job_name"), config["pretrain"].pop("output_dir")
         assert twin == mine
+    elif "_study" in path:  # the study configs: SIFT defaults that the comparison's arms override
+        assert plan.sift.enabled and plan.gross_batch == 2 * plan.batch.micro and plan.world_size == 2
     else:
         assert not plan.sift.enabled and plan.gross_batch == plan.batch.micro
     if "bert_base" in path:

@@ -1,0 +1,122 @@
+"""Arm specs of a study -> command-line overrides of the pretraining job, each with a
+filesystem-safe label.
+
+Grammar of one spec (``--arms`` takes a comma-separated list of them):
+
+    vanilla                          --sift_enabled false
+    CRITERION:EXIT                   --sift_enabled true --sift_criterion CRITERION --sift_exit_layer EXIT
+    SPEC@key=value[@key=value...]    ... --sift_key value (any SiftConfig field, e.g. keep_ratio)
+
+e.g. ``loss:1@random_fraction=0.25@keep_ratio=0.5``. Arbitrary arms come from a JSON file
+(``--arms_file``): an object mapping a label to the list of extra command-line words.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Sequence, Tuple
+
+BASELINE = "vanilla"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VALUE = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+# Keys that the CRITERION:EXIT part already sets; repeating them after '@' would contradict it.
+_BASE_KEYS = ("enabled", "criterion", "exit_layer")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``label`` names its run directories and report rows, ``overrides`` are the extra
+    words given to every run of the arm, ``spec`` is what the user wrote."""
+
+    label: str
+    overrides: Tuple[str, ...]
+    spec: str
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.label == BASELINE
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._\-]", "-", text)
+
+
+def parse_arm(spec: str) -> Arm:
+    """One spec -> Arm; a malformed spec is a ValueError that quotes it."""
+    text = spec.strip()
+    head, *extras = text.split("@")
+    if head == BASELINE:
+        overrides: List[str] = ["--sift_enabled", "false"]
+        label = BASELINE
+    else:
+        parts = head.split(":")
+        if len(parts) != 2 or not _NAME.match(parts[0]) or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise ValueError(f"arm {spec!r}: expected 'vanilla' or CRITERION:EXIT_LAYER (e.g. loss:1, entropy:2), "
+                             f"optionally followed by @key=value")
+        criterion, exit_layer = parts[0], int(parts[1])
+        overrides = ["--sift_enabled", "true", "--sift_criterion", criterion, "--sift_exit_layer", str(exit_layer)]
+        label = f"{criterion}-exit{exit_layer}"
+    seen = set()
+    for extra in extras:
+        key, sep, value = extra.partition("=")
+        if not sep or not _NAME.match(key) or not _VALUE.match(value):
+            raise ValueError(f"arm {spec!r}: {'@' + extra!r} is not @key=value (key a SiftConfig field name, "
+                             f"value without spaces or commas)")
+        if key in _BASE_KEYS or key in seen:
+            raise ValueError(f"arm {spec!r}: key {key!r} is set twice")
+        seen.add(key)
+        overrides += [f"--sift_{key}", value]
+        label += f"_{key}-{_safe(value)}"
+    return Arm(label=label, overrides=tuple(overrides), spec=text)
+
+
+def parse_arms(text: str) -> List[Arm]:
+    """A comma-separated list of specs (empty items are an error)."""
+    specs = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in specs):
+        raise ValueError(f"--arms {text!r}: empty arm in the comma-separated list")
+    return [parse_arm(s) for s in specs]
+
+
+def arms_from_mapping(mapping, source: str = "arms file") -> List[Arm]:
+    """A JSON object label -> list of extra command-line words (strings) -> Arms, in file order."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError(f"{source}: expected a non-empty JSON object mapping a label to a list of words")
+    arms = []
+    for label, words in mapping.items():
+        if not _LABEL.match(label):
+            raise ValueError(f"{source}: label {label!r} is not filesystem-safe (letters, digits, '.', '_', '-')")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"{source}: arm {label!r}: expected a list of strings, got {json.dumps(words)}")
+        arms.append(Arm(label=label, overrides=tuple(words), spec=f"{label}: {' '.join(words)}"))
+    return arms
+
+
+def load_arms_file(path: str) -> List[Arm]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            mapping = json.load(f)
+    except OSError as err:
+        raise ValueError(f"--arms_file {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--arms_file {path}: not valid JSON ({err})") from err
+    return arms_from_mapping(mapping, source=f"--arms_file {path}")
+
+
+def check_arms(arms: Sequence[Arm]) -> List[Arm]:
+    """Labels must be unique and one arm must be the vanilla baseline."""
+    labels = [a.label for a in arms]
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    if dupes:
+        raise ValueError(f"arm label(s) given twice: {', '.join(dupes)}")
+    if BASELINE not in labels:
+        raise ValueError(f"no arm named {BASELINE!r}: the speed-ups are measured against it "
+                         f"(add 'vanilla' to --arms, or a 'vanilla' entry to the arms file)")
+    return list(arms)
+
+
+def flags(words: Iterable[str]) -> List[str]:
+    """The option names (``--x``, without ``=value``) among command-line words."""
+    return [w.split("=", 1)[0] for w in words if w.startswith("--")]

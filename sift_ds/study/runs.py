@@ -1,0 +1,247 @@
+"""Running every arm x seed of a study as a subprocess of the pretraining job, resumably.
+
+Each run is ``deepspeed --num_gpus G --master_port P launch/pretrain_bert.py --ds_config X
+--output_dir OUT/runs/<label>/seed<S> --seed S --resume auto <arm overrides> [--data ...]
+[--tokenizer T] <passthrough>`` with its output in ``<run dir>/log.txt``. The first run (first arm,
+first seed) goes alone and trains the WordPiece tokenizer that every other run then loads, so all
+runs see the same token ids. A run is finished when the job exited 0 and its ``metrics.jsonl`` has
+the record of its last step; a ``DONE`` file then marks it, and a re-invocation skips it. An
+unfinished run is started again with ``--resume auto`` (the job continues from its last checkpoint).
+``command.json`` in each run directory keeps the run's settings: a rerun with other settings is
+refused (``check_settings``) rather than mixed into the same directory or report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from .arms import Arm, flags
+
+# Options the study sets itself for every run; the passthrough must not repeat them.
+RESERVED = ("--seed", "--output_dir", "--resume", "--ds_config", "--deepspeed_config", "--deepspeed", "--local_rank")
+
+
+class RunFailed(RuntimeError):
+    """A run (or the preflight check) failed; the message is one line naming the log."""
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    seed: int
+    overrides: Tuple[str, ...]
+    directory: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}/seed{self.seed}"
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.directory, *parts)
+
+
+@dataclass
+class Settings:
+    """What every run shares: the job script, ds_config, data, passthrough words and launcher sizes."""
+
+    script: str
+    ds_config: str
+    passthrough: List[str] = field(default_factory=list)
+    data: List[str] = field(default_factory=list)
+    num_gpus: int = 1
+    parallel: int = 1
+    deepspeed: str = ""
+
+    def __post_init__(self):
+        if not self.deepspeed:
+            beside = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+            self.deepspeed = beside if os.path.exists(beside) else (shutil.which("deepspeed") or "deepspeed")
+
+
+def plan(arms: Sequence[Arm], seeds: Sequence[int], out: str) -> List[Run]:
+    """Every arm x seed, arm-major (the first run is the first arm's first seed)."""
+    return [Run(a.label, s, a.overrides, os.path.join(out, "runs", a.label, f"seed{s}")) for a in arms for s in seeds]
+
+
+def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:
+    """The passthrough may not set what the study sets per run (seed, output, resume, arm flags)."""
+    given = set(flags(passthrough))
+    clash = sorted(given & (set(RESERVED) | {f for a in arms for f in flags(a.overrides)}))
+    if clash:
+        raise ValueError(f"the words after '--' set {', '.join(clash)}, which compare.py sets per run")
+
+
+def shares_tokenizer(s: Settings) -> bool:
+    """True unless the passthrough already names a tokenizer for every run."""
+    return "--tokenizer" not in flags(s.passthrough)
+
+
+def job_args(run: Run, s: Settings, tokenizer: Optional[str]) -> List[str]:
+    args = ["--ds_config", s.ds_config, "--output_dir", run.directory, "--seed", str(run.seed), "--resume", "auto",
+            *run.overrides]
+    for path in s.data:
+        args += ["--data", path]
+    if tokenizer:
+        args += ["--tokenizer", tokenizer]
+    return args + list(s.passthrough)
+
+
+def read_metrics(path: str) -> List[dict]:
+    """The records of a ``metrics.jsonl`` (a torn last line, from a killed run, is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def reached_end(run: Run) -> Tuple[bool, str]:
+    """(True, '') when metrics.jsonl has the record of step == max_steps, else (False, why)."""
+    try:
+        records = read_metrics(run.path("metrics.jsonl"))
+    except OSError:
+        return False, "it wrote no metrics.jsonl"
+    last = max((r.get("step", 0) for r in records), default=0)
+    total = next((r["max_steps"] for r in reversed(records) if r.get("max_steps")), None)
+    if total and any(r.get("step") == total for r in records):
+        return True, ""
+    return False, f"it stopped at step {last} of {total}"
+
+
+def is_done(run: Run) -> bool:
+    return os.path.exists(run.path("DONE"))
+
+
+def environment(s: Settings) -> dict:
+    """Inherited, with DS_ACCELERATOR=cpu unless set, and the cores split between the runs' ranks."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, cores // (s.parallel * s.num_gpus)))
+    return env
+
+
+def check_flags(s: Settings, arms: Sequence[Arm]) -> None:
+    """Before hours of runs: every flag of every arm exists in the job's --help, and a value with
+    listed choices is one of them (so a typo in the last arm fails now, not after the first arms).
+    ValueError for a bad arm, RunFailed when the job cannot even show its help."""
+    proc = subprocess.run([sys.executable, s.script, "--help"], capture_output=True, text=True,
+                          env=environment(s), timeout=600)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RunFailed(f"{s.script} --help failed (exit {proc.returncode}): {tail}")
+    options = set(re.findall(r"(--[A-Za-z0-9_\-]+)", proc.stdout))
+    for arm in arms:
+        words = list(arm.overrides)
+        for i, word in enumerate(words):
+            if not word.startswith("--"):
+                continue
+            flag = word.split("=", 1)[0]
+            if flag not in options:
+                raise ValueError(f"arm {arm.label!r}: the pretraining job has no option {flag}")
+            choices = re.search(re.escape(flag) + r"\s+\{([^}]*)\}", proc.stdout)
+            value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else None)
+            if choices and value is not None and value not in choices.group(1).split(","):
+                raise ValueError(f"arm {arm.label!r}: {flag} {value} is not one of {{{choices.group(1)}}}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
+    """What ``command.json`` keeps: the launcher size and the job's arguments (every run but the
+    first loads the first run's tokenizer, unless the passthrough names one)."""
+    first = runs[0]
+    tokenizer = first.path("tokenizer") if run != first and shares_tokenizer(s) else None
+    return {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer)}
+
+
+def check_settings(runs: Sequence[Run], s: Settings) -> None:
+    """ValueError when a run directory (finished or not) holds a run started with other settings."""
+    for run in runs:
+        stamp = run.path("command.json")
+        if os.path.exists(stamp):
+            with open(stamp, encoding="utf-8") as f:
+                if json.load(f) != record(run, runs, s):
+                    raise ValueError(f"run {run.name} was started with other settings (see {stamp}); "
+                                     f"use another --out, or delete {run.directory}")
+
+
+def _job_error(log: str, offset: int) -> str:
+    """The job's last error line in the part of the log written by this attempt ('' if none)."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(offset)
+        lines = [ln.strip() for ln in f if "error" in ln.lower() and "sigkill_handler" not in ln]
+    return f": {lines[-1][:300]}" if lines else ""
+
+
+def launch(run: Run, runs: Sequence[Run], s: Settings, say: Callable[[str], None]) -> None:
+    """Start (or resume) one run and wait; writes DONE on success, raises RunFailed otherwise."""
+    os.makedirs(run.directory, exist_ok=True)
+    settings = record(run, runs, s)
+    with open(run.path("command.json"), "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=1)
+    cmd = [s.deepspeed, "--num_gpus", str(s.num_gpus), "--master_port", str(_free_port()), s.script, *settings["args"]]
+    log = run.path("log.txt")
+    say(f"{run.name}: {'resuming' if os.path.exists(log) else 'starting'} (log: {log})")
+    start = time.time()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        f.flush()
+        offset = f.tell()
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=environment(s)).returncode
+    if code != 0:
+        raise RunFailed(f"run {run.name} failed (exit {code}){_job_error(log, offset)}; log: {log}")
+    ok, why = reached_end(run)
+    if not ok:
+        raise RunFailed(f"run {run.name} exited 0 but {why}; run the same command again to resume; log: {log}")
+    with open(run.path("DONE"), "w", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {time.time() - start:.1f}s\n")
+    say(f"{run.name}: done in {time.time() - start:.0f} s")
+
+
+def run_all(runs: Sequence[Run], s: Settings, say: Callable[[str], None] = print) -> None:
+    """The first run alone (it trains the shared tokenizer), then the rest, ``s.parallel`` at a time.
+    After a failure no new run starts; the ones running finish, then the first failure is raised.
+    Call ``check_settings`` first."""
+    if not runs:
+        return
+    first = runs[0]
+    say(f"{sum(map(is_done, runs))} of {len(runs)} runs already finished")
+    alone = shares_tokenizer(s)  # else the passthrough names a tokenizer: no run goes first
+    if alone and not is_done(first):
+        launch(first, runs, s, say)
+    if alone and not os.path.isdir(first.path("tokenizer")):
+        raise RunFailed(f"run {first.name} left no tokenizer at {first.path('tokenizer')}")
+    failures: List[RunFailed] = []
+    lock = threading.Lock()
+
+    def one(run: Run) -> None:
+        if failures:
+            return
+        try:
+            launch(run, runs, s, say)
+        except RunFailed as err:
+            with lock:
+                failures.append(err)
+
+    with ThreadPoolExecutor(max_workers=max(1, s.parallel)) as pool:
+        list(pool.map(one, [r for r in (runs[1:] if alone else runs) if not is_done(r)]))
+    if failures:
+        raise failures[0]

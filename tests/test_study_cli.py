@@ -1,0 +1,129 @@
+"""launch/compare.py end to end with the real pretraining job on the tiny preset: 2 arms x 2 seeds,
+the report (results.md, results.csv, 4 plots), a second invocation that skips the finished runs,
+--analyze_only, refused settings changes, a failing run and one-line input errors."""
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launcher import REPO, clean_env
+
+COMPARE = os.path.join(REPO, "launch", "compare.py")
+CONFIG = os.path.join(REPO, "ds_configs", "tiny_cpu_sift.json")
+PLOTS = ["val_loss_vs_samples.png", "val_acc_vs_samples.png", "val_loss_vs_time.png", "val_acc_vs_time.png"]
+
+
+def compare(args, timeout=600):
+    return subprocess.run([sys.executable, COMPARE, *map(str, args)], cwd=REPO, env=clean_env(DS_ACCELERATOR="cpu"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job(tmp_path, steps=30):
+    """Passthrough of a tiny run: 30 steps, evaluations every 10, SIFT selecting from step 6."""
+    return ["--model", "tiny", "--max_steps", steps, "--eval_interval", 10, "--log_interval", 5, "--save_interval", 0,
+            "--vocab_size", 1024, "--seq_len", 64, "--sift_warmup_steps", 5, "--cache_dir", tmp_path / "cache"]
+
+
+def shown(proc):
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+def test_two_arms_two_seeds_report_and_resume(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["--ds_config", CONFIG, "--arms", "vanilla,loss:1", "--seeds", 2, "--parallel", 2, "--out", out,
+            "--", *job(tmp_path)]
+    proc = compare(args)
+    assert proc.returncode == 0, shown(proc)
+    assert "0 of 4 runs already finished" in proc.stdout
+
+    md = (out / "results.md").read_text()
+    assert "--arms vanilla,loss:1" in md and "| loss-exit1 | 0,1 |" in md and "**Legend.**" in md
+    for name in PLOTS:
+        assert (out / "plots" / name).stat().st_size > 5000
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arm"] for r in rows] == ["vanilla", "loss-exit1"]
+    for row in rows:
+        values = {k: float(v) for k, v in row.items() if k != "arm"}  # every other column is a number
+        assert values["seeds"] == 2 and 0 < values["final_val_acc_mean"] < 1
+        assert not math.isnan(values["final_val_loss_std"])
+    vanilla, sift = ({k: float(v) for k, v in r.items() if k != "arm"} for r in rows)
+    assert vanilla["speedup_loss_samples"] == 1.0 and vanilla["loss_target_samples"] <= 30 * 16
+    assert vanilla["selection_share_mean"] == 0.0 < sift["selection_share_mean"] < 1
+    assert sift["speedup_acc_samples_ci_lo"] <= sift["speedup_acc_samples_ci_hi"]
+
+    # One tokenizer for all: the first run trains it, the others load it.
+    first = out / "runs" / "vanilla" / "seed0"
+    for arm, seed in [("vanilla", 1), ("loss-exit1", 0), ("loss-exit1", 1)]:
+        run = out / "runs" / arm / f"seed{seed}"
+        words = json.loads((run / "command.json").read_text())["args"]
+        assert words[words.index("--tokenizer") + 1] == str(first / "tokenizer")
+        assert words[words.index("--seed") + 1] == str(seed) and (run / "DONE").exists()
+    assert "--tokenizer" not in json.loads((first / "command.json").read_text())["args"]
+
+    # Again: every run is skipped, the report is rewritten.
+    logs = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/log.txt")}
+    start = time.time()
+    again = compare(args)
+    assert again.returncode == 0, shown(again)
+    assert "4 of 4 runs already finished" in again.stdout and "starting" not in again.stdout
+    assert time.time() - start < 60 and logs == {p: p.stat().st_mtime for p in logs}
+
+    # An unfinished run is resumed; --analyze_only reads the runs without starting any.
+    (out / "runs" / "loss-exit1" / "seed1" / "DONE").unlink()
+    only = compare(["--analyze_only", "--out", out])
+    assert only.returncode == 0, shown(only)
+    assert "left out of the report: loss-exit1/seed1" in only.stdout
+    assert "| loss-exit1 | 0 |" in (out / "results.md").read_text()
+    resumed = compare(args)
+    assert resumed.returncode == 0, shown(resumed)
+    assert "loss-exit1/seed1: resuming" in resumed.stdout and "3 of 4 runs already finished" in resumed.stdout
+
+    # Other settings in the same --out are refused, finished runs included.
+    changed = compare([*args[:-len(job(tmp_path))], *job(tmp_path, steps=40)])
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, shown(changed)
+    assert "compare.py: error: run vanilla/seed0 was started with other settings" in changed.stderr
+
+
+def test_failing_run_names_its_log(tmp_path):
+    out = tmp_path / "bad"
+    proc = compare(["--ds_config", CONFIG, "--arms", "loss:9,vanilla", "--seeds", 1, "--out", out,
+                    "--", *job(tmp_path)])
+    assert proc.returncode == 1, shown(proc)
+    log = out / "runs" / "loss-exit9" / "seed0" / "log.txt"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: run loss-exit9/seed0 failed (exit 2): "), lines
+    assert lines[0].endswith(f"; log: {log}") and "exit_layer" in lines[0]  # with the job's own error line
+    assert log.exists() and not (out / "runs" / "vanilla").exists()
+
+
+def load_compare():
+    spec = importlib.util.spec_from_file_location("compare_cli", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arms", "vanilla,loss"], "arm 'loss': expected 'vanilla' or CRITERION:EXIT_LAYER"),
+    (["--arms", "loss:1"], "no arm named 'vanilla'"),
+    (["--arms", "vanilla,loss:1", "--", "--seed", "3"], "the words after '--' set --seed"),
+    (["--arms", "vanilla", "--seeds", "x"], "argument --seeds: expected a count"),
+    (["--arms", "vanilla", "--parallel", "0"], "argument --parallel: expected a positive integer"),
+    (["--arms", "vanilla", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--arms", "vanilla,loss:1@bogus=1"], "arm 'loss-exit1_bogus-1': the pretraining job has no option --sift_bogus"),
+    (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': --sift_criterion lost is not one of {loss,entropy}"),
+    (["--arms", "vanilla", "--ds_config", "missing.json"], "--ds_config missing.json: no such file"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    with pytest.raises(SystemExit) as exit_:
+        load_compare().main(["--ds_config", CONFIG, "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"compare.py: error: {message}") and err.count("\n") == 1, err
