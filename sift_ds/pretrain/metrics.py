@@ -72,7 +72,8 @@ def _fmt(value: Any) -> str:
 
 
 SHOWN = (("train_loss", "loss"), ("val_loss", "val_loss"), ("val_acc", "val_acc"), ("val_nsp_acc", "val_nsp_acc"),
-         ("tokens_per_s", "tok/s"), ("mfu", "mfu"), ("lr", "lr"), ("sift/selection_share", "sel_share"))
+         ("tokens_per_s", "tok/s"), ("mfu", "mfu"), ("lr", "lr"), ("sift/selection_share", "sel_share"),
+         ("probe/spearman", "probe_rho"))
 
 
 class MetricsLogger:
