@@ -9,6 +9,9 @@ DEEPSPEED   ?= deepspeed==0.19.8
 NUM_GPUS    ?= 2
 DS_CONFIG   ?= ds_configs/tiny_cpu_sift.json
 RUN_DIR     ?= runs/tiny_sift
+# WordPiece training breaks frequency ties in hash-map order, which changes from process to process;
+# the main job uses this tokenizer, trained once on the embedded corpus, so that its figures repeat.
+TOKENIZER   ?= ds_configs/tokenizers/pydoc_wordpiece_4096
 export PIP_CONSTRAINT := $(CURDIR)/.ci/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed on the CPU (gloo) unless a GPU is visible; override with DS_ACCELERATOR=...
@@ -31,7 +34,8 @@ $(VENV)/.installed: setup.py .ci/constraints.txt
 
 train: setup
 	DS_ACCELERATOR=$(DS_ACCELERATOR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
-	$(BIN)/deepspeed --num_gpus $(NUM_GPUS) launch/pretrain_bert.py --ds_config $(DS_CONFIG) --output_dir $(RUN_DIR)
+	$(BIN)/deepspeed --num_gpus $(NUM_GPUS) launch/pretrain_bert.py --ds_config $(DS_CONFIG) --output_dir $(RUN_DIR) \
+		--tokenizer $(TOKENIZER)
 
 test: setup
 	DS_ACCELERATOR=$(DS_ACCELERATOR) $(BIN)/pytest -q tests benchmarks
