@@ -90,6 +90,13 @@ def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
         assert twin == mine
     elif "_study" in path:  # the study configs: SIFT defaults that the comparison's arms override
         assert plan.sift.enabled and plan.gross_batch == 2 * plan.batch.micro and plan.world_size == 2
+    elif "_paper" in path:  # the paper's rule, documented beside the tiny default (docs/results.md)
+        assert plan.sift.enabled and plan.sift.criterion == "loss" and plan.sift.plain_topk
+        paper, default = read_config(os.path.basename(path)), read_config("tiny_cpu_sift.json")
+        assert default["sift"].pop("criterion") == "entropy" and paper["sift"].pop("criterion") == "loss"
+        for config in (paper, default):
+            config["tensorboard"].pop("job_name"), config["pretrain"].pop("output_dir")
+        assert paper == default
     else:
         assert not plan.sift.enabled and plan.gross_batch == plan.batch.micro
     if "bert_base" in path:
