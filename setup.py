@@ -10,7 +10,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     # kernels/ is installed as the subpackage sift_ds.kernels, never as a top-level `kernels`.
-    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study"],
+    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study", "sift_ds.megatron"],
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels": "kernels"},
     install_requires=[
         "torch>=2.1",
@@ -25,7 +25,9 @@ setup(
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
         "triton": ["triton>=3.0"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard", "scipy", "matplotlib"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard", "scipy", "matplotlib",
+                 "megatron-core==0.16.*"],
         "study": ["matplotlib"],
+        "megatron": ["megatron-core==0.16.*"],
     },
 )

@@ -65,6 +65,15 @@ class SiftConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def from_megatron_args(cls, args: Any) -> "SiftConfig":
+        """Build from a Megatron ``args`` namespace: every field ``f`` is read from the attribute
+        ``sift_<f>`` (the flag ``--sift-<f>`` that ``sift_ds.megatron.add_arguments`` adds); a missing
+        or None attribute keeps the default. Bad values are ValueErrors naming the key."""
+        given = {f.name: getattr(args, f"sift_{f.name}") for f in dataclasses.fields(cls)
+                 if getattr(args, f"sift_{f.name}", None) is not None}
+        return cls.from_dict(given)
+
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -16,7 +16,10 @@ import pytest
 import sift_ds
 from launcher import REPO
 
-OPTIONAL_IMPORTS = ("triton", "apex", "torch.utils.tensorboard", "matplotlib", "importlib")
+# megatron: sift_ds.megatron imports megatron-core at module level, but Megatron-LM's training loop
+# (``megatron.training``, or ``megatron`` in Megatron-DeepSpeed) is not part of megatron-core; the
+# default iteration source imports it lazily, where it exists.
+OPTIONAL_IMPORTS = ("triton", "apex", "torch.utils.tensorboard", "matplotlib", "importlib", "megatron")
 LIBRARY_MAX_LINES = 250
 
 

@@ -1,0 +1,117 @@
+"""``MCoreBertAdapter``: the early-exit protocol (``sift_ds.EarlyExitAdapter``) on megatron-core's
+``BertModel``, and where a Megatron BERT batch keeps its labelled positions.
+
+Megatron's layout differs from HF's in three ways that matter here:
+
+* hidden states are ``[s, b, h]`` (``[s/tp, b, h]`` under sequence parallelism);
+* the encoder is pre-LN, so ``encoder.final_layernorm`` belongs in front of the MLM head (it is
+  what the full model applies after its last layer; at an early exit it normalises the residual
+  stream the same way);
+* the tied output weight and ``output_layer.bias`` are this tensor-parallel rank's vocabulary
+  shard ``[V/tp, H]``, ids ``vocab_start .. vocab_start + V/tp - 1`` of the padded vocabulary.
+
+Megatron BERT batches mark unmasked positions with label -1 and ``loss_mask`` 0 (not HF's -100):
+the labelled positions are where ``loss_mask`` is non-zero.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Tuple
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.models.bert.bert_model import BertModel
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside Megatron's DDP / Float16Module wrappers or a DeepSpeed engine (``.module``)."""
+    seen = 0
+    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) and seen < 8:
+        model, seen = model.module, seen + 1
+    return model
+
+
+def labelled_positions(loss_mask: torch.Tensor):
+    """(flat index into ``[b*s]``, row index) of the positions with a non-zero ``loss_mask`` [b, s]."""
+    if loss_mask.dim() != 2:
+        raise ValueError(f"loss_mask must be [batch, seq], got shape {tuple(loss_mask.shape)}")
+    flat = torch.nonzero(loss_mask.reshape(-1) != 0, as_tuple=False).squeeze(1)
+    return flat, torch.div(flat, loss_mask.shape[1], rounding_mode="floor")
+
+
+class MCoreBertAdapter:
+    """Early exit of a megatron-core ``BertModel`` (any wrapper with ``.module`` around it).
+
+    Batch keys are Megatron BERT's: ``text`` [b, s], ``padding_mask`` [b, s] (1 = token), ``types``
+    (used when the model has token-type embeddings), ``labels`` and ``loss_mask``.
+    """
+
+    def __init__(self, model: nn.Module):
+        bert = unwrap_model(model)
+        if not isinstance(bert, BertModel):
+            raise TypeError(f"MCoreBertAdapter needs a megatron.core BertModel (optionally inside DDP / "
+                            f"Float16Module / a DeepSpeed engine), got {type(bert).__name__}")
+        if not (bert.pre_process and bert.post_process):
+            raise ValueError("MCoreBertAdapter needs the whole model on this rank (pre_process and post_process): "
+                             "pipeline parallelism is not supported")
+        self.model = bert
+        self.config = bert.config
+        self.layers = bert.encoder.layers
+        self.num_layers = len(self.layers)
+        self.final_layernorm = getattr(bert.encoder, "final_layernorm", None)
+
+    # ------------------------------------------------------------------ the protocol
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Any]:
+        bert = self.model
+        ids = batch["text"]
+        types = batch.get("types") if getattr(bert.embedding, "tokentype_embeddings", None) is not None else None
+        hidden = bert.embedding(input_ids=ids, position_ids=bert.bert_position_ids(ids), tokentype_ids=types)
+        rotary = None
+        if bert.position_embedding_type == "rope":
+            rotary = bert.rotary_pos_emb(bert.rotary_pos_emb.get_rotary_seq_len(None, bert.encoder, hidden,
+                                                                                 bert.config))
+        return hidden, (bert.bert_extended_attention_mask(batch["padding_mask"]), rotary)
+
+    def layer(self, index: int, hidden: torch.Tensor, ctx: Any) -> torch.Tensor:
+        mask, rotary = ctx
+        out, _ = self.layers[index](hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
+        return out
+
+    def head_transform(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.final_layernorm is not None:
+            rows = self.final_layernorm(rows)
+        return self.model.lm_head(rows)
+
+    def vocab_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's shard of the output weight [V/tp, H] (the tied word embeddings) and bias [V/tp]."""
+        bert = self.model
+        weight = bert.shared_embedding_or_output_weight() if bert.share_embeddings_and_output_weights \
+            else bert.output_layer.weight
+        return weight, bert.output_layer.bias
+
+    def selection_modules(self, exit_layer: int) -> List[nn.Module]:
+        bert = self.model
+        tail = [m for m in (self.final_layernorm, bert.lm_head, bert.output_layer) if m is not None]
+        return [bert.embedding, *self.layers[:exit_layer], *tail]
+
+    # ------------------------------------------------------------------ Megatron layout
+    @property
+    def vocab_start(self) -> int:
+        """Global id of row 0 of this rank's vocabulary shard."""
+        return parallel_state.get_tensor_model_parallel_rank() * self.vocab_projection()[0].shape[0]
+
+    def rows_at(self, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[s, b, h]`` (``[s/tp, b, h]`` with sequence parallelism: gathered over s in
+        the tensor-parallel group first) at the flat ``[b*s]`` positions ``flat`` -> ``[N, h]``."""
+        if self.config.sequence_parallel and parallel_state.get_tensor_model_parallel_world_size() > 1:
+            hidden = gather_sequence(hidden, parallel_state.get_tensor_model_parallel_group())
+        return hidden.transpose(0, 1).reshape(-1, hidden.shape[-1]).index_select(0, flat.to(hidden.device))
+
+
+def gather_sequence(hidden: torch.Tensor, group) -> torch.Tensor:
+    """Concatenate the tensor-parallel ranks' sequence chunks ``[s/tp, b, h]`` -> ``[s, b, h]`` (a list
+    all-gather, which gloo supports too)."""
+    parts = [torch.empty_like(hidden) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, hidden.contiguous(), group=group)
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,48 @@
+"""``--sift-*`` command-line flags for Megatron's ``extra_args_provider``, generated from ``SiftConfig``.
+
+Every ``SiftConfig`` field ``f`` gets ``--sift-<f with dashes>`` (argparse dest ``sift_<f>``), with the
+field's help text, choices and type; the default is None, so that ``SiftConfig.from_megatron_args``
+keeps the dataclass default for a flag not given. A new field gets its flag without an edit here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..config import SiftConfig
+
+GROUP_TITLE = "SIFT (sample sifting via early exiting)"
+
+
+def str2bool(value: str) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str}
+
+
+def flag_of(field_name: str) -> str:
+    """``keep_ratio`` -> ``--sift-keep-ratio``."""
+    return "--sift-" + field_name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``--sift-*`` flags to ``parser`` and return it (Megatron's ``extra_args_provider`` contract)."""
+    group = parser.add_argument_group(title=GROUP_TITLE)
+    for f in dataclasses.fields(SiftConfig):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        group.add_argument(
+            flag_of(f.name),
+            dest=f"sift_{f.name}",
+            type=_TYPES[kind],
+            default=None,
+            choices=f.metadata.get("choices"),
+            metavar="BOOL" if kind == "bool" else None,
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
+    return parser

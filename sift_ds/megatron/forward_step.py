@@ -1,0 +1,145 @@
+"""The wrapped ``forward_step``: read the gross micro-batch (tensor-parallel rank 0 reads and
+broadcasts it, on gloo too), select, call the script's ``forward_step`` on the kept rows, and add
+the SIFT telemetry to the loss dict its ``loss_func`` returns.
+
+Megatron calls ``forward_step_func(data_iterator, model)`` once per micro-batch (sometimes with a
+third argument) and reduces the loss dict itself: a ``[sum, count]`` tensor is summed over the
+micro-batches and the data-parallel group and shown as ``sum / count`` in the log line and in
+TensorBoard, so the ``sift/*`` values arrive there without a callback. Megatron-DeepSpeed averages
+1-element values instead: with a DeepSpeed engine as the model the telemetry is sent as means.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+from ..row_exchange import _pack, _unpack
+from .adapter import unwrap_model
+from .datasets import unstack_rows
+
+
+def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
+    """See the module docstring; evaluation (the model in eval mode) passes through untouched."""
+
+    @functools.wraps(forward_step_func)  # Megatron inspects the signature: show the script's own
+    def forward_step(data_iterator, model, *args, **kwargs):
+        # The innermost module's flag: a DeepSpeed engine's eval() sets its module's only.
+        if not sift.config.enabled or not unwrap_model(model).training:
+            return forward_step_func(data_iterator, model, *args, **kwargs)
+        sift.check_parallelism()
+        device = sift.adapter(model).vocab_projection()[0].device
+        gross = read_gross_batch(data_iterator, sift.factor, device)
+        step, micro_step = sift.position(model)
+        kept, stats = sift.select(model, gross, step, micro_step)
+        output_tensor, loss_func = forward_step_func(iter([kept]), model, *args, **kwargs)
+        return output_tensor, wrap_loss_func(loss_func, stats, pairs=not hasattr(model, "global_steps"))
+
+    return forward_step
+
+
+def read_gross_batch(data_iterator, factor: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """This micro-step's gross rows ``[micro * factor, ...]`` on every tensor-parallel rank.
+
+    Tensor-parallel rank 0 reads (Megatron gives the other ranks no iterator unless the provider is
+    ``is_distributed``; their iterators, if any, are left alone, as Megatron's own ``get_batch``
+    does) and broadcasts within the TP group. Megatron's ``broadcast_data`` hard-codes ``.cuda()``;
+    this broadcast uses the model's device, so it works on gloo as well as NCCL."""
+    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    first = tp == 1 or parallel_state.get_tensor_model_parallel_rank() == 0
+    batch = None
+    if first:
+        if data_iterator is None:
+            raise ValueError("tensor-parallel rank 0 got no data iterator in training")
+        batch = unstack_rows(next(data_iterator), factor)
+    if tp > 1:
+        batch = broadcast_batch(batch, parallel_state.get_tensor_model_parallel_src_rank(),
+                                parallel_state.get_tensor_model_parallel_group(), device)
+    return batch
+
+
+def broadcast_batch(batch: Optional[Mapping[str, torch.Tensor]], src: int, group, device) -> Dict[str, torch.Tensor]:
+    """``batch`` of global rank ``src`` on every rank of ``group``: its layout as one small object
+    broadcast, its tensors packed into one int32 tensor broadcast (``row_exchange``'s packing)."""
+    meta = [None]
+    if dist.get_rank() == src:
+        rows = next(iter(batch.values())).shape[0]
+        packed, layout = _pack(dict(batch), rows)
+        packed = packed.to(device)
+        meta = [(tuple(packed.shape), layout)]
+    dist.broadcast_object_list(meta, src=src, group=group, device=device)
+    shape, layout = meta[0]
+    if dist.get_rank() != src:
+        packed = torch.empty(shape, dtype=torch.int32, device=device)
+    dist.broadcast(packed, src=src, group=group)
+    return _unpack(packed, layout)
+
+
+def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: bool = True) -> Callable:
+    """``loss_func`` whose loss dict (the last element of its 2- or 3-tuple) also carries ``stats``."""
+    if not pairs:
+        stats = {k: (v[0] / v[1].clamp_min(1)).reshape(1) for k, v in stats.items()}
+
+    @functools.wraps(loss_func)
+    def sift_loss_func(output_tensor, *args, **kwargs):
+        out = loss_func(output_tensor, *args, **kwargs)
+        if kwargs.get("non_loss_data") or not isinstance(out, tuple) or not isinstance(out[-1], dict):
+            return out
+        return (*out[:-1], {**out[-1], **stats})
+
+    return sift_loss_func
+
+
+def telemetry(scores: torch.Tensor, kept: torch.Tensor, by_score: bool, keep_ratio: float,
+              with_dropped: bool = True) -> Dict[str, torch.Tensor]:
+    """``sift/*`` statistics of one micro-step as float32 ``[sum, count]`` pairs (Megatron's reduction:
+    summed over micro-batches and data-parallel ranks, shown as sum / count)."""
+    device = scores.device
+    kept = kept.to(device)
+
+    def pair(total, count):
+        return torch.stack([torch.as_tensor(total, dtype=torch.float32, device=device).reshape(()),
+                            torch.as_tensor(count, dtype=torch.float32, device=device).reshape(())])
+
+    out = {}
+    if by_score:
+        finite = torch.isfinite(scores)
+        groups = [("kept", kept & finite)] + ([("dropped", ~kept & finite)] if with_dropped else [])
+        for name, mask in groups:
+            out[f"sift/score_{name}_mean"] = pair(scores.float().masked_fill(~mask, 0.0).sum(), mask.sum())
+        out["sift/nonfinite_scores"] = pair((~finite).sum(), 1)
+    out["sift/kept_fraction"] = pair(kept.sum(), kept.numel())
+    out["sift/warmup"] = pair(0.0 if by_score else 1.0, 1)
+    out["sift/keep_ratio"] = pair(float(keep_ratio), 1)
+    return out
+
+
+def num_microbatches() -> Optional[int]:
+    """Megatron's micro-batches per iteration, or None where its calculator is not set up."""
+    try:
+        return int(get_num_microbatches())
+    except Exception:  # noqa: BLE001 - not initialised (a script without Megatron-LM's training loop)
+        return None
+
+
+def current_iteration(model) -> int:
+    """The training iteration: a DeepSpeed engine's ``global_steps`` (Megatron-DeepSpeed), else
+    Megatron-LM's ``args.curr_iteration`` (``megatron.training``, or ``megatron`` in older trees).
+    Megatron-LM is not part of megatron-core, hence the import here."""
+    if hasattr(model, "global_steps"):
+        return int(model.global_steps)
+    try:
+        from megatron.training import get_args
+    except ImportError:
+        try:
+            from megatron import get_args  # Megatron-DeepSpeed / Megatron-LM before core_r0.6
+        except ImportError:
+            raise RuntimeError("Sift needs the training iteration: run under Megatron-LM's pretrain(), or pass "
+                               "Sift(config, iteration=callable)") from None
+    args = get_args()
+    step = getattr(args, "curr_iteration", None)
+    return int(step if step is not None else args.iteration)

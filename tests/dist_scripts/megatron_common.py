@@ -1,0 +1,108 @@
+"""Shared by the Megatron test scripts: a real megatron-core BertModel on the CPU (gloo), Megatron
+BERT batches, and a Megatron-LM-style forward_step / loss_func.
+
+Two spots of megatron-core assume CUDA and are patched here, for the tests only:
+``GlobalMemoryBuffer.get_tensor`` allocates on the current CUDA device, and
+``CudaRNGStatesTracker.fork`` (reached from the attention's dropout) swaps CUDA RNG states.
+"""
+import contextlib
+import os
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core import utils as mcore_utils
+from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
+from megatron.core.models.bert.bert_model import BertModel
+from megatron.core.tensor_parallel import random as mcore_random
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+VOCAB, SEQ, HIDDEN, HEADS, LAYERS = 128, 16, 32, 4, 3
+
+
+def _cpu_buffer(self, tensor_shape, dtype, name, mem_alloc_context=None):
+    return torch.empty(*tensor_shape, dtype=dtype)
+
+
+def patch_cuda_spots():
+    mcore_utils.GlobalMemoryBuffer.get_tensor = _cpu_buffer
+    mcore_random.CudaRNGStatesTracker.fork = lambda self, name=None: contextlib.nullcontext()
+
+
+def init(tp=1, pp=1):
+    patch_cuda_spots()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+
+
+def build_bert(seed=0, layers=LAYERS, sequence_parallel=False, dropout=0.1):
+    torch.manual_seed(seed)  # the same full weights on every rank; each TP rank keeps its shard
+    cfg = TransformerConfig(num_layers=layers, hidden_size=HIDDEN, num_attention_heads=HEADS,
+                            use_cpu_initialization=True, hidden_dropout=dropout, attention_dropout=dropout,
+                            tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+                            sequence_parallel=sequence_parallel, params_dtype=torch.float32)
+    return BertModel(cfg, num_tokentypes=2, transformer_layer_spec=bert_layer_local_spec, vocab_size=VOCAB,
+                     max_sequence_length=SEQ, share_embeddings_and_output_weights=True, add_binary_head=False)
+
+
+def sample(rng, seq=SEQ, vocab=VOCAB, empty=False):
+    """One Megatron BERT sample (numpy, int64): unmasked positions have label -1 and loss_mask 0."""
+    length = int(rng.integers(seq // 2, seq + 1))
+    text = np.zeros(seq, np.int64)
+    text[:length] = rng.integers(4, vocab, length)
+    padding = (np.arange(seq) < length).astype(np.int64)
+    loss_mask = ((rng.random(seq) < 0.3) & (padding == 1)).astype(np.int64)
+    if not empty and loss_mask.sum() == 0:
+        loss_mask[0] = 1
+    if empty:
+        loss_mask[:] = 0
+    labels = np.where(loss_mask == 1, rng.integers(4, vocab, seq), -1).astype(np.int64)
+    types = (np.arange(seq) >= length // 2).astype(np.int64) * padding
+    return {"text": text, "types": types, "labels": labels, "is_random": np.int64(0), "loss_mask": loss_mask,
+            "padding_mask": padding, "truncated": np.int64(0)}
+
+
+def samples(n, seed, empty_every=0):
+    rng = np.random.default_rng(seed)
+    return [sample(rng, empty=bool(empty_every) and i % empty_every == empty_every - 1) for i in range(n)]
+
+
+def collate(items):
+    return {k: torch.as_tensor(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+def loss_func(loss_mask, output_tensor):
+    """Megatron-LM pretrain_bert's loss_func without the binary head."""
+    lm_loss_, _ = output_tensor
+    mask = loss_mask.float()
+    loss = torch.sum(lm_loss_.float().view(-1) * mask.reshape(-1)) / mask.sum()
+    return loss, {"lm loss": loss.detach().clone().view(1)}
+
+
+SEEN = []  # the (iterator, batch) each forward_step call got, for the tests
+
+
+def forward_step(data_iterator, model):
+    """Megatron-LM pretrain_bert's forward_step (its get_batch minus the CUDA broadcast)."""
+    batch = next(data_iterator)
+    SEEN.append((data_iterator, batch))
+    output = model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"], lm_labels=batch["labels"])
+    return output, partial(loss_func, batch["loss_mask"])
+
+
+def full_head(model):
+    """The unsharded output weight [V, H] and bias [V] (all-gathered over the TP group)."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    out = []
+    for t in (model.shared_embedding_or_output_weight(), model.output_layer.bias):
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, t.detach().contiguous(), group=group)
+        out.append(torch.cat(parts))
+    return out
+
+
+def rank_env():
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
