@@ -5,6 +5,13 @@ MLM head's transform into one float32 score per sequence: the mean, over its lab
 of the cross-entropy (``criterion="loss"``) or prediction entropy (``criterion="entropy"``) of the
 tied vocab head. ``select_topk`` ranks them. ``backend`` is "torch" (the reference twin in
 ``reference.py``), "triton" (the fused kernel) or "auto" (Triton on CUDA when it imports).
+
+Both backends refuse the same inputs with a one-line error: shapes that do not fit (``ValueError``),
+V = 0 (``ValueError``), integer hidden states / weight (``TypeError``), and labels / targets outside
+``[0, V)`` other than the ignore index -100 (``ValueError``; ``vocab_shard_stats`` accepts the ids of
+other shards and refuses only negative ones). The label check reads the labels on the host: free for
+CPU tensors, one synchronisation for CUDA ones; a caller that checked them on its host copy passes
+``check_targets=False`` to keep the scoring free of host syncs.
 """
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ from .reference import (
     IGNORE_INDEX,
     VocabStats,
     check_criterion,
+    check_head,
+    check_k,
+    check_targets as check_target_ids,
     compact_labelled,
     finish_token_scores,
     merge_vocab_stats,
@@ -54,6 +64,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _check(rows, weight, bias, targets, with_targets: bool) -> None:
+    check_head(rows, weight, bias)
+    if targets.numel() != rows.shape[0]:
+        raise ValueError(f"expected one target per row ({rows.shape[0]}), got shape {tuple(targets.shape)}")
+    if with_targets:
+        check_target_ids(targets, weight.shape[0])
+
+
 def packed_sequence_scores(
     rows: torch.Tensor,
     weight: torch.Tensor,
@@ -63,13 +81,17 @@ def packed_sequence_scores(
     num_seqs: int,
     criterion: str = "loss",
     backend: str = "auto",
+    *,
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Scores of ``num_seqs`` sequences from the compacted labelled rows.
 
     rows [N, H] (through the head transform), weight [V, H], bias [V] or None, targets [N] vocab ids,
     seq_index [N] the sequence of each row. Returns float32 [num_seqs], ``-inf`` for no rows.
+    ``check_targets=False`` skips the vocabulary-range check of the targets (module docstring).
     """
     check_criterion(criterion)
+    _check(rows, weight, bias, targets, check_targets)
     if resolve_backend(backend, rows.device) == "triton":
         from .triton_scorer import packed_sequence_scores_triton
 
@@ -84,6 +106,8 @@ def sequence_scores(
     labels: torch.Tensor,
     criterion: str = "loss",
     backend: str = "auto",
+    *,
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """hidden [B, S, H], weight [V, H], bias [V] or None, labels [B, S] (-100 = not masked) ->
     float32 [B]: per-sequence mean CE or entropy over labelled positions, -inf where none."""
@@ -92,6 +116,7 @@ def sequence_scores(
         raise ValueError(
             f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} and {tuple(labels.shape)}"
         )
+    _check(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels, check_targets)
     if resolve_backend(backend, hidden.device) == "triton":
         from .triton_scorer import sequence_scores_triton
 
@@ -105,6 +130,9 @@ def sequence_scores(
 def select_topk(scores: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
     """LongTensor[k]: the k largest scores, largest first; non-finite below all finite; ties to the
     lower index. "triton" ranks them in one small kernel (no sort, no sync)."""
+    if not torch.is_tensor(scores) or scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores).__name__)}")
+    k = check_k(k, scores.numel())
     if resolve_backend(backend, scores.device) == "triton":
         from .triton_topk import select_topk_triton
 
@@ -112,9 +140,11 @@ def select_topk(scores: torch.Tensor, k: int, backend: str = "auto") -> torch.Te
     return select_topk_torch(scores, k)
 
 
-def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: str = "auto") -> torch.Tensor:
+def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: str = "auto", *,
+                 check_targets: bool = True) -> torch.Tensor:
     """float32 [N]: CE or entropy of each row through the vocab head (rows [N, H], targets [N])."""
     check_criterion(criterion)
+    _check(rows, weight, bias, targets, check_targets)
     if resolve_backend(backend, rows.device) == "triton":
         from .triton_scorer import token_scores_triton
 
@@ -129,7 +159,10 @@ def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int 
     ``max``; rescale ``sumexp`` by ``exp(max - global_max)`` and ``sumzexp`` by the same factor after
     adding ``(max - global_max) * sumexp``; all-reduce SUM of those and of ``target_logit``; then
     ``finish_token_scores`` (``merge_vocab_stats`` does exactly this for shards held in one process).
+    Targets of other shards are legal (they add no target logit here); negative ones other than -100 are not.
     """
+    check_head(rows, weight_shard, bias_shard)
+    check_target_ids(targets, None)
     if resolve_backend(backend, rows.device) == "triton":
         from .triton_scorer import vocab_partial_stats_triton
 
@@ -140,6 +173,7 @@ def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int 
 __all__ = [
     "BACKENDS",
     "CRITERIA",
+    "check_target_ids",
     "IGNORE_INDEX",
     "VocabStats",
     "compact_labelled",

@@ -13,13 +13,20 @@ The logits here *are* materialised (a chunk of rows at a time); avoiding that is
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 IGNORE_INDEX = -100
 CRITERIA = ("loss", "entropy")
-_ROW_CHUNK = 8192  # rows of logits materialised at once by the reference
+# The reference materialises logits a chunk of rows at a time: fp32 logits and two temporaries of
+# that size stay under this many bytes whatever V is (~85 rows at V 128k, ~680 at V 30k).
+_LOGITS_BUDGET_BYTES = 128 * 2**20
+
+
+def _row_chunk(vocab_size: int) -> int:
+    return max(1, _LOGITS_BUDGET_BYTES // (3 * 4 * max(vocab_size, 1)))
 
 
 class VocabStats(NamedTuple):
@@ -34,6 +41,55 @@ class VocabStats(NamedTuple):
 def check_criterion(criterion: str) -> None:
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
+def check_head(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """One-line errors for what both backends refuse: rows [N, H], weight [V, H] with V > 0, bias [V]
+    or None, all floating point (integer hidden states are a caller's bug, e.g. token ids)."""
+    if rows.dim() != 2 or weight.dim() != 2 or rows.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"expected rows [N, H] and weight [V, H] with the same H, got {tuple(rows.shape)} and {tuple(weight.shape)}"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError("empty vocabulary: weight has 0 rows (V = 0)")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape [V] = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in (("hidden states", rows), ("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+
+
+def check_targets(targets: torch.Tensor, vocab_size: Optional[int]) -> None:
+    """Targets must be vocabulary ids in [0, vocab_size) or the ignore index (-100); with
+    ``vocab_size=None`` (a tensor-parallel shard: ids of other shards are legal) only negative ids
+    other than -100 are refused. Reads the targets on the host: one sync for a CUDA tensor."""
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer vocabulary ids, got {targets.dtype}")
+    if targets.numel() == 0:
+        return
+    bad = (targets < 0) & (targets != IGNORE_INDEX)
+    if vocab_size is not None:
+        bad |= targets >= vocab_size
+    if bool(bad.any()):
+        first = int(targets.reshape(-1)[bad.reshape(-1)][0])
+        where = f"[0, {vocab_size})" if vocab_size is not None else "[0, V)"
+        raise ValueError(
+            f"label/target {first} is outside the vocabulary {where} and is not the ignore index {IGNORE_INDEX} "
+            f"({int(bad.sum())} such)"
+        )
+
+
+def check_k(k, n: int) -> int:
+    """``k`` for a top-k of ``n`` scores: an integer (not a bool, not a float) in [0, n]."""
+    if isinstance(k, bool) or (torch.is_tensor(k) and (k.dtype == torch.bool or k.is_floating_point())):
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+    return k
 
 
 def compact_labelled(labels: torch.Tensor):
@@ -59,17 +115,19 @@ def vocab_partial_stats(
 
     ``targets`` are global vocabulary ids; ``vocab_start`` is the id of ``weight[0]``.
     """
+    check_head(rows, weight, bias)
     n, v = rows.shape[0], weight.shape[0]
     outs = []
     w = weight.float()
     b = None if bias is None else bias.float()
-    for lo in range(0, max(n, 1), _ROW_CHUNK):
-        z = torch.nn.functional.linear(rows[lo : lo + _ROW_CHUNK].float(), w, b)
+    chunk = _row_chunk(v)
+    for lo in range(0, max(n, 1), chunk):
+        z = torch.nn.functional.linear(rows[lo : lo + chunk].float(), w, b)
         m = z.max(dim=1).values
         e = torch.exp(z - m[:, None])
         s = e.sum(dim=1)
         q = ((z - m[:, None]) * e).sum(dim=1)
-        local = targets[lo : lo + _ROW_CHUNK].long() - vocab_start
+        local = targets[lo : lo + chunk].long() - vocab_start
         inside = (local >= 0) & (local < v)
         zt = torch.gather(z, 1, local.clamp(0, v - 1)[:, None]).squeeze(1)
         outs.append((m, s, q, torch.where(inside, zt, torch.zeros_like(zt))))
@@ -99,11 +157,13 @@ def merge_vocab_stats(parts: Sequence[VocabStats]) -> VocabStats:
 
 
 def finish_token_scores(stats: VocabStats, criterion: str) -> torch.Tensor:
-    """Cross-entropy (``logsumexp(z) - z[target]``) or entropy (``log s - q / s``) per row."""
+    """Cross-entropy (``logsumexp(z) - z[target]``) or entropy (``log s - q / s``) per row, clamped
+    at 0 (both are >= 0; rounding gives -1e-7 at V = 1). A row whose target is the ignore index has
+    no target logit: its "CE" is max(logsumexp, 0), not a loss (the sequence scores drop those rows)."""
     check_criterion(criterion)
     if criterion == "loss":
-        return stats.max + torch.log(stats.sumexp) - stats.target_logit
-    return torch.log(stats.sumexp) - stats.sumzexp / stats.sumexp
+        return (stats.max + torch.log(stats.sumexp) - stats.target_logit).clamp_min(0.0)
+    return (torch.log(stats.sumexp) - stats.sumzexp / stats.sumexp).clamp_min(0.0)
 
 
 def reduce_to_sequences(token_scores: torch.Tensor, seq_index: torch.Tensor, num_seqs: int) -> torch.Tensor:
@@ -130,8 +190,7 @@ def select_topk_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
     finite one; ties go to the lower index (a stable descending sort)."""
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
-    if not 0 <= k <= scores.numel():
-        raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
+    k = check_k(k, scores.numel())
     key = scores if scores.dtype == torch.float64 else scores.float()
     key = torch.where(torch.isfinite(key), key, torch.full_like(key, float("-inf")))
     return torch.sort(key, descending=True, stable=True).indices[:k]

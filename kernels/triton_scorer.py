@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import IGNORE_INDEX, VocabStats, check_criterion
+from .reference import IGNORE_INDEX, VocabStats, check_criterion, check_head
 
 # ----------------------------------------------------------------------------------------------
 # Kernels (plain functions; made into JIT or interpreted kernels by ``_kernels``)
@@ -53,6 +53,8 @@ from .reference import IGNORE_INDEX, VocabStats, check_criterion
 # when something (torch._dynamo, transformers) imported triton before TRITON_INTERPRET was set.
 
 _MODE_STATS, _MODE_LOSS, _MODE_ENTROPY = 0, 1, 2
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 _MODES = {"loss": _MODE_LOSS, "entropy": _MODE_ENTROPY}
 
 
@@ -65,8 +67,9 @@ def _vocab_stats_kernel(
     b_ptr,
     part_ptr,  # float32 [4, num_splits, n_rows]: m, s, q, z_t
     n_rows, H, V, vocab_start, split_size, num_splits,
+    rows_bucket,  # unused by the code: the autotune key's row-count bucket
     HAS_ROW_IDX: tl.constexpr, HAS_COUNT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
 ):
     # Grouped order: GROUP_N row blocks x all splits per group, row block fastest, so that the
@@ -100,10 +103,16 @@ def _vocab_stats_kernel(
     v_lo = split * split_size
     v_hi = tl.minimum(v_lo + split_size, V)
 
+    # Statistics in base 2: logits pre-scaled by log2(e) (bias folded into the same FMA), so each
+    # logit costs one exp2 and no extra multiply; m and q are converted back to natural units at
+    # the end (z - m = (z2 - m2) / log2(e)). m2 = running max, s = sum 2^(z2 - m2),
+    # q2 = sum (z2 - m2) 2^(z2 - m2).
     m = tl.full([BLOCK_N], float("-inf"), tl.float32)
     s = tl.full([BLOCK_N], 0.0, tl.float32)
     q = tl.full([BLOCK_N], 0.0, tl.float32)
-    for v0 in range(v_lo, v_hi, BLOCK_V):
+    # One flattened loop nest (V tiles x H steps): the shared-memory pipeline runs across V tiles
+    # instead of being set up and drained at each one.
+    for v0 in tl.range(v_lo, v_hi, BLOCK_V, flatten=FLATTEN):
         offs_v = v0 + tl.arange(0, BLOCK_V)
         col_mask = offs_v < v_hi
         w_cols = w_ptr + offs_v.to(tl.int64)[None, :] * stride_wv  # [1, BLOCK_V]
@@ -115,38 +124,42 @@ def _vocab_stats_kernel(
             w = tl.load(w_cols + hh[:, None] * stride_wh, mask=h_mask[:, None] & col_mask[None, :], other=0.0)
             acc = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
         # Bias and column mask folded into one [BLOCK_V] vector: columns past the split get a
-        # huge finite negative logit, so exp() is 0 and (z - m) * exp(z - m) is 0 (no inf * 0).
+        # huge finite negative logit, so exp2() is 0 and (z - m) * 2^(z - m) is 0 (no inf * 0).
         if HAS_BIAS:
-            col_add = tl.load(b_ptr + offs_v, mask=col_mask, other=0.0).to(tl.float32)
+            col_add = tl.load(b_ptr + offs_v, mask=col_mask, other=0.0).to(tl.float32) * LOG2E
         else:
             col_add = tl.full([BLOCK_V], 0.0, tl.float32)
-        z = acc + tl.where(col_mask, col_add, -1.0e30)[None, :]
+        z = acc * LOG2E + tl.where(col_mask, col_add, -1.0e30)[None, :]
         # Online update. With m_old the running max and m_new the new one:
-        #   s <- e^{m_old - m_new} s + sum e^{z - m_new}
-        #   q <- e^{m_old - m_new} (q + (m_old - m_new) s) + sum (z - m_new) e^{z - m_new}
+        #   s <- 2^{m_old - m_new} s + sum 2^{z - m_new}
+        #   q <- 2^{m_old - m_new} (q + (m_old - m_new) s) + sum (z - m_new) 2^{z - m_new}
         m_new = tl.maximum(m, tl.reduce(z, 1, tl.standard._elementwise_max))
         d = z - m_new[:, None]
-        p = tl.exp(d)
-        alpha = tl.exp(m - m_new)  # 0 on the first tile (m = -inf)
+        p = tl.exp2(d)
+        alpha = tl.exp2(m - m_new)  # 0 on the first tile (m = -inf)
         shift = tl.where(s > 0.0, m - m_new, 0.0)  # m = -inf, s = 0 on the first tile: no inf * 0
         q = alpha * (q + shift * s) + tl.reduce(d * p, 1, tl.standard._sum_combine)
         s = alpha * s + tl.reduce(p, 1, tl.standard._sum_combine)
         m = m_new
+    m = m * LN2  # back to natural units: m = m2 ln 2, q = q2 ln 2
+    q = q * LN2
 
     # Target logit: one gathered dot product per row whose target lies in this split (rows of
-    # other splits, ignored labels and -- for a tensor-parallel shard -- other shards load nothing).
+    # other splits, ignored labels and -- for a tensor-parallel shard -- other shards load nothing),
+    # and no loop at all in a program where no row's target falls in its split.
     tgt = tl.load(tgt_ptr + src, mask=row_mask, other=-1).to(tl.int64) - vocab_start
     has_tgt = row_mask & (tgt >= v_lo) & (tgt < v_hi)
-    w_tgt = w_ptr + tl.where(has_tgt, tgt, 0)[:, None] * stride_wv
     zt = tl.full([BLOCK_N], 0.0, tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        hh = h0 + offs_h
-        mask2 = has_tgt[:, None] & (hh < H)[None, :]
-        x = tl.load(x_rows + hh[None, :] * stride_xh, mask=mask2, other=0.0)
-        w = tl.load(w_tgt + hh[None, :] * stride_wh, mask=mask2, other=0.0)
-        zt += tl.reduce(x.to(tl.float32) * w.to(tl.float32), 1, tl.standard._sum_combine)
-    if HAS_BIAS:
-        zt += tl.load(b_ptr + tl.where(has_tgt, tgt, 0), mask=has_tgt, other=0.0).to(tl.float32)
+    if tl.reduce(has_tgt.to(tl.int32), 0, tl.standard._sum_combine) > 0:
+        w_tgt = w_ptr + tl.where(has_tgt, tgt, 0)[:, None] * stride_wv
+        for h0 in range(0, H, BLOCK_H):
+            hh = h0 + offs_h
+            mask2 = has_tgt[:, None] & (hh < H)[None, :]
+            x = tl.load(x_rows + hh[None, :] * stride_xh, mask=mask2, other=0.0)
+            w = tl.load(w_tgt + hh[None, :] * stride_wh, mask=mask2, other=0.0)
+            zt += tl.reduce(x.to(tl.float32) * w.to(tl.float32), 1, tl.standard._sum_combine)
+        if HAS_BIAS:
+            zt += tl.load(b_ptr + tl.where(has_tgt, tgt, 0), mask=has_tgt, other=0.0).to(tl.float32)
 
     out = part_ptr + split * n_rows + offs_n
     plane = num_splits * n_rows
@@ -191,10 +204,10 @@ def _merge_kernel(
         tl.store(out_ptr + n_rows + offs, s, mask=mask)
         tl.store(out_ptr + 2 * n_rows + offs, q, mask=mask)
         tl.store(out_ptr + 3 * n_rows + offs, zt, mask=mask)
-    elif MODE == 1:
-        tl.store(out_ptr + offs, m + tl.log(s) - zt, mask=mask)
+    elif MODE == 1:  # CE and entropy are >= 0; rounding must not make them negative (V = 1: -1e-7)
+        tl.store(out_ptr + offs, tl.maximum(m + tl.log(s) - zt, 0.0), mask=mask)
     else:
-        tl.store(out_ptr + offs, tl.log(s) - q / s, mask=mask)
+        tl.store(out_ptr + offs, tl.maximum(tl.log(s) - q / s, 0.0), mask=mask)
 
 
 def _segment_mean_kernel(
@@ -219,21 +232,42 @@ def _segment_mean_kernel(
 # Kernel construction and launch configuration
 # ----------------------------------------------------------------------------------------------
 
-# Autotune space for A100 (164 KB smem) and H100 (228 KB); configs that do not fit are skipped by
-# the autotuner. Every BLOCK_V divides _SPLIT_ALIGN so vocabulary splits are whole tiles.
-_CUDA_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh, "GROUP_N": 8}, num_warps=w, num_stages=st)
-    for bn, bv, bh, w, st in [
-        (128, 128, 64, 8, 3),
-        (128, 128, 64, 8, 4),
-        (128, 256, 64, 8, 3),
-        (128, 128, 32, 8, 4),
-        (64, 256, 64, 8, 3),
-        (64, 128, 64, 4, 4),
-        (64, 128, 128, 4, 3),
-        (128, 64, 64, 4, 4),
+# Autotune space: (BLOCK_N, BLOCK_V, BLOCK_H, warps, stages, architectures). Every config compiles for
+# sm_80 and sm_90 (tests/test_aot_compile.py, table in docs/kernels.md). Two spill on sm_80 (ptxas -v,
+# flattened loop, bf16: 128 x 256 x 64 / 8 warps / 3 stages 348 B, 64 x 128 x 128 / 4 warps /
+# 3 stages 16 B at the BERT-base shape), so only sm_90 and newer try them. Every BLOCK_V divides
+# _SPLIT_ALIGN so vocabulary splits are whole tiles.
+_CONFIG_TABLE = (
+    (128, 128, 64, 8, 3, (8, 9)),
+    (128, 128, 64, 8, 4, (8, 9)),
+    (128, 256, 64, 8, 3, (9,)),
+    (128, 128, 32, 8, 4, (8, 9)),
+    (64, 256, 64, 8, 3, (8, 9)),
+    (64, 128, 64, 4, 4, (8, 9)),
+    (64, 128, 128, 4, 3, (9,)),
+    (128, 64, 64, 4, 4, (8, 9)),
+)
+# The V loop is flattened with the H loop (tl.range(..., flatten=True)) so the shared-memory
+# pipeline is not drained at every V tile.
+_FLATTEN_V_LOOP = True
+
+
+def arch_family(capability_major: int) -> int:
+    """8 for Ampere / Ada (sm_80..sm_89), 9 for Hopper and newer."""
+    return 8 if capability_major < 9 else 9
+
+
+def cuda_configs(capability_major: int):
+    """The autotune configs tried on a device of this compute capability (major)."""
+    family = arch_family(capability_major)
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh, "GROUP_N": 8}, num_warps=w, num_stages=st)
+        for bn, bv, bh, w, st, archs in _CONFIG_TABLE
+        if family in archs
     ]
-]
+
+
+_CUDA_CONFIGS = cuda_configs(9)  # the whole space (sm_90)
 _SPLIT_ALIGN = 256
 # Interpreter: one small fixed configuration (CPU tests stay fast).
 _INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16, "GROUP_N": 2}
@@ -250,8 +284,10 @@ def _interpreting(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    """(stats, merge, segment) kernels: interpreted, or JIT-compiled with the stats one autotuned.
+def _kernels(interpret: bool, capability_major: int = 9):
+    """(stats, merge, segment) kernels: interpreted, or JIT-compiled with the stats one autotuned
+    over ``cuda_configs(capability_major)``, keyed on (H, V, a power-of-two bucket of the rows): the
+    autotuner runs (and syncs) once per shape bucket, not whenever the split plan changes.
 
     Built on first use rather than at import, so the mode follows the call, not the import order.
     """
@@ -265,7 +301,7 @@ def _kernels(interpret: bool):
         make = JITFunction
     stats = make(_vocab_stats_kernel)
     if not interpret:
-        stats = triton.autotune(configs=_CUDA_CONFIGS, key=["H", "V", "split_size"])(stats)
+        stats = triton.autotune(configs=cuda_configs(capability_major), key=["H", "V", "rows_bucket"])(stats)
     return stats, make(_merge_kernel), make(_segment_mean_kernel)
 
 
@@ -274,18 +310,37 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def rows_bucket(n_rows: int) -> int:
+    """The autotune key's row count: the next power of two, at least 256."""
+    return max(256, 1 << max(int(n_rows) - 1, 0).bit_length())
+
+
+def plan_splits(V: int, n_rows: int, sms: int, *, block_n: int = 128, ctas_per_sm: int = 1,
+                align: int = _SPLIT_ALIGN, min_split: int = 1024, overhead_cols: int = 256):
+    """(split_size, num_splits) for ``n_rows`` rows on ``sms`` SMs: the split count whose grid of
+    (row block, split) programs finishes soonest in a model where programs run in whole waves of
+    ``sms x ctas_per_sm`` and a program costs its split's columns plus ``overhead_cols`` (prologue,
+    target logits, merge). Splits are whole multiples of ``align`` columns and at least ``min_split``.
+    A model (docs/kernels.md): BLOCK_N is autotuned, the plan assumes 128-row blocks."""
+    row_blocks = triton.cdiv(max(n_rows, 1), block_n)
+    slots = max(sms * ctas_per_sm, 1)
+    best = None
+    for want in range(1, max(V // min_split, 1) + 1):
+        split = triton.cdiv(triton.cdiv(V, want), align) * align
+        splits = triton.cdiv(V, split)
+        cost = triton.cdiv(row_blocks * splits, slots) * (split + overhead_cols)
+        if best is None or cost < best[0]:
+            best = (cost, split, splits)
+    return best[1], best[2]
+
+
 def _plan_splits(V: int, n_rows_est: int, device: torch.device, num_splits: Optional[int]):
-    """(split_size, num_splits): enough (row block, split) programs for ~4 waves on the GPU, each
-    split at least ~1k columns so the per-program prologue and the merge stay negligible."""
-    if device.type == "cuda" and not _interpreting(device):
-        align = _SPLIT_ALIGN
-        if num_splits is None:
-            row_blocks = triton.cdiv(max(n_rows_est, 1), 128)
-            sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-            num_splits = min(max(triton.cdiv(4 * sms, row_blocks), 1), max(V // 1024, 1))
-    else:
-        align = _INTERPRET_CONFIG["BLOCK_V"]
-        num_splits = 1 if num_splits is None else num_splits
+    """(split_size, num_splits): ``plan_splits`` on CUDA; one split (or as asked) when interpreting."""
+    if device.type == "cuda" and not _interpreting(device) and num_splits is None:
+        sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+        return plan_splits(V, n_rows_est, sms)
+    align = _SPLIT_ALIGN if device.type == "cuda" and not _interpreting(device) else _INTERPRET_CONFIG["BLOCK_V"]
+    num_splits = 1 if num_splits is None else num_splits
     split_size = triton.cdiv(triton.cdiv(V, max(int(num_splits), 1)), align) * align
     return split_size, triton.cdiv(V, split_size)
 
@@ -299,35 +354,21 @@ def _scratch(shape, device) -> torch.Tensor:
 def _check_inputs(rows, weight, bias, targets=None) -> None:
     if targets is not None and tuple(targets.shape) != (rows.shape[0],):
         raise ValueError(f"targets must be [N]={rows.shape[0]}, got {tuple(targets.shape)}")
-    if rows.dim() != 2 or weight.dim() != 2 or rows.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected rows [N, H] and weight [V, H], got {tuple(rows.shape)}, {tuple(weight.shape)}")
-    if weight.shape[0] == 0:
-        raise ValueError("empty vocabulary")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be [V]={weight.shape[0]}, got {tuple(bias.shape)}")
-    for t in (rows, weight, bias):
-        if t is not None and not t.is_floating_point():
-            raise TypeError(f"rows, weight and bias must be floating point, got {t.dtype}")
+    check_head(rows, weight, bias)  # the same one-line errors as the torch backend
     for t in (weight, bias, targets):
         if t is not None and t.device != rows.device:
             raise ValueError("rows, weight, bias and targets must be on one device")
 
 
-def _launch_stats(x, weight, bias, targets, vocab_start, *, row_idx=None, count=None, n_rows_est=None,
-                  num_splits=None) -> torch.Tensor:
-    """Partial statistics ``[4, num_splits, n_rows]`` of the (compacted) rows of ``x``."""
-    n_rows, H = x.shape[0] if row_idx is None else row_idx.shape[0], x.shape[1]
-    V = weight.shape[0]
-    interpret = _interpreting(x.device)
-    split_size, n_splits = _plan_splits(V, n_rows if n_rows_est is None else n_rows_est, x.device, num_splits)
-    part = _scratch((4, n_splits, n_rows), x.device)
+def stats_arguments(x, weight, bias, targets, part, vocab_start, split_size, n_splits, n_rows_est, *,
+                    row_idx=None, count=None, interpret=False):
+    """(positional args, constexpr flags) of one ``_vocab_stats_kernel`` launch, as ``_launch_stats``
+    passes them; tests/test_aot_compile.py builds them from meta tensors to compile ahead of time."""
+    n_rows, H, V = x.shape[0] if row_idx is None else row_idx.shape[0], x.shape[1], weight.shape[0]
     dot_dtype = torch.promote_types(x.dtype, weight.dtype)
     if interpret or dot_dtype not in (torch.bfloat16, torch.float16):
         dot_dtype = torch.float32  # the interpreter's tl.dot is wrong on native bf16 tiles
     precision = "tf32" if dot_dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    stats_kernel = _kernels(interpret)[0]
-    targets = targets.contiguous()
-    bias = None if bias is None else bias.contiguous()
     args = (
         x, x.stride(0), x.stride(1),
         x if row_idx is None else row_idx,  # placeholders are never read (constexpr switches)
@@ -336,12 +377,29 @@ def _launch_stats(x, weight, bias, targets, vocab_start, *, row_idx=None, count=
         weight, weight.stride(0), weight.stride(1),
         weight if bias is None else bias,
         part,
-        n_rows, H, V, vocab_start, split_size, n_splits,
+        n_rows, H, V, vocab_start, split_size, n_splits, rows_bucket(n_rows_est),
     )
     flags = dict(
         HAS_ROW_IDX=row_idx is not None, HAS_COUNT=count is not None, HAS_BIAS=bias is not None,
         DOT_DTYPE=getattr(tl, str(dot_dtype).replace("torch.", "")), DOT_PRECISION=precision,
+        FLATTEN=_FLATTEN_V_LOOP,
     )
+    return args, flags
+
+
+def _launch_stats(x, weight, bias, targets, vocab_start, *, row_idx=None, count=None, n_rows_est=None,
+                  num_splits=None) -> torch.Tensor:
+    """Partial statistics ``[4, num_splits, n_rows]`` of the (compacted) rows of ``x``."""
+    n_rows = x.shape[0] if row_idx is None else row_idx.shape[0]
+    n_rows_est = n_rows if n_rows_est is None else n_rows_est
+    interpret = _interpreting(x.device)
+    split_size, n_splits = _plan_splits(weight.shape[0], n_rows_est, x.device, num_splits)
+    part = _scratch((4, n_splits, n_rows), x.device)
+    args, flags = stats_arguments(
+        x, weight, None if bias is None else bias.contiguous(), targets.contiguous(), part, vocab_start,
+        split_size, n_splits, n_rows_est, row_idx=row_idx, count=count, interpret=interpret,
+    )
+    stats_kernel = _stats_kernel(x.device)
     if interpret:
         cfg = _INTERPRET_CONFIG
         grid = (triton.cdiv(n_rows, cfg["BLOCK_N"]) * n_splits,)
@@ -350,6 +408,23 @@ def _launch_stats(x, weight, bias, targets, vocab_start, *, row_idx=None, count=
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]) * n_splits,)  # noqa: E731
         stats_kernel[grid](*args, **flags)
     return part
+
+
+def _stats_kernel(device: torch.device):
+    if _interpreting(device):
+        return _kernels(True)[0]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _kernels(False, _arch_of(index))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(device_index: int) -> int:
+    return arch_family(torch.cuda.get_device_capability(device_index)[0])
+
+
+def last_config(device: torch.device):
+    """The autotuner's choice for the last shape run on ``device`` (None when interpreting)."""
+    return None if _interpreting(device) else getattr(_stats_kernel(device), "best_config", None)
 
 
 def _launch_merge(part: torch.Tensor, mode: int, out: torch.Tensor, count=None) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import check_k
 from .triton_scorer import _device_guard, _interpreting
 
 _BLOCK_I, _BLOCK_J = 64, 64
@@ -56,8 +57,7 @@ def select_topk_triton(scores: torch.Tensor, k: int, *, out: torch.Tensor = None
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     n = scores.numel()
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in [0, {n}], got {k}")
+    k = check_k(k, n)
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # exact; keeps fp64 scores in fp64 so no new ties appear
     scores = scores.contiguous()

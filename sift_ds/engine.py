@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -15,8 +15,8 @@ from . import kernels, probe, selector
 from .adapters import EarlyExitAdapter
 from .batching import batch_rows
 from .config import SiftConfig
-from .row_exchange import exchange_rows, local_rows_kept, take_rows
-from .scorer import early_exit_scores, labelled_positions
+from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
+from .scorer import check_labels, early_exit_scores, labelled_positions
 from .telemetry import SelectionTelemetry
 
 
@@ -28,6 +28,11 @@ class Selection:
     indices: torch.Tensor  # ascending; "local": into this rank's gross batch; "global": see selector
     scores: torch.Tensor  # float32 [gross] (NaN when not scored: warm-up, after the annealing, disabled)
     warmup: bool = False  # True when the rows are a random subset rather than selected by score
+    # Scope "global" only: the global indices (the space of ``indices``) of the rows of ``batch``, in
+    # order. A rank trains its own kept rows (up to the micro-batch) plus other ranks' surplus rows
+    # (``row_exchange.exchange_plan``; ``row_exchange.trained_indices`` computes it from ``indices``),
+    # not the slice ``indices[rank*M:(rank+1)*M]``.
+    trained: Optional[torch.Tensor] = None
 
 
 class SiftEngine:
@@ -87,7 +92,10 @@ class SiftEngine:
         if cfg.enabled and labels is None:
             raise ValueError(f"the batch has no {self.labels_key!r} tensor to score the early exit with")
         # Labelled positions on the host copy (the data loader's), before the batch moves: no device sync.
-        positions = labelled_positions(labels) if cfg.enabled and labels.device.type == "cpu" else None
+        on_host = cfg.enabled and labels.device.type == "cpu"
+        positions = labelled_positions(labels) if on_host else None
+        if on_host:
+            check_labels(self.adapter, labels)
         device = self.engine.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
         nan_scores = torch.full((gross,), float("nan"), dtype=torch.float32, device=device)
@@ -112,21 +120,23 @@ class SiftEngine:
                 else local
             )
             self.telemetry.record(nan_scores, local, False, ratio)
-            return Selection(take_rows(batch, local), indices, nan_scores, warmup=True)
+            trained = local + self.rank * gross if global_scope else None
+            return Selection(take_rows(batch, local), indices, nan_scores, warmup=True, trained=trained)
 
         scores = early_exit_scores(
-            self.adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, positions, self.labels_key
+            self.adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, positions, self.labels_key,
+            check_targets=not on_host,
         )
         if global_scope:
             everyone = selector.gather_scores(scores, self.group)
             indices = selector.select_by_score(everyone, keep * self.world_size, cfg, step, micro)
-            kept = exchange_rows(batch, indices, keep, self.group)
+            kept, trained = exchange_kept_rows(batch, indices, keep, self.group)  # only the surplus moves
             kept_mask = local_rows_kept(indices, self.rank, gross)
         else:
             indices = selector.select_by_score(scores, keep, cfg, step, micro)
-            kept, kept_mask = take_rows(batch, indices), indices
+            (kept, kept_mask), trained = (take_rows(batch, indices), indices), None
         self.telemetry.record(scores, kept_mask, True, ratio)
-        return Selection(kept, indices, scores)
+        return Selection(kept, indices, scores, trained=trained)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

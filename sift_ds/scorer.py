@@ -21,6 +21,13 @@ def labelled_positions(labels: torch.Tensor):
     return kernels.compact_labelled(labels)
 
 
+def check_labels(adapter: EarlyExitAdapter, labels: torch.Tensor) -> None:
+    """ValueError for labels outside the model's vocabulary other than the ignore index (on the
+    host copy: no device sync). ZeRO-3 partitioned weights report their full shape as ``ds_shape``."""
+    weight = adapter.vocab_projection()[0]
+    kernels.check_target_ids(labels, int(getattr(weight, "ds_shape", weight.shape)[0]))
+
+
 @contextlib.contextmanager
 def eval_mode(modules: List[nn.Module]) -> Iterator[None]:
     """Dropout off for the selection pass; the previous train/eval flags are restored after."""
@@ -43,11 +50,14 @@ def early_exit_scores(
     backend: str = "auto",
     positions: Optional[tuple] = None,
     labels_key: str = "labels",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """float32 [B]: mean early-exit MLM loss or entropy over each sequence's labelled positions
     (``-inf`` for a row with none). ``exit_layer = L`` with ``"loss"`` is the full model's loss.
 
-    ``positions`` may carry ``labelled_positions(labels)`` already computed on the host.
+    ``positions`` may carry ``labelled_positions(labels)`` already computed on the host;
+    ``check_targets=False`` when the labels were checked there too (``check_labels``), so that the
+    scoring needs no host sync.
     """
     labels = batch[labels_key]
     flat, seq = positions if positions is not None else labelled_positions(labels)
@@ -60,5 +70,6 @@ def early_exit_scores(
         weight, bias = adapter.vocab_projection()
         targets = labels.reshape(-1).index_select(0, flat)
         return kernels.packed_sequence_scores(
-            rows, weight, bias, targets, seq, labels.shape[0], criterion=criterion, backend=backend
+            rows, weight, bias, targets, seq, labels.shape[0], criterion=criterion, backend=backend,
+            check_targets=check_targets,
         )

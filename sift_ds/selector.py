@@ -4,7 +4,7 @@ scores, the robustness knobs (annealed keep ratio, random share, outlier guard),
 Every function here is a pure function of the scores and of ``(seed, step, micro_step, ...)``:
 the same on every rank and after a resume. Kept indices are ascending (kept rows keep their order).
 Under scope "global" the indices refer to the concatenation of every data-parallel rank's gross
-batch in rank order, and rank ``r`` trains ``indices[r*M:(r+1)*M]``.
+batch in rank order; which rank trains which kept row is ``row_exchange.exchange_plan``'s choice.
 """
 from __future__ import annotations
 

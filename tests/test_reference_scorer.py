@@ -1,4 +1,7 @@
-"""sequence_scores / select_topk (torch backend) against float64 math written out independently."""
+"""sequence_scores / select_topk (torch backend) against float64 math written out independently.
+
+Every random input comes from a seeded generator (fixed per test and parameter), so a failure replays.
+"""
 import math
 
 import pytest
@@ -28,8 +31,8 @@ def f64_sequence_scores(hidden, weight, bias, labels, criterion):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def random_case(B=5, S=7, H=13, V=37, p_label=0.3, bias=True, seed=None):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+def random_case(B=5, S=7, H=13, V=37, p_label=0.3, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, S, H, generator=g)
     weight = torch.randn(V, H, generator=g) / math.sqrt(H)
     b = torch.randn(V, generator=g) if bias else None
@@ -45,7 +48,7 @@ def random_case(B=5, S=7, H=13, V=37, p_label=0.3, bias=True, seed=None):
 @pytest.mark.parametrize("shape", [(5, 7, 13, 37), (3, 16, 32, 64), (1, 1, 1, 2), (4, 9, 31, 101)])
 def test_sequence_scores_match_float64(criterion, bias, shape):
     B, S, H, V = shape
-    hidden, weight, b, labels = random_case(B, S, H, V, bias=bias)
+    hidden, weight, b, labels = random_case(B, S, H, V, bias=bias, seed=B * 1000 + V + bias)
     got = kernels.sequence_scores(hidden, weight, b, labels, criterion=criterion, backend="torch")
     ref = f64_sequence_scores(hidden, weight, b, labels, criterion)
     assert got.dtype == torch.float32 and got.shape == (B,)
@@ -56,7 +59,7 @@ def test_sequence_scores_match_float64(criterion, bias, shape):
 
 
 def test_sequence_scores_low_precision_inputs_close_to_float64():
-    hidden, weight, b, labels = random_case(4, 8, 24, 50)
+    hidden, weight, b, labels = random_case(4, 8, 24, 50, seed=1)
     for dtype in (torch.bfloat16, torch.float16):
         h, w, bb = hidden.to(dtype), weight.to(dtype), b.to(dtype)
         got = kernels.sequence_scores(h, w, bb, labels, "loss", backend="torch")
@@ -66,7 +69,7 @@ def test_sequence_scores_low_precision_inputs_close_to_float64():
 
 
 def test_huge_logits_do_not_overflow():
-    hidden, weight, b, labels = random_case(3, 6, 8, 20)
+    hidden, weight, b, labels = random_case(3, 6, 8, 20, seed=2)
     hidden = hidden * 1e4
     for criterion in ("loss", "entropy"):
         got = kernels.sequence_scores(hidden, weight, b, labels, criterion, backend="torch")
@@ -77,7 +80,7 @@ def test_huge_logits_do_not_overflow():
 
 
 def test_vocab_split_merge_equals_full_vocab():
-    hidden, weight, b, labels = random_case(4, 8, 16, 41)
+    hidden, weight, b, labels = random_case(4, 8, 16, 41, seed=3)
     flat, _ = kernels.compact_labelled(labels)
     rows = hidden.reshape(-1, 16)[flat]
     targets = labels.reshape(-1)[flat]
@@ -105,10 +108,12 @@ def f64_topk(scores, k):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_select_topk_random(dtype):
+    g = torch.Generator().manual_seed(5)
     for _ in range(20):
-        n = int(torch.randint(1, 40, ()))
-        k = int(torch.randint(0, n + 1, ()))
-        s = torch.randn(n).to(dtype)
+        n = int(torch.randint(1, 40, (), generator=g))
+        k = int(torch.randint(0, n + 1, (), generator=g))
+        s = torch.randn(n, generator=g).to(dtype)
+        s[s > 1.2] = s[0]  # ties (bf16 adds more), resolved to the lower index
         assert kernels.select_topk(s, k).tolist() == f64_topk(s, k)
 
 
@@ -129,7 +134,7 @@ def test_reduce_to_sequences_mean_and_empty():
 
 
 def test_bad_arguments_are_rejected():
-    hidden, weight, b, labels = random_case(2, 3, 4, 5)
+    hidden, weight, b, labels = random_case(2, 3, 4, 5, seed=4)
     with pytest.raises(ValueError, match="criterion"):
         kernels.sequence_scores(hidden, weight, b, labels, criterion="mse")
     with pytest.raises(ValueError, match="backend"):

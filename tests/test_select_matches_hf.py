@@ -28,6 +28,23 @@ def hf_reference_scores(model, batch, exit_layer, criterion):
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
 
 
+TOL = 1e-4
+
+
+def distinct_layers(model, std=0.15, embedding_std=0.3):
+    """Weights large enough that each layer changes the scores: with BERT's initialisation (std 0.02)
+    the tied decoder makes every layer's logits near uniform, adjacent layers' entropies differ by
+    ~1e-4, and a scorer reading the wrong layer would pass a 1e-4 tolerance."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.bert.encoder.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        embeddings = model.bert.embeddings.word_embeddings.weight  # tied to the MLM decoder
+        embeddings.copy_(torch.randn(embeddings.shape, generator=g) * embedding_std)
+    return model
+
+
 @pytest.fixture(scope="module")
 def engines(single_rank_dist):
     made = {}
@@ -35,7 +52,7 @@ def engines(single_rank_dist):
     def get(criterion, exit_layer, keep_ratio=0.5):
         key = (criterion, exit_layer, keep_ratio)
         if key not in made:
-            model = tiny_bert(layers=LAYERS)
+            model = distinct_layers(tiny_bert(layers=LAYERS))
             cfg = ds_config(micro=4, criterion=criterion, exit_layer=exit_layer, keep_ratio=keep_ratio, scope="local")
             made[key] = sift_ds.initialize(model=model, config=cfg)[0]
         return made[key]
@@ -53,7 +70,12 @@ def test_kept_rows_are_topk_of_hf_scores(engines, criterion, exit_layer):
 
     finite = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(sel.scores), finite)
-    torch.testing.assert_close(sel.scores[finite].double(), ref[finite], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sel.scores[finite].double(), ref[finite], atol=TOL, rtol=TOL)
+    # The test can tell the layers apart: the neighbouring layers' scores are far outside the tolerance.
+    for other in (exit_layer - 1, exit_layer + 1):
+        if 1 <= other <= LAYERS:
+            wrong = hf_reference_scores(engine.module, batch, other, criterion)[finite]
+            assert (sel.scores[finite].double() - wrong).abs().max() > 100 * TOL, (exit_layer, other)
 
     order = sorted(range(len(ref)), key=lambda i: (ref[i].item(), -i), reverse=True)
     expected = sorted(order[: engine.micro_batch_size])
@@ -142,14 +164,17 @@ def test_engine_with_triton_kernel_matches_hf(single_rank_dist, monkeypatch, cri
     pytest.importorskip("triton")
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    model = tiny_bert(layers=LAYERS)
+    model = distinct_layers(tiny_bert(layers=LAYERS))
     cfg = ds_config(micro=4, criterion=criterion, exit_layer=2, kernel="triton", scope="local")
     engine = sift_ds.initialize(model=model, config=cfg)[0]
     batch = mlm_batch(engine.gross_batch_size, seed=21)
     sel = engine.select(batch)
     ref = hf_reference_scores(engine.module, batch, 2, criterion)
     finite = torch.isfinite(ref)
-    torch.testing.assert_close(sel.scores[finite].double().cpu(), ref[finite], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sel.scores[finite].double().cpu(), ref[finite], atol=TOL, rtol=TOL)
+    for other in (1, 3):
+        wrong = hf_reference_scores(engine.module, batch, other, criterion)[finite]
+        assert (sel.scores[finite].double().cpu() - wrong).abs().max() > 100 * TOL, other
     order = sorted(range(len(ref)), key=lambda i: (ref[i].item(), -i), reverse=True)
     assert sel.indices.tolist() == sorted(order[: engine.micro_batch_size])
 
@@ -167,3 +192,17 @@ def test_initialize_training_data_yields_gross_batches(single_rank_dist):
     batch = next(iter(loader))
     assert batch["input_ids"].shape == (8, 16)  # gross batch = micro / keep_ratio
     assert torch.isfinite(engine.train_step(batch))
+
+
+def test_out_of_vocabulary_labels_are_refused_on_the_host_copy(engines):
+    """The engine checks the loader's host labels (no device sync) before scoring."""
+    from tiny import VOCAB
+
+    engine = engines("loss", 1)
+    batch = mlm_batch(engine.gross_batch_size, seed=11)
+    batch["labels"][1, 3] = VOCAB + 5
+    with pytest.raises(ValueError, match=f"label/target {VOCAB + 5} is outside the vocabulary"):
+        engine.select(batch)
+    batch["labels"][1, 3] = -7
+    with pytest.raises(ValueError, match="label/target -7"):
+        engine.select(batch)

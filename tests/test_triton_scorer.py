@@ -167,7 +167,9 @@ def test_huge_logits_do_not_overflow(gen, dtype):
 
 
 def test_out_of_vocab_targets_score_logsumexp(gen):
-    """A target outside [0, V) contributes no target logit: CE = logsumexp (as reference.py)."""
+    """Inside the kernel (the shard semantics of vocab_partial_stats), a target outside [0, V)
+    contributes no target logit: CE = logsumexp. The public API refuses such labels before
+    (tests/test_kernel_api_errors.py)."""
     w, b = make_head(gen, V, H, torch.float32)
     rows = torch.randn(N, H, generator=gen).to(DEVICE)
     targets = torch.randint(0, V, (N,), generator=gen)
@@ -353,3 +355,34 @@ def test_no_sync_on_cuda(gen):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert_close64(got, labelled_means64(hidden, w, b, labels, "loss"), 2e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch planning (host side; no kernel runs)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("V,n", [(30522, 4915), (128256, 8192), (50257, 4915), (30522, 2000), (32000, 16384)])
+@pytest.mark.parametrize("sms", [108, 132])
+def test_split_plan_fills_whole_waves(V, n, sms):
+    """Aligned splits that cover V, nearly equal (the last one too), and a grid of (128-row block,
+    split) programs that fills its last wave of one CTA per SM at least 85%. The old plan (~4 waves
+    of 1024+ columns) gave 4.1 waves (83%) and a last split of a quarter of the others at BERT-base."""
+    split, splits = ts.plan_splits(V, n, sms)
+    assert split % ts._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
+    assert V - (splits - 1) * split >= 0.8 * split or splits == 1
+    programs = -(-n // 128) * splits
+    waves = -(-programs // sms)
+    assert programs / (waves * sms) >= 0.85, (split, splits, programs / sms)
+
+
+def test_autotune_key_is_a_shape_bucket():
+    """Row counts that differ step to step map to few buckets: the autotuner runs once per bucket."""
+    assert ts.rows_bucket(1) == ts.rows_bucket(256) == 256
+    assert ts.rows_bucket(4000) == ts.rows_bucket(4096) == 4096
+    assert ts.rows_bucket(4097) == ts.rows_bucket(4915) == 8192
+    assert len({ts.rows_bucket(n) for n in range(4000, 6000)}) == 2
+    stats = ts._kernels(False, 8)[0]
+    assert list(stats.keys) == ["H", "V", "rows_bucket"] and "split_size" not in stats.keys
+    assert all(c.kwargs["BLOCK_N"] in (64, 128) for c in ts.cuda_configs(8))
+    assert len(ts.cuda_configs(8)) < len(ts.cuda_configs(9))  # the configs that spill on sm_80 are off

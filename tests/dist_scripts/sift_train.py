@@ -4,7 +4,7 @@ dtype) given, and write what the test asserts to <out>/rank<r>.json.
 Checked here, with collectives across the real ranks:
 * every rank trains on exactly micro-batch rows, each micro-step;
 * under scope "global" the kept indices are identical on every rank, equal the top-k of all ranks'
-  gathered scores, and the rows a rank trains on are the rows at its slice of those indices;
+  gathered scores, and the rows a rank trains on are the kept rows ``Selection.trained`` names;
 * the training loss and the full-batch eval loss fall;
 * under ZeRO-3, the early-exit scores equal a direct HF forward with gathered parameters, and the
   selection pass leaves DeepSpeed's module trace (its prefetch schedule) intact.
@@ -110,7 +110,7 @@ def run(dtype, scope, enabled=True):
             order = sorted(range(len(scores)), key=lambda i: (scores[i].item(), -i), reverse=True)
             rec["global_is_topk"].append(sorted(order[: MICRO * world]) == sel.indices.tolist())
             all_ids = torch.tensor([row for e in everyone for row in e[2]])
-            mine = sel.indices[rank * MICRO:(rank + 1) * MICRO].cpu()
+            mine = sel.trained.cpu()  # the global indices of the rows this rank trains (row_exchange plan)
             rec["rows_match"].append(torch.equal(all_ids[mine], sel.batch["input_ids"].cpu()))
         # the training step itself (select again inside train_step: deterministic, same rows)
         loss = engine.train_step(batch)
