@@ -14,6 +14,9 @@ RUN_DIR     ?= runs/tiny_sift
 TOKENIZER   ?= ds_configs/tokenizers/pydoc_wordpiece_4096
 export PIP_CONSTRAINT := $(CURDIR)/.ci/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed's JIT-built ops (shm comm, CPU Adam) go inside the venv, not the shared ~/.cache: a build
+# killed there (by another checkout's run or test) leaves a lock that hangs every later start.
+TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 # DeepSpeed on the CPU (gloo) unless a GPU is visible; override with DS_ACCELERATOR=...
 DS_ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
@@ -33,15 +36,15 @@ $(VENV)/.installed: setup.py .ci/constraints.txt
 	touch $@
 
 train: setup
-	DS_ACCELERATOR=$(DS_ACCELERATOR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	DS_ACCELERATOR=$(DS_ACCELERATOR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) \
 	$(BIN)/deepspeed --num_gpus $(NUM_GPUS) launch/pretrain_bert.py --ds_config $(DS_CONFIG) --output_dir $(RUN_DIR) \
 		--tokenizer $(TOKENIZER)
 
 test: setup
-	DS_ACCELERATOR=$(DS_ACCELERATOR) $(BIN)/pytest -q tests benchmarks
+	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q tests benchmarks
 
 bench: setup
-	$(BIN)/pytest benchmarks --benchmark-only
+	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest benchmarks --benchmark-only
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks

@@ -10,18 +10,22 @@
 # by the nodes) and starts the DeepSpeed launcher with --hostfile / --master_addr / --master_port:
 #
 #   SIFT_LAUNCHER=srun (default): `srun` runs one launcher per node with --no_ssh --node_rank; no
-#                                  ssh between nodes is needed, and Slurm's SIGTERM before the time
-#                                  limit (--signal below) reaches every rank, which saves a
-#                                  checkpoint at the next step boundary and exits.
+#                                  ssh between nodes is needed.
 #   SIFT_LAUNCHER=pdsh:            one launcher on the first node reaches the others over pdsh/ssh
 #                                  (passwordless ssh between nodes required).
+#
+# Stopping: five minutes before the time limit Slurm sends SIGTERM to this script (--signal=B:...),
+# which forwards it to srun (srun passes it to each node's task) or to the local launcher. Each
+# node's launcher runs under launch/run_group.sh, which sends the signal to the launcher's whole
+# process group, so every rank gets it, saves a checkpoint at the next step boundary and exits; a
+# SIGTERM to the `deepspeed` command alone would kill it and leave its ranks running, orphaned.
 #
 # Other variables: GPUS_PER_NODE (default SLURM_GPUS_ON_NODE, else 8), MASTER_PORT (default 29500).
 # NCCL_* and other variables for every rank: put them in ./.deepspeed_env (see docs/usage.md).
 #SBATCH --job-name=sift-bert
 #SBATCH --ntasks-per-node=1
 #SBATCH --exclusive
-#SBATCH --signal=TERM@300
+#SBATCH --signal=B:TERM@300
 #SBATCH --output=slurm-%x-%j.out
 set -euo pipefail
 
@@ -39,6 +43,7 @@ trap 'rm -f "${HOSTFILE}"' EXIT
 
 ARGS=("$@")
 case " $* " in *" --resume "*|*" --resume="*) ;; *) ARGS+=(--resume auto) ;; esac
+GROUP="launch/run_group.sh"  # the launcher in its own process group; signals reach every rank
 DS=(deepspeed --hostfile "${HOSTFILE}" --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}")
 
 echo "nodes: $(cut -d' ' -f1 "${HOSTFILE}" | paste -sd,), ${GPUS_PER_NODE} GPUs each; master ${MASTER_ADDR}:${MASTER_PORT}"
@@ -47,15 +52,23 @@ case "${LAUNCHER}" in
         # One launcher per node; each starts its node's GPUs (node rank = Slurm's node id).
         # shellcheck disable=SC2016  # expanded on each node: SLURM_NODEID differs per node
         srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
-            'exec "${@:1:7}" --no_ssh --node_rank "${SLURM_NODEID}" launch/pretrain_bert.py "${@:8}"' \
-            _ "${DS[@]}" "${ARGS[@]}" &
+            'exec "$1" "${@:2:7}" --no_ssh --node_rank "${SLURM_NODEID}" launch/pretrain_bert.py "${@:9}"' \
+            _ "${GROUP}" "${DS[@]}" "${ARGS[@]}" &
         ;;
     pdsh)
-        "${DS[@]}" launch/pretrain_bert.py "${ARGS[@]}" &
+        "${GROUP}" "${DS[@]}" launch/pretrain_bert.py "${ARGS[@]}" &
         ;;
     *)
         echo "SIFT_LAUNCHER must be srun or pdsh, got ${LAUNCHER}" >&2
         exit 2
         ;;
 esac
-wait $!
+LAUNCHER_PID=$!
+trap 'kill -TERM "${LAUNCHER_PID}" 2>/dev/null' TERM INT
+status=0
+wait "${LAUNCHER_PID}" || status=$?
+while kill -0 "${LAUNCHER_PID}" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the ranks
+    status=0
+    wait "${LAUNCHER_PID}" || status=$?
+done
+exit "${status}"

@@ -57,3 +57,13 @@ def small_config(tmp_path, base: str = "tiny_cpu_sift.json", name: str = "cfg.js
     config["pretrain"].update({"seq_len": 64, "vocab_size": 1000, "log_interval": 1, "eval_interval": 0,
                                "save_interval": 0, "cache_dir": str(tmp_path / "cache"), **pretrain})
     return write_config(tmp_path / name, config)
+
+
+def set_key(path, value):
+    """A ds_config edit for ``tiny``-style helpers: ``config[path[0]]...[path[-1]] = value``."""
+    def edit(config):
+        node = config
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return edit

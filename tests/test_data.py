@@ -293,4 +293,8 @@ def test_eval_batches_have_fixed_masks_independent_of_world_size(mlm, tok):
         assert (labels[len(mine) :] == -100).all()  # filler rows carry no labels
         labelled += (labels != -100).sum().item()
     assert labelled == sum((b["labels"] != -100).sum().item() for b in single)
-    assert EVAL_STREAM > 0
+    # Validation masks are a stream of their own: not the masks training draws for the same rows.
+    rows, first = take(mlm.val, range(4)), single[0]["labels"]
+    assert torch.equal(collator(rows, 0, EVAL_STREAM, 0)["labels"], first)
+    for training_key in ((0, 0, 0, 0), (0, 0, 0), (0, 1, 0, 0)):
+        assert not torch.equal(collator(rows, *training_key)["labels"], first), training_key

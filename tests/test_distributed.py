@@ -1,4 +1,5 @@
-"""Real 2-rank DeepSpeed runs (CPU, gloo) of a tiny BERT with SIFT: ZeRO 1/2/3 x fp32/bf16 x local/global."""
+"""Real DeepSpeed runs (CPU, gloo) of a tiny BERT with SIFT: 2 ranks x ZeRO 1/2/3 x fp32/bf16 x local/global,
+and the global scope on 4 ranks under ZeRO-1 and ZeRO-3."""
 import json
 import os
 
@@ -9,9 +10,9 @@ from launcher import REPO, requires_cuda, run_deepspeed
 SCRIPT = os.path.join(REPO, "tests", "dist_scripts", "sift_train.py")
 
 
-def launch(tmp_path, *extra):
-    run_deepspeed(SCRIPT, ["--out", tmp_path, *extra], num_gpus=2)
-    return [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+def launch(tmp_path, *extra, ranks=2):
+    run_deepspeed(SCRIPT, ["--out", tmp_path, *extra], num_gpus=ranks)
+    return [json.load(open(tmp_path / f"rank{r}.json")) for r in range(ranks)]
 
 
 def check_run(rank_results, name, zero):
@@ -28,7 +29,7 @@ def check_run(rank_results, name, zero):
         if name.endswith("global"):
             assert rec["global_agree"] and all(rec["global_agree"]), "ranks disagree on the global selection"
             assert all(rec["global_is_topk"]), "global selection is not the top-k of all ranks' scores"
-            assert all(rec["rows_match"]), "a rank did not receive the rows at its slice of the global indices"
+            assert all(rec["rows_match"]), "a rank did not receive the rows of its Selection.trained indices"
         if zero == 3:
             assert rec["zero3_trace_complete"], "ZeRO-3 module trace not complete: prefetching is off"
             assert rec["zero3_invalidations_after_warmup"] == 0, "selection pass invalidated ZeRO-3's trace"
@@ -52,6 +53,21 @@ def test_two_rank_sift_training(tmp_path, zero):
             vanilla = res["vanilla/local"]["zero3_demand_fetch_numel_per_step"]
             for name in ("fp32/local", "fp32/global", "bf16/local", "bf16/global"):
                 assert res[name]["zero3_demand_fetch_numel_per_step"] <= vanilla, name
+
+
+@pytest.mark.parametrize("zero", [1, 3])
+def test_four_rank_global_selection(tmp_path, zero):
+    """Every one of 4 ranks keeps the same top-(4 x micro) of all ranks' gathered scores and trains on
+    the rows its Selection.trained names (surplus rows move between ranks); the scores equal a direct HF forward."""
+    results = launch(tmp_path, "--zero", zero, "--dtypes", "fp32", "--scopes", "global", "--steps", 6, ranks=4)
+    for rank, res in enumerate(results):
+        rec = res["fp32/global"]
+        assert set(rec["rows"]) == {4}, rank
+        assert len(rec["global_agree"]) == 2 * (6 - 2), rank  # every micro-step after the warm-up was checked
+        assert all(rec["global_agree"]) and all(rec["global_is_topk"]) and all(rec["rows_match"]), rank
+        assert rec["score_max_abs_err"] < 1e-4, rank
+        if zero == 3:
+            assert rec["zero3_trace_complete"] and rec["zero3_invalidations_after_warmup"] == 0, rank
 
 
 def test_two_rank_entropy_global_stage0(tmp_path):

@@ -3,11 +3,13 @@
 ``launch/pretrain_bert.py`` is its command line. The flow:
 
     options (PretrainOptions, from the CLI + the ds_config's "pretrain" section)
-      -> plan.resolve_plan: the ds_config read once and validated into a frozen RunPlan
+      -> plan.resolve_plan: the ds_config read once and validated (ds_policy, ds_check) into a frozen
+         RunPlan, with the checkpoint to resume from (resume, manifest)
       -> job.setup_job: process group (runtime), corpus -> tokenizer -> blocks (corpus, tokenizer,
-         data), BERT (models, fused, optimizer), sift_ds.initialize, loader, trainer, resume (checkpoint)
+         data), BERT (models, fused, optimizer), sift_ds.initialize, loader, trainer, resume (checkpoint,
+         manifest, rng)
       -> Job.run: trainer (evaluation, metrics, checkpoints) -> export
 
-Modules: options, plan, ds_policy, runtime, job, trainer, evaluation, metrics, checkpoint, corpus,
-tokenizer, data, loader, models, fused, optimizer.
+Modules: options, plan, ds_policy, ds_check, runtime, job, trainer, evaluation, metrics, checkpoint,
+manifest, resume, rng, corpus, tokenizer, data, loader, models, fused, optimizer.
 """

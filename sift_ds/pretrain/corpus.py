@@ -11,12 +11,15 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from typing import List, Optional, Sequence
 
 import datasets
 from pydoc_data.topics import topics
 
+logger = logging.getLogger(__name__)
+STRING = datasets.Value("string")
 JSON_SUFFIXES = tuple(f"{base}{z}" for base in (".json", ".jsonl") for z in ("", ".gz", ".xz", ".bz2", ".zst"))
 
 
@@ -79,7 +82,18 @@ def load_corpus(
 
 
 def _text_column(ds, field: str, source: str):
+    """The ``field`` column as a string column ``text``; rows whose value is null, missing or not a
+    string (a number, a list) are dropped, and their count is logged."""
     if field not in ds.column_names:
         raise ValueError(f"{source} has no text field {field!r} (--text_field); its fields are {ds.column_names}")
     ds = ds.select_columns([field])
-    return ds.rename_column(field, "text") if field != "text" else ds
+    total = len(ds)
+    ds = ds.filter(lambda batch: [isinstance(t, str) for t in batch[field]], batched=True,
+                   desc=f"rows with a string {field!r}")
+    if len(ds) < total:
+        logger.warning("%s: skipped %d of %d rows whose %r is null, missing or not a string", source,
+                       total - len(ds), total, field)
+    if ds.features[field] != STRING:  # a column of mixed JSON values: strings only are left
+        ds = ds.map(lambda batch: {"text": batch[field]}, batched=True, remove_columns=[field],
+                    features=datasets.Features({"text": STRING}))
+    return ds.rename_column(field, "text") if field in ds.column_names and field != "text" else ds

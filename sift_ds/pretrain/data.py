@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
-from .tokenizer import to_json
+from .tokenizer import bounded_pieces, to_json
 
 OBJECTIVES = ("mlm", "mlm+nsp")
 MIN_SEQ_LEN = 8
@@ -40,14 +40,25 @@ def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **
 def tokenize_corpus(corpus, tokenizer, cache_dir: Optional[str] = None):
     """``input_ids`` per document, without special tokens (packing adds them)."""
     def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)["input_ids"]
+        ids = [tokenize_document(tokenizer, text) for text in batch["text"]]
         return {"input_ids": ids, "num_tokens": [len(x) for x in ids]}
 
     # Long documents exceed model_max_length; packing cuts them, so the length warning is noise.
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     return cached_map(corpus, tokenize, "tokenize", to_json(tokenizer), cache_dir,
                       remove_columns=corpus.column_names)
+
+
+def tokenize_document(tokenizer, text: str, pieces_per_call: int = 16) -> np.ndarray:
+    """One document's token ids (int32, no special tokens), tokenized in ``bounded_pieces`` a few
+    at a time, so that memory stays bounded however long the document (one line of 30 MB, say)."""
+    pieces = bounded_pieces(text)
+    parts = []
+    for start in range(0, len(pieces), pieces_per_call):
+        ids = tokenizer(pieces[start : start + pieces_per_call], add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)["input_ids"]
+        parts.extend(np.asarray(x, dtype=np.int32) for x in ids)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _special_ids(tokenizer) -> Tuple[int, int, int]:

@@ -1,6 +1,7 @@
 """The pretraining job's ds_config policy: the paper's AdamW and learning-rate schedule when the config
 leaves them out, "auto" scheduler values filled in from the run length, monitor paths under the run's
-output directory, and the precision checks DeepSpeed would otherwise make only after start-up."""
+output directory, the precision checks DeepSpeed would otherwise make only after start-up, and the
+Adam implementation whose resume is exact on the CPU."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,8 @@ PAPER_ADAMW = {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "e
 PAPER_WARMUP_FRACTION = 0.002  # the paper warms up over 0.2 % of the steps
 SCHEDULERS_WITH_TOTAL = ("WarmupDecayLR", "WarmupCosineLR")
 MONITORS = ("tensorboard", "csv_monitor", "wandb", "comet")
+ADAM_TYPES = ("adam", "adamw")
+TORCH_ADAM = "torch_adam"  # DeepSpeed's optimizer param: torch.optim.Adam(W) instead of its FusedAdam
 
 
 def enabled(ds_config: dict, key: str) -> bool:
@@ -63,6 +66,23 @@ def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: Li
         if bad:
             raise ValueError(f"ds_config scheduler.params {bad}: 'auto' is not supported for these keys")
     return max_steps
+
+
+def resolve_optimizer_path(ds_config: dict, accelerator: str, notes: List[str]) -> None:
+    """On the CPU accelerator, Adam / AdamW run as ``torch.optim.AdamW`` (``"torch_adam": true``)
+    unless the config says otherwise: DeepSpeed's CPU FusedAdam keeps beta^t in a process-wide
+    accumulator (multiplied each step, recomputed with pow() after a load), so a resumed run drifts
+    by an ulp from the uninterrupted one; torch's Adam derives it from the saved step count."""
+    optimizer = ds_config.get("optimizer")
+    if accelerator != "cpu" or not isinstance(optimizer, dict) or str(optimizer.get("type", "")).lower() not in ADAM_TYPES:
+        return
+    zero = ds_config.get("zero_optimization") or {}
+    params = optimizer.setdefault("params", {})
+    if zero.get("offload_optimizer") or TORCH_ADAM in params:
+        return
+    params[TORCH_ADAM] = True
+    notes.append('optimizer: torch.optim.AdamW on the CPU ("torch_adam": true), whose resume is exact; '
+                 '"torch_adam": false in the optimizer params selects DeepSpeed\'s CPU FusedAdam')
 
 
 def resolve_monitors(ds_config: dict, output_dir: str, job_name: str) -> None:

@@ -20,7 +20,8 @@ from .metrics import FlopsModel, MetricsLogger
 from .models import build_bert, weight_decay_groups
 from .optimizer import apex_adam
 from .plan import RunPlan
-from .runtime import configure_logging, init_distributed, main_process_first
+from .resume import MODEL_KEYS
+from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
 
 logger = logging.getLogger("sift_ds.pretrain")
@@ -46,22 +47,32 @@ class Job:
 def setup_job(plan: RunPlan) -> Job:
     """Process group, tokenizer, data, model, DeepSpeed engine, loader, trainer (and resume)."""
     opts = plan.options
+    configure_logging(int(os.environ.get("RANK", "0")))
+    if int(os.environ.get("RANK", "0")) == 0:
+        warn_stale_build_locks(logger)  # before DeepSpeed's first JIT op build, which would wait on one
     init_distributed()
     rank = dist.get_rank()
-    configure_logging(rank)
     for note in plan.notes:
         logger.info(note)
+    if rank == 0:
+        for warning in plan.warnings:
+            logger.warning(warning)
+    if plan.resume is not None:  # the sha256 manifest, before anything is unpickled (or data prepared)
+        checkpoint.verify(plan.resume.load_dir, plan.resume.tag, opts.trust_checkpoint)
     set_seed(opts.seed)
     tokenizer, data = prepare_data(plan)
+    check_vocab(plan, len(tokenizer))
     engine, flops = build_engine(plan, len(tokenizer))
 
     collator = MaskingCollator(tokenizer, opts.mlm_probability)
     loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
     eval_batches = fixed_eval_batches(data.val, collator, opts.eval_batch_size or plan.batch.micro, engine.rank,
                                       engine.world_size, opts.data_seed)
-    state = checkpoint.load(engine, *plan.resume) if plan.resume is not None else None
+    state = checkpoint.load(engine, plan.resume.load_dir, plan.resume.tag) if plan.resume is not None else None
     metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0)
-    run_info = {"seq_len": opts.seq_len, "objective": opts.objective, "world_size": plan.world_size}
+    run_info = {"seq_len": opts.seq_len, "objective": opts.objective, "world_size": plan.world_size,
+                "model": opts.model, "vocab_size": len(tokenizer),
+                "model_config": {k: getattr(plan.model_config, k) for k in MODEL_KEYS}}
     trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
     if state is not None:
         trainer.restore(state)
@@ -98,7 +109,7 @@ def obtain_tokenizer(plan: RunPlan, corpus):
         return tok.load_tokenizer(opts.tokenizer), opts.tokenizer
     if plan.resume is not None:
         # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
-        for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume[0])), "tokenizer")):
+        for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume.load_dir)), "tokenizer")):
             if os.path.isdir(path):
                 return tok.load_tokenizer(path), f"{path} (the resumed run's)"
     payload = [None]
@@ -107,6 +118,14 @@ def obtain_tokenizer(plan: RunPlan, corpus):
     dist.broadcast_object_list(payload, src=0)
     source = f"WordPiece trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
     return tok.from_json(payload[0]), source
+
+
+def check_vocab(plan: RunPlan, vocab_size: int) -> None:
+    """The resumed checkpoint's vocabulary size (from its manifest) against this run's tokenizer."""
+    recorded = plan.resume.run.get("vocab_size") if plan.resume is not None else None
+    if recorded is not None and recorded != vocab_size:
+        raise ValueError(f"--resume {plan.resume.path}: the checkpoint has a vocabulary of {recorded} tokens, this "
+                         f"run's tokenizer has {vocab_size} (--tokenizer / --vocab_size differ from the resumed run's)")
 
 
 def build_engine(plan: RunPlan, vocab_size: int):

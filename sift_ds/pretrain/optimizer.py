@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from .ds_policy import ADAM_TYPES, TORCH_ADAM
 from .fused import apex_module
-
-ADAM_TYPES = ("adam", "adamw")
 
 
 def apex_adam(param_groups: List[dict], ds_config: dict) -> Tuple[Optional[object], dict]:
@@ -23,7 +22,7 @@ def apex_adam(param_groups: List[dict], ds_config: dict) -> Tuple[Optional[objec
     if fused_adam is None:
         return None, ds_config
     params = dict(section.get("params") or {})
-    params.pop("torch_adam", None)
+    params.pop(TORCH_ADAM, None)
     adam_w_mode = params.pop("adam_w_mode", kind == "adamw")
     optimizer = fused_adam(param_groups, adam_w_mode=adam_w_mode, **params)
     return optimizer, {k: v for k, v in ds_config.items() if k != "optimizer"}

@@ -71,6 +71,9 @@ class PretrainOptions:
     exit_interval: int = _opt(0, "save and exit after a step divisible by N", "logging and checkpoints")
     resume: Optional[str] = _opt(None, "auto: the latest checkpoint in output_dir, if any; or a checkpoint path",
                                  "logging and checkpoints", metavar="auto|PATH")
+    trust_checkpoint: bool = _opt(False, "load a checkpoint that fails its sha256 manifest or has none (checkpoints "
+                                         "are pickles: loading one runs code; only for files you trust)",
+                                  "logging and checkpoints")
     sift: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})  # --sift_* overrides given
 
     def as_record(self) -> Dict[str, Any]:
@@ -78,7 +81,8 @@ class PretrainOptions:
                 for f in dataclasses.fields(self)}
 
 
-NOT_IN_SECTION = ("ds_config", "local_rank", "sift")  # options the "pretrain" section may not set
+# options the "pretrain" section may not set (trusting a checkpoint is a decision per command)
+NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint")
 
 
 def str2bool(value: str) -> bool:

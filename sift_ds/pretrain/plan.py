@@ -3,20 +3,22 @@ resolved into a frozen ``RunPlan`` before any process group, model or data exist
 ValueError naming the option or config key at fault."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from deepspeed.accelerator import get_accelerator
 from transformers import BertConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from ..config import SECTION, SiftConfig, load_ds_config
-from . import checkpoint, ds_policy
+from . import checkpoint, ds_check, ds_policy
 from .corpus import check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .models import PRESETS, bert_config
 from .options import PRETRAIN_SECTION, PretrainOptions
+from .resume import ResumePoint, check_same_model, find_resume, skipped_tags
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops")
 NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
@@ -36,8 +38,9 @@ class RunPlan:
     max_steps: int
     model_config: BertConfig  # its vocab_size comes from the tokenizer later
     data_files: Optional[List[str]]
-    resume: Optional[Tuple[str, Optional[str]]]
+    resume: Optional[ResumePoint]
     notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
+    warnings: List[str] = field(default_factory=list)  # likely mistakes that do not stop the run, rank 0
 
     @property
     def output_dir(self) -> str:
@@ -50,6 +53,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     world_size = world_size or world_size_from_env()
     accelerator = accelerator or get_accelerator().device_name()
     notes: List[str] = []
+    warnings: List[str] = []
     if not options.ds_config:
         raise ValueError("--ds_config is required (a DeepSpeed JSON config with a 'sift' section; see ds_configs/)")
     ds_config = load_ds_config(options.ds_config)
@@ -61,25 +65,31 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     gross = sift.gross_batch_size(batch.micro)
     ds_policy.check_precision(ds_config, accelerator)
     check_ranges(options)
+    ds_check.check_types(ds_config)
     max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes)
     ds_policy.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
-    if sift.enabled and sift.kernel == "triton" and accelerator == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("sift.kernel='triton' on the CPU needs TRITON_INTERPRET=1 (or use 'auto' / 'torch')")
+    ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
+    warnings += ds_check.check_with_deepspeed(ds_config)
+    check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
     if options.data and options.dataset_name:
         raise ValueError("give either --data or --dataset_name, not both")
     data_files = check_not_empty(resolve_data_files(options.data)) if options.data else None
     check_tokenizer_path(options.tokenizer)
     make_output_dir(options.output_dir)
-    resume = checkpoint.find_resume(options.resume, options.output_dir)
+    resume = find_resume(options.resume, options.output_dir, options.trust_checkpoint)
     save_dir = checkpoint.checkpoint_dir(options.output_dir)
-    if options.resume == "auto" and resume is None:
-        notes.append(f"--resume auto: no checkpoint in {save_dir}, starting fresh")
-    elif resume is None and checkpoint.list_tags(save_dir):
+    if resume is not None:
+        check_same_model(resume, model_config, options.seq_len, options.objective)
+        warnings += resume.warnings
+    elif options.resume == "auto":
+        warnings += skipped_tags(save_dir, options.trust_checkpoint)
+        notes.append(f"--resume auto: no complete checkpoint in {save_dir}, starting fresh")
+    elif checkpoint.list_tags(save_dir):
         notes.append(f"{options.output_dir} already holds checkpoints: starting fresh and overwriting them "
                      "(--resume auto continues instead)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
-                   notes)
+                   notes, warnings)
 
 
 def resolve_sift(section, overrides) -> SiftConfig:
@@ -91,6 +101,16 @@ def resolve_sift(section, overrides) -> SiftConfig:
     except ValueError as err:
         flags = [f"--sift_{key}" for key in overrides if f"sift.{key}" in str(err)]
         raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None
+
+
+def check_kernel(sift: SiftConfig, accelerator: str) -> None:
+    """The Triton scorer's requirements, before any work: the package, and its interpreter on the CPU."""
+    if not sift.enabled or sift.kernel != "triton":
+        return
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("sift.kernel='triton' needs the triton package (or use 'auto' / 'torch')")
+    if accelerator == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("sift.kernel='triton' on the CPU needs TRITON_INTERPRET=1 (or use 'auto' / 'torch')")
 
 
 def check_ranges(options: PretrainOptions) -> None:

@@ -1,17 +1,24 @@
 """Process-level plumbing of the pretraining job: the process group, logging, each node's first rank
-going first on shared caches, and SIGTERM as a request to checkpoint and stop."""
+going first on shared caches, SIGTERM as a request to checkpoint and stop, and stale build locks in
+the torch extensions directory (a rank killed while DeepSpeed JIT-built an op leaves one, and every
+later start then waits on it silently)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import signal
 import socket
-from typing import Iterator
+import time
+from typing import Iterator, List
 
 import datasets
 import deepspeed
 import torch.distributed as dist
+from torch.utils.cpp_extension import get_default_build_root
+
+STALE_LOCK_S = 600.0  # a JIT build lock older than this is reported
 
 
 def init_distributed() -> None:
@@ -23,6 +30,29 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
     deepspeed.init_distributed(verbose=False)
+
+
+def stale_build_locks(root: str = "", min_age_s: float = STALE_LOCK_S) -> List[str]:
+    """``lock`` files of torch extension builds older than ``min_age_s`` (a build killed mid-way,
+    which torch waits on forever): ``<root>/<op>/lock`` or ``<root>/py311_cpu/<op>/lock``, where root
+    is ``TORCH_EXTENSIONS_DIR`` or torch's default."""
+    root = root or os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    now, found = time.time(), []
+    for pattern in ("*/lock", "*/*/lock"):
+        for lock in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
+            try:
+                if now - os.path.getmtime(lock) > min_age_s:
+                    found.append(lock)
+            except OSError:
+                continue
+    return found
+
+
+def warn_stale_build_locks(logger: logging.Logger) -> None:
+    for lock in stale_build_locks():
+        logger.warning("stale torch extension build lock %s (%.0f min old): a build was killed; if no build is "
+                       "running, delete it, or the op build (and this run) waits forever", lock,
+                       (time.time() - os.path.getmtime(lock)) / 60)
 
 
 def configure_logging(rank: int) -> None:

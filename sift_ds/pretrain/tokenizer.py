@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, List
 
 from tokenizers import BertWordPieceTokenizer, Tokenizer
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once (a fast tokenizer's encoding of
+#                        one long document costs ~250x its size in memory; pieces keep it bounded)
+
+
+def bounded_pieces(text: str, max_chars: int = PIECE_CHARS) -> List[str]:
+    """``text`` cut into pieces of at most ``max_chars``, each cut just before a whitespace character
+    (which BERT's pre-tokenizer splits on anyway, so the tokens do not change); a stretch without
+    whitespace longer than ``max_chars`` is cut hard (WordPiece maps such a "word" to [UNK] anyway)."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(" ", start + 1, end + 1), text.rfind("\n", start + 1, end + 1))
+        if cut <= start:  # no space or newline: any other whitespace, else a hard cut
+            cut = next((i for i in range(end, start, -1) if text[i].isspace()), end)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2):
@@ -79,6 +99,7 @@ def check_tokenizer(tokenizer, name: str) -> None:
 
 
 def batched_texts(dataset, column: str = "text", batch_size: int = 1000) -> Iterator[list]:
-    """The text column of a ``datasets.Dataset`` in batches (what ``train_from_iterator`` streams)."""
+    """The text column of a ``datasets.Dataset`` in batches (what ``train_from_iterator`` streams),
+    long documents in ``bounded_pieces``."""
     for start in range(0, len(dataset), batch_size):
-        yield dataset[start : start + batch_size][column]
+        yield [piece for text in dataset[start : start + batch_size][column] for piece in bounded_pieces(text)]

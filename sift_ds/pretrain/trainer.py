@@ -166,7 +166,8 @@ class Trainer:
     def save(self) -> Optional[str]:
         if not self.opts.save_dir:
             return None
-        tag = checkpoint.save(self.engine, self.opts.save_dir, self.run_state(), self.opts.keep_checkpoints or None)
+        tag = checkpoint.save(self.engine, self.opts.save_dir, self.run_state(), self.opts.keep_checkpoints or None,
+                              run=self.run_info)
         self.metrics.info(f"saved checkpoint {self.opts.save_dir}/{tag}")
         return tag
 
