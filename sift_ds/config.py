@@ -7,6 +7,7 @@ a field.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -135,6 +136,20 @@ class SiftConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def str2bool(value: str) -> bool:
+    """A command-line boolean: 1/true/yes/on or 0/false/no/off."""
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+# The command-line parser of each field type (the pretraining job's and Megatron's generated flags).
+CLI_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str}
 
 
 def _check_type(key: str, value: Any, types) -> None:

@@ -9,21 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import SiftConfig
+from ..config import CLI_TYPES, SiftConfig
 
 GROUP_TITLE = "SIFT (sample sifting via early exiting)"
-
-
-def str2bool(value: str) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str}
 
 
 def flag_of(field_name: str) -> str:
@@ -39,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         group.add_argument(
             flag_of(f.name),
             dest=f"sift_{f.name}",
-            type=_TYPES[kind],
+            type=CLI_TYPES[kind],
             default=None,
             choices=f.metadata.get("choices"),
             metavar="BOOL" if kind == "bool" else None,

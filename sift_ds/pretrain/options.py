@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..config import SiftConfig, load_ds_config
+from ..config import CLI_TYPES, SiftConfig, load_ds_config
 from .data import OBJECTIVES
 
 PROG = "pretrain_bert.py"
@@ -85,18 +85,6 @@ class PretrainOptions:
 NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint")
 
 
-def str2bool(value: str) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-_CONVERTERS = {"bool": str2bool, "int": int, "float": float, "str": str}
-
-
 def _base_type(annotation: str) -> str:
     """'Optional[int]' -> 'int', 'List[str]' -> 'str' (annotations are strings here)."""
     inner = annotation.split("[", 1)[-1].rstrip("]") if "[" in annotation else annotation
@@ -108,7 +96,7 @@ def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default})",
                   choices=meta.get("choices"),
-                  type=_CONVERTERS[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
+                  type=CLI_TYPES[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
     if f.type.startswith("Optional[List") or f.type.startswith("List"):
         kwargs["action"] = "append"
     group.add_argument(flag, **kwargs)
