@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 
-def _pack(batch: Dict[str, torch.Tensor], rows: int):
+def pack_rows(batch: Dict[str, torch.Tensor], rows: int):
     """All batch tensors as one int32 [rows, width] tensor (one collective instead of one per key)."""
     cols, layout = [], []
     for key, t in batch.items():
@@ -30,7 +30,7 @@ def _pack(batch: Dict[str, torch.Tensor], rows: int):
     return torch.cat(cols, dim=1), layout
 
 
-def _unpack(packed: torch.Tensor, layout) -> Dict[str, torch.Tensor]:
+def unpack_rows(packed: torch.Tensor, layout) -> Dict[str, torch.Tensor]:
     out, col = {}, 0
     for key, dtype, tail, width in layout:
         part = packed[:, col : col + width]
@@ -117,12 +117,12 @@ def exchange_kept_rows(
     kept = take_rows(batch, a.own - rank * gross)
     if a.moves:
         send = torch.cat([a.surplus(rank, dst) for dst in range(world)]) - rank * gross
-        packed, layout = _pack(take_rows(batch, send), send.numel())
+        packed, layout = pack_rows(take_rows(batch, send), send.numel())
         out_splits = [a.plan[src][rank] for src in range(world)]
         incoming = packed.new_empty((sum(out_splits), packed.shape[1]))
         dist.all_to_all_single(incoming, packed.contiguous(), out_splits, a.plan[rank], group=group)
         if incoming.shape[0]:
-            moved = _unpack(incoming, layout)
+            moved = unpack_rows(incoming, layout)
             kept = {k: torch.cat([v, moved[k].to(v.device)]) for k, v in kept.items()}
     trained = torch.cat([a.own] + a.received)
     order = torch.argsort(trained)  # the trained rows in ascending global order

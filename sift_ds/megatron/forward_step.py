@@ -18,7 +18,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 
-from ..row_exchange import _pack, _unpack
+from ..row_exchange import pack_rows, unpack_rows
 from .adapter import unwrap_model
 from .datasets import unstack_rows
 
@@ -68,7 +68,7 @@ def broadcast_batch(batch: Optional[Mapping[str, torch.Tensor]], src: int, group
     meta = [None]
     if dist.get_rank() == src:
         rows = next(iter(batch.values())).shape[0]
-        packed, layout = _pack(dict(batch), rows)
+        packed, layout = pack_rows(dict(batch), rows)
         packed = packed.to(device)
         meta = [(tuple(packed.shape), layout)]
     dist.broadcast_object_list(meta, src=src, group=group, device=device)
@@ -76,7 +76,7 @@ def broadcast_batch(batch: Optional[Mapping[str, torch.Tensor]], src: int, group
     if dist.get_rank() != src:
         packed = torch.empty(shape, dtype=torch.int32, device=device)
     dist.broadcast(packed, src=src, group=group)
-    return _unpack(packed, layout)
+    return unpack_rows(packed, layout)
 
 
 def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: bool = True) -> Callable:
