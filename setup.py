@@ -25,8 +25,8 @@ setup(
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
         "triton": ["triton>=3.0"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "tensorboard", "scipy", "matplotlib",
-                 "megatron-core==0.16.*"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "psutil", "triton>=3.0", "tensorboard",
+                 "scipy", "matplotlib", "megatron-core==0.16.*"],
         "study": ["matplotlib"],
         "megatron": ["megatron-core==0.16.*"],
     },

@@ -1,13 +1,31 @@
 import os
+import time
+import warnings
 
 import pytest
 import torch
 
 from launcher import free_port
+from process_guard import become_subreaper, kill_marked_descendants, remove_shm_buffers
 
 # DeepSpeed picks its accelerator at import: use the CPU one unless a GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+# Orphaned ranks of a failed or timed-out run are re-parented to pytest, so the guard below finds them.
+become_subreaper()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Whatever a test started (launchers, ranks, their orphans, DeepSpeed's /dev/shm files) is gone
+    before the next test starts."""
+    start = time.time() - 1.0  # file times can lag the clock slightly
+    yield
+    leftovers = kill_marked_descendants()
+    remove_shm_buffers(since=start)
+    if leftovers:
+        warnings.warn(f"killed {len(leftovers)} process(es) the test left running: {leftovers[:4]}")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from process_guard import MARKER
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -25,9 +27,10 @@ def free_port() -> int:
 
 
 def clean_env(**extra) -> dict:
-    """Environment for a child run: CPU accelerator unless a GPU is present, one thread per rank, and
-    no torch.distributed variables left over from in-process tests."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    """Environment for a child run: CPU accelerator unless a GPU is present, one thread per rank, no
+    torch.distributed variables left over from in-process tests, and the mark by which the process
+    guard (tests/conftest.py) kills whatever of the run is still alive when the test ends."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{MARKER: "1"}, **extra)
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     for key in DIST_VARS:

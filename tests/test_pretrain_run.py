@@ -3,20 +3,25 @@ metrics.jsonl, TensorBoard, checkpoint, tokenizer and the exported model."""
 import json
 import math
 import os
+import time
 
 from launch_helpers import CONFIGS, metrics, pretrain_2_ranks
+from process_guard import shm_buffers
 
 STEPS = 40
 
 
 def test_two_rank_tiny_sift_run(tmp_path):
-    out = tmp_path / "run"
+    out, start = tmp_path / "run", time.time() - 1.0
     proc = pretrain_2_ranks([
         "--ds_config", os.path.join(CONFIGS, "tiny_cpu_sift.json"), "--output_dir", out, "--max_steps", STEPS,
         "--seq_len", 64, "--eval_interval", 20, "--log_interval", 5, "--sift_warmup_steps", 10,
         "--cache_dir", tmp_path / "cache",
     ])
     log = proc.stdout + proc.stderr
+    # DeepSpeed's CPU all-reduce made a 69 MB /dev/shm file per rank; the job removed them (RAM otherwise)
+    assert "deepspeed_shm_comm_op built successfully" in log, log[-3000:]
+    assert shm_buffers(since=start) == []
     assert "batch: micro 16, gross 32 per rank, grad-accum 1, world 2, global 32" in log
     assert "optimizer: " in log and "(apex.optimizers not available)" in log
 

@@ -1,0 +1,35 @@
+"""The process guard: a run's orphans are found and killed after the test; other children are not."""
+import os
+import subprocess
+import time
+
+import psutil
+
+from launcher import clean_env
+from process_guard import become_subreaper, kill_marked_descendants
+
+
+def _orphan(env) -> int:
+    """Start ``sleep`` as an orphan (its parent shell exits at once) and return its pid."""
+    out = subprocess.run(["bash", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], env=env, capture_output=True,
+                         text=True, check=True, timeout=30)
+    return int(out.stdout.strip())
+
+
+def test_orphans_of_a_marked_run_are_reparented_and_killed():
+    assert become_subreaper()  # Linux: conftest made pytest the subreaper already; asking again is harmless
+    marked = _orphan(clean_env())
+    unmarked_env = {k: v for k, v in clean_env().items() if k != "SIFT_DS_TEST_CHILD"}
+    bystander = subprocess.Popen(["sleep", "300"], env=unmarked_env)
+    try:
+        assert psutil.Process(marked).ppid() == os.getpid()  # re-parented to pytest, not to init
+        killed = kill_marked_descendants()
+        assert [int(k.split()[0]) for k in killed] == [marked]
+        deadline = time.time() + 10
+        while psutil.pid_exists(marked) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(marked)  # killed and reaped, no zombie left
+        assert bystander.poll() is None  # not ours to kill
+    finally:
+        bystander.kill()
+        bystander.wait()
