@@ -1,6 +1,6 @@
-"""sift_ds.megatron on a real megatron-core BertModel over gloo: TP=2 on 2 ranks (then PP=2, refused)
-and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py runs the checks with collectives and
-writes per-rank records; this asserts them."""
+"""sift_ds.megatron on a real megatron-core BertModel over gloo: TP=2 on 2 ranks (with and without
+sequence parallelism; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
+runs the checks with collectives and writes per-rank records; this asserts them."""
 import json
 import os
 import subprocess
@@ -56,13 +56,22 @@ def check(results, tp, dp):
     assert len({json.dumps(r["train_losses"]) for r in results[:tp]}) == 1  # one TP group: one loss curve
 
 
-def test_tp2_and_pipeline_refused(tmp_path):
-    results = launch(tmp_path, 2, "--tp", "2", "--pp_check")
+def test_tp2_sequence_parallel_and_pipeline_refused(tmp_path):
+    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check")
     check(results, tp=2, dp=1)
     for r in results:
         assert len(r["pp_errors"]) == 2
         for err in r["pp_errors"]:
             assert err is not None and "pipeline" in err and "1F1B" in err
+        # sequence parallelism: each TP rank holds half the sequence after a layer, yet the scores
+        # equal the float64 reference of the same weights without SP (the chunks are gathered over s)
+        sp = r["sp"]
+        assert sp["sequence_parallel"] and sp["same_weights"] and sp["chunk_shape"] == [8, 8, 32]
+        assert len(sp["ref"]) == 6
+        for name, rec in sp["ref"].items():
+            assert rec["err"] <= 2e-5 and rec["same_inf"], (name, rec)
+        # the wrapped forward_step keeps the same rows, and the training loss and gradients match
+        assert sp["same_selection"] and sp["loss_err"] <= 1e-6 and sp["grad_err"] <= 1e-6, sp
 
 
 def test_tp2_dp2(tmp_path):

@@ -69,8 +69,9 @@ class Settings:
 
 
 def plan(arms: Sequence[Arm], seeds: Sequence[int], out: str) -> List[Run]:
-    """Every arm x seed, arm-major (the first run is the first arm's first seed)."""
-    return [Run(a.label, s, a.overrides, os.path.join(out, "runs", a.label, f"seed{s}")) for a in arms for s in seeds]
+    """Every arm x seed, seed-major: each seed's arms run back to back, so a slow drift in the machine's
+    load reaches every arm alike (wall-clock figures). The first run is the first arm's first seed."""
+    return [Run(a.label, s, a.overrides, os.path.join(out, "runs", a.label, f"seed{s}")) for s in seeds for a in arms]
 
 
 def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:

@@ -4,8 +4,13 @@ BERT batches, and a Megatron-LM-style forward_step / loss_func.
 Two spots of megatron-core assume CUDA and are patched here, for the tests only:
 ``GlobalMemoryBuffer.get_tensor`` allocates on the current CUDA device, and
 ``CudaRNGStatesTracker.fork`` (reached from the attention's dropout) swaps CUDA RNG states.
+A sequence-parallel model (:func:`build_bert_sp`) needs two more: the sequence-parallel gathers and
+scatters of ``tensor_parallel.mappings`` allocate on ``torch.cuda.current_device()``, and the local
+spec's ``WrappedTorchNorm`` refuses sequence parallelism (on a GPU, Apex / Transformer Engine norms
+carry it; the forward arithmetic of a LayerNorm is the same either way).
 """
 import contextlib
+import dataclasses
 import os
 from functools import partial
 
@@ -17,6 +22,7 @@ from megatron.core import utils as mcore_utils
 from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.tensor_parallel import random as mcore_random
+from megatron.core.transformer import torch_norm
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 VOCAB, SEQ, HIDDEN, HEADS, LAYERS = 128, 16, 32, 4, 3
@@ -46,6 +52,22 @@ def build_bert(seed=0, layers=LAYERS, sequence_parallel=False, dropout=0.1):
                             sequence_parallel=sequence_parallel, params_dtype=torch.float32)
     return BertModel(cfg, num_tokentypes=2, transformer_layer_spec=bert_layer_local_spec, vocab_size=VOCAB,
                      max_sequence_length=SEQ, share_embeddings_and_output_weights=True, add_binary_head=False)
+
+
+def _norm_without_sequence_parallel(new):
+    def make(cls, config, hidden_size, eps=1e-5, **kwargs):
+        return new(cls, dataclasses.replace(config, sequence_parallel=False), hidden_size, eps, **kwargs)
+    return make
+
+
+def build_bert_sp(seed=0, layers=LAYERS, dropout=0.1):
+    """``build_bert`` with sequence parallelism (hidden states ``[s/tp, b, h]`` between layers): the
+    same weights as ``build_bert(seed)``."""
+    torch.cuda.current_device = lambda: "cpu"
+    if not getattr(torch_norm.WrappedTorchNorm.__new__, "patched", False):
+        torch_norm.WrappedTorchNorm.__new__ = _norm_without_sequence_parallel(torch_norm.WrappedTorchNorm.__new__)
+        torch_norm.WrappedTorchNorm.__new__.patched = True
+    return build_bert(seed=seed, layers=layers, sequence_parallel=True, dropout=dropout)
 
 
 def sample(rng, seq=SEQ, vocab=VOCAB, empty=False):

@@ -30,6 +30,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--tp", type=int, default=2)
 p.add_argument("--out", required=True)
 p.add_argument("--pp_check", action="store_true")
+p.add_argument("--sp_check", action="store_true")
 p.add_argument("--train_steps", type=int, default=10)
 args = p.parse_args()
 
@@ -185,6 +186,35 @@ for i in range(args.train_steps):
     losses.append(total)
 res["train_losses"] = losses
 res["train_warmup"] = warm
+
+# ---- sequence parallelism: hidden states [s/tp, b, h] between layers, gathered over s before the head
+if args.sp_check:
+    plain, sp = mc.build_bert(seed=5, dropout=0.0), mc.build_bert_sp(seed=5, dropout=0.0)
+    rec = {"sequence_parallel": bool(sp.config.sequence_parallel),
+           "same_weights": all(torch.equal(a, b) for a, b in zip(plain.parameters(), sp.parameters())), "ref": {}}
+    sp.eval()
+    with torch.no_grad():  # the layer-1 output of the SP model really is a sequence chunk
+        hidden, ctx = MCoreBertAdapter(sp).embed(batch)
+        rec["chunk_shape"] = list(MCoreBertAdapter(sp).layer(0, hidden, ctx).shape)
+    for k in range(1, mc.LAYERS + 1):
+        for criterion in ("loss", "entropy"):
+            got = Sift(SiftConfig(exit_layer=k, criterion=criterion, kernel="torch")).scores(sp, batch)
+            err, same_inf = max_err(got, reference_scores(plain, batch, k, criterion))
+            rec["ref"][f"{criterion}@{k}"] = {"err": err, "same_inf": same_inf}
+    trained = {}
+    for name, net in (("plain", plain), ("sp", sp)):  # global selection and the training forward
+        sift = Sift(SiftConfig(exit_layer=1, keep_ratio=1 / FACTOR, scope="global", kernel="torch"),
+                    iteration=lambda: 3)
+        net.train()
+        out, lf = sift.forward_step(mc.forward_step)(loader_iter(), net)
+        loss, _ = lf(out)
+        loss.backward()
+        grad = net.encoder.layers[0].mlp.linear_fc1.weight.grad
+        trained[name] = (sift.last.indices.tolist(), mc.SEEN[-1][1]["text"].tolist(), loss.item(), grad.clone())
+    rec["same_selection"] = trained["plain"][:2] == trained["sp"][:2]
+    rec["loss_err"] = abs(trained["plain"][2] - trained["sp"][2])
+    rec["grad_err"] = (trained["plain"][3] - trained["sp"][3]).abs().max().item()
+    res["sp"] = rec
 
 # ---- pipeline parallelism is refused, with the reason
 if args.pp_check:
