@@ -2,8 +2,9 @@
 10 reproduces the uninterrupted run bitwise: every step's loss, the validation loss and the final
 parameters (real DeepSpeed runs on the CPU, with the default CPU optimizer path, torch's AdamW).
 Resuming at step 5 is the case DeepSpeed's CPU FusedAdam gets wrong: its float32 beta^6 by
-multiplication differs from pow(beta, 6). SIGTERM saves and exits cleanly (one process here; under
+multiplication differs from pow(beta, 6). The same holds under ZeRO-2 and ZeRO-3 with bf16. SIGTERM saves and exits cleanly (one process here; under
 the launcher in test_reliability_crash.py)."""
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, small_config
+from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, small_config, write_config
 from sift_ds.pretrain import manifest
 from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.resume import find_resume
@@ -66,6 +67,34 @@ def test_a_run_resumed_at_any_step_matches_the_uninterrupted_run(tmp_path):
     assert final_want.keys() == final_got.keys()
     for name in final_want:
         assert torch.equal(final_want[name], final_got[name]), name  # the parameters, bitwise
+
+
+@pytest.mark.parametrize("stage,bf16", [(2, False), (3, True)], ids=["zero2-fp32", "zero3-bf16"])
+def test_resume_is_exact_under_zero_2_and_3_and_bf16(tmp_path, stage, bf16):
+    """The same guarantee with partitioned gradients (ZeRO-2) or parameters (ZeRO-3, bf16 weights with
+    fp32 master copies): a run stopped at step 5 and resumed matches the uninterrupted one bitwise."""
+    config = small_config(tmp_path, max_steps=8)
+    with open(config, encoding="utf-8") as f:
+        edited = json.load(f)
+    edited["zero_optimization"], edited["bf16"] = {"stage": stage}, {"enabled": bf16}
+    write_config(config, edited)
+    train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
+    common = ["--ds_config", config, "--sift_warmup_steps", "2", "--tokenizer", tmp_path / "tokenizer"]
+    reference, split = tmp_path / "reference", tmp_path / "split"
+    pretrain_2_ranks(common + ["--output_dir", reference])
+    pretrain_2_ranks(common + ["--output_dir", split, "--exit_interval", 5])
+    pretrain_2_ranks(common + ["--output_dir", split, "--resume", "auto"])
+    with open(split / "run_config.json", encoding="utf-8") as f:
+        recorded = json.load(f)["ds_config"]
+    assert recorded["zero_optimization"]["stage"] == stage and recorded["bf16"]["enabled"] == bf16
+    want, got = metrics(reference), metrics(split)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 9))
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]
+    assert got[-1]["val_loss"] == want[-1]["val_loss"]
+    final_want, final_got = (load_file(run / "final" / "model.safetensors") for run in (reference, split))
+    assert final_want.keys() == final_got.keys()
+    for name in final_want:
+        assert torch.equal(final_want[name], final_got[name]), name
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
