@@ -4,6 +4,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from launcher import clean_env
 from process_guard import become_subreaper, kill_marked_descendants
@@ -17,7 +18,8 @@ def _orphan(env) -> int:
 
 
 def test_orphans_of_a_marked_run_are_reparented_and_killed():
-    assert become_subreaper()  # Linux: conftest made pytest the subreaper already; asking again is harmless
+    if not become_subreaper():  # conftest asked already; asking again is harmless
+        pytest.skip("no child subreaper on this OS (Linux prctl): orphans go to init, out of the guard's reach")
     marked = _orphan(clean_env())
     unmarked_env = {k: v for k, v in clean_env().items() if k != "SIFT_DS_TEST_CHILD"}
     bystander = subprocess.Popen(["sleep", "300"], env=unmarked_env)
