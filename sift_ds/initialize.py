@@ -11,6 +11,7 @@ from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import resolve_batch_sizes, world_size_from_env
 from .config import SECTION, SiftConfig, load_ds_config, split_ds_config
 from .engine import SiftEngine
+from .shm import release_shm_buffer
 
 
 def initialize(
@@ -63,6 +64,7 @@ def initialize(
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         args=args, model=model, model_parameters=model_parameters, config=ds_config, **kwargs
     )
+    release_shm_buffer()  # DeepSpeed's CPU all-reduce files in /dev/shm (RAM), which it never removes
     sift_engine = SiftEngine(engine, adapter, sift_config)
     dataloader = None
     if training_data is not None:

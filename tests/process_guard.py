@@ -13,9 +13,9 @@ suite never ends. So:
 * after each test, :func:`kill_marked_descendants` SIGKILLs and reaps every marked descendant still
   there. Unmarked ones (``torch.compile`` worker pools, say) are left alone;
 * and :func:`remove_shm_buffers` deletes the 69 MB files that DeepSpeed's CPU all-reduce puts in
-  /dev/shm (RAM) per rank and port and never deletes. The pretraining job removes its own
-  (``sift_ds.pretrain.runtime.release_shm_buffer``); the test scripts that call DeepSpeed directly
-  and killed runs leave theirs, and a suite of runs on fresh ports would otherwise fill the RAM.
+  /dev/shm (RAM) per rank and port and never deletes. ``sift_ds.initialize`` and the pretraining
+  job remove their own (``sift_ds.shm``); runs killed before that and scripts that start DeepSpeed
+  without sift_ds leave theirs, and a suite of runs on fresh ports would otherwise fill the RAM.
 """
 import ctypes
 import glob
@@ -23,8 +23,10 @@ import os
 
 import psutil
 
+from sift_ds.shm import SHM_BUFFER
+
 MARKER = "SIFT_DS_TEST_CHILD"
-SHM_BUFFERS = "/dev/shm/deepspeed_allreduce_buffer_*"
+SHM_BUFFERS = SHM_BUFFER.format(uid="*", addr="*", port="*", rank="*")
 PR_SET_CHILD_SUBREAPER = 36
 
 

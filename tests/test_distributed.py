@@ -2,16 +2,20 @@
 and the global scope on 4 ranks under ZeRO-1 and ZeRO-3."""
 import json
 import os
+import time
 
 import pytest
 
 from launcher import REPO, requires_cuda, run_deepspeed
+from process_guard import shm_buffers
 
 SCRIPT = os.path.join(REPO, "tests", "dist_scripts", "sift_train.py")
 
 
 def launch(tmp_path, *extra, ranks=2):
+    start = time.time() - 1.0
     run_deepspeed(SCRIPT, ["--out", tmp_path, *extra], num_gpus=ranks)
+    assert shm_buffers(since=start) == []  # sift_ds.initialize removed DeepSpeed's /dev/shm files
     return [json.load(open(tmp_path / f"rank{r}.json")) for r in range(ranks)]
 
 

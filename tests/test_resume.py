@@ -2,8 +2,8 @@
 10 reproduces the uninterrupted run bitwise: every step's loss, the validation loss and the final
 parameters (real DeepSpeed runs on the CPU, with the default CPU optimizer path, torch's AdamW).
 Resuming at step 5 is the case DeepSpeed's CPU FusedAdam gets wrong: its float32 beta^6 by
-multiplication differs from pow(beta, 6). The same holds under ZeRO-2 and ZeRO-3 with bf16. SIGTERM saves and exits cleanly (one process here; under
-the launcher in test_reliability_crash.py)."""
+multiplication differs from pow(beta, 6). The same holds under ZeRO-2 and ZeRO-3 with bf16. SIGTERM
+saves and exits cleanly (one process here; under the launcher in test_reliability_crash.py)."""
 import json
 import os
 import signal

@@ -1,8 +1,7 @@
 """Process-level plumbing of the pretraining job: the process group, logging, each node's first rank
-going first on shared caches, SIGTERM as a request to checkpoint and stop, stale build locks in the
-torch extensions directory (a rank killed while DeepSpeed JIT-built an op leaves one, and every
-later start then waits on it silently), and DeepSpeed's shared-memory all-reduce files on the CPU
-(never removed by DeepSpeed: each run on a new port would leave 69 MB per rank in RAM)."""
+going first on shared caches, SIGTERM as a request to checkpoint and stop, and stale build locks in
+the torch extensions directory (a rank killed while DeepSpeed JIT-built an op leaves one, and every
+later start then waits on it silently)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +18,9 @@ import deepspeed
 import torch.distributed as dist
 from torch.utils.cpp_extension import get_default_build_root
 
+from ..shm import release_shm_buffer
+
 STALE_LOCK_S = 600.0  # a JIT build lock older than this is reported
-# deepspeed/ops/csrc/cpu/comm/shm.cpp: SHM_BUFFER_NAME "_" uid "_" MASTER_ADDR "_" MASTER_PORT "_" rank
-SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
 
 def init_distributed() -> None:
@@ -33,22 +32,7 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
     deepspeed.init_distributed(verbose=False)
-    release_shm_buffer()
-
-
-def release_shm_buffer() -> None:
-    """Remove this rank's DeepSpeed shared-memory all-reduce file once every rank has mapped it.
-
-    DeepSpeed's CPU backend (all ranks on one node) gives each rank a 69 MB workspace file in
-    /dev/shm, which every peer maps during ``init_distributed``, and never unlinks it: runs on new
-    ports fill the machine's RAM. After a barrier every rank holds its peers' mappings, which
-    outlive the name, so unlinking now costs nothing and leaves nothing behind, even after a kill."""
-    path = SHM_BUFFER.format(uid=os.getuid(), addr=os.environ.get("MASTER_ADDR", ""),
-                             port=os.environ.get("MASTER_PORT", ""), rank=dist.get_rank())
-    if dist.get_world_size() > 1:
-        dist.barrier()
-    with contextlib.suppress(FileNotFoundError):  # none on a GPU backend or across nodes
-        os.unlink(path)
+    release_shm_buffer()  # now, not at sift_ds.initialize: a kill during data preparation leaks nothing
 
 
 def stale_build_locks(root: str = "", min_age_s: float = STALE_LOCK_S) -> List[str]:

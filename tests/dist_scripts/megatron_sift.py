@@ -194,8 +194,9 @@ if args.sp_check:
            "same_weights": all(torch.equal(a, b) for a, b in zip(plain.parameters(), sp.parameters())), "ref": {}}
     sp.eval()
     with torch.no_grad():  # the layer-1 output of the SP model really is a sequence chunk
-        hidden, ctx = MCoreBertAdapter(sp).embed(batch)
-        rec["chunk_shape"] = list(MCoreBertAdapter(sp).layer(0, hidden, ctx).shape)
+        sp_adapter = MCoreBertAdapter(sp)
+        hidden, ctx = sp_adapter.embed(batch)
+        rec["chunk_shape"] = list(sp_adapter.layer(0, hidden, ctx).shape)
     for k in range(1, mc.LAYERS + 1):
         for criterion in ("loss", "entropy"):
             got = Sift(SiftConfig(exit_layer=k, criterion=criterion, kernel="torch")).scores(sp, batch)
