@@ -64,6 +64,17 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def core_list(text: str) -> Tuple[int, ...]:
+    """'0,1' -> (0, 1)."""
+    try:
+        cores = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of core numbers, got {text!r}")
+    if not cores or min(cores) < 0:
+        raise argparse.ArgumentTypeError(f"expected core numbers >= 0, got {text!r}")
+    return cores
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                usage=f"{PROG} [options] [-- PRETRAIN_ARGS...]")
@@ -76,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_gpus", type=positive, default=1, help="ranks per run (deepspeed --num_gpus)")
     p.add_argument("--parallel", type=positive, default=1,
                    help="runs at once (after the first, which trains the shared tokenizer)")
+    p.add_argument("--pin_cores", type=core_list, default=(), metavar="C1,C2,...",
+                   help="pin each run's ranks to cores of their own (num_gpus per run, --parallel runs at once); "
+                        "for wall-clock comparisons")
     p.add_argument("--bootstrap", type=positive, default=2000, help="bootstrap resamples of the speed-up intervals")
     p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--analyze_only", action="store_true", help="no runs: rewrite the report from the finished runs")
@@ -96,7 +110,7 @@ def study_arms(args, saved: Optional[dict]) -> List[Arm]:
     if args.arms_file:
         arms += load_arms_file(args.arms_file)
     if not arms and saved:  # --analyze_only of an earlier study
-        arms = [Arm(label, tuple(words), spec) for label, words, spec in saved["arms"]]
+        arms = [Arm(label, tuple(words), spec, *rest) for label, words, spec, *rest in saved["arms"]]
     if not arms:
         raise ValueError("no arms: give --arms and/or --arms_file (--analyze_only found no study.json in --out)")
     return check_arms(arms)
@@ -145,13 +159,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not os.path.isfile(args.ds_config):
             fail(f"--ds_config {args.ds_config}: no such file")
         settings = runs.Settings(SCRIPT, os.path.abspath(args.ds_config), passthrough, args.data or [],
-                                 args.num_gpus, args.parallel)
+                                 args.num_gpus, args.parallel, pin_cores=args.pin_cores)
         try:
+            runs.check_pinning(settings)
             runs.check_settings(plan, settings)
             os.makedirs(out, exist_ok=True)
             with open(state, "w", encoding="utf-8") as f:
                 json.dump({"command": command, "seeds": seeds,
-                           "arms": [[a.label, list(a.overrides), a.spec] for a in arms]}, f, indent=1)
+                           "arms": [[a.label, list(a.overrides), a.spec, a.vanilla] for a in arms]}, f, indent=1)
             if not all(runs.is_done(r) for r in plan):
                 runs.check_flags(settings, arms)
             runs.run_all(plan, settings, say=say)

@@ -42,8 +42,11 @@ class SiftConfig:
     kernel: str = _key("auto", "scorer backend: auto (Triton on CUDA), triton or torch", BACKENDS)
     seed: int = _key(1234, "seed of every random choice of the selector (stateless per step: resume is exact)")
     anneal_end_step: int = _key(
-        0, "0: keep_ratio stays fixed; else it rises linearly from keep_ratio at warmup_steps to 1 (no "
+        0, "0: keep_ratio stays fixed; else it rises linearly from keep_ratio at anneal_start_step to 1 (no "
            "selection) at this step, by picking from a shrinking random pool (Composer SelectiveBackprop's end)")
+    anneal_start_step: int = _key(
+        0, "where the annealing to full data begins (0: at warmup_steps); e.g. the start of the learning-rate "
+           "decay's last quarter, so that the run ends on full data like a budget-matched vanilla run")
     random_fraction: float = _key(0.0, "share of the kept rows drawn uniformly from the rows not selected by score")
     sampling: str = _key(
         "topk", "topk: the highest scores; rank: sample rows with probability percentile^(1/keep - 1) of their "
@@ -85,12 +88,17 @@ class SiftConfig:
             raise ValueError(f"sift.exit_layer must be >= 1 (layers are counted from 1), got {self.exit_layer}")
         if not 0.0 < float(self.keep_ratio) <= 1.0:
             raise ValueError(f"sift.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        for key in ("warmup_steps", "anneal_end_step"):
+        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step"):
             if getattr(self, key) < 0:
                 raise ValueError(f"sift.{key} must be >= 0, got {getattr(self, key)}")
         if self.anneal_end_step and self.anneal_end_step <= self.warmup_steps:
             raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after sift.warmup_steps="
                              f"{self.warmup_steps}")
+        if self.anneal_start_step and not self.anneal_end_step:
+            raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} needs sift.anneal_end_step")
+        if self.anneal_start_step and not self.warmup_steps <= self.anneal_start_step < self.anneal_end_step:
+            raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} must lie in [sift.warmup_steps="
+                             f"{self.warmup_steps}, sift.anneal_end_step={self.anneal_end_step})")
         for key in ("random_fraction", "outlier_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
@@ -123,9 +131,10 @@ class SiftConfig:
 
     def keep_ratio_at(self, step: int) -> float:
         """The effective keep ratio of step ``step``: ``keep_ratio``, annealed to 1 when configured."""
-        if not self.anneal_end_step or step <= self.warmup_steps:
+        start = self.anneal_start_step or self.warmup_steps
+        if not self.anneal_end_step or step <= start:
             return float(self.keep_ratio)
-        done = min(1.0, (step - self.warmup_steps) / (self.anneal_end_step - self.warmup_steps))
+        done = min(1.0, (step - start) / (self.anneal_end_step - start))
         return float(self.keep_ratio) + done * (1.0 - float(self.keep_ratio))
 
     @property

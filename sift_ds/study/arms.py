@@ -6,8 +6,10 @@ Grammar of one spec (``--arms`` takes a comma-separated list of them):
     vanilla                          --sift_enabled false
     CRITERION:EXIT                   --sift_enabled true --sift_criterion CRITERION --sift_exit_layer EXIT
     SPEC@key=value[@key=value...]    ... --sift_key value (any SiftConfig field, e.g. keep_ratio)
+    SPEC@max_steps=N                 ... --max_steps N (the arm's own budget; its schedule decays at N)
 
-e.g. ``loss:1@random_fraction=0.25@keep_ratio=0.5``. Arbitrary arms come from a JSON file
+e.g. ``loss:1@random_fraction=0.25@keep_ratio=0.5``, ``vanilla@max_steps=900``. Vanilla arms at
+several budgets form the budget-matched frontier (``sift_ds.study.frontier``). Arbitrary arms come from a JSON file
 (``--arms_file``): an object mapping a label to the list of extra command-line words.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 BASELINE = "vanilla"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -23,6 +25,8 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.+\-]+$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 # Keys that the CRITERION:EXIT part already sets; repeating them after '@' would contradict it.
 _BASE_KEYS = ("enabled", "criterion", "exit_layer")
+# '@' keys that are options of the job rather than SiftConfig fields.
+JOB_KEYS = ("max_steps",)
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,22 @@ class Arm:
     label: str
     overrides: Tuple[str, ...]
     spec: str
+    vanilla: bool = False  # trains without selection (a point of the vanilla frontier)
 
     @property
     def is_baseline(self) -> bool:
         return self.label == BASELINE
+
+    @property
+    def max_steps(self) -> Optional[int]:
+        """The arm's own ``--max_steps`` (None: the study's)."""
+        words = list(self.overrides)
+        for i, word in enumerate(words):
+            if word == "--max_steps" and i + 1 < len(words):
+                return int(words[i + 1])
+            if word.startswith("--max_steps="):
+                return int(word.split("=", 1)[1])
+        return None
 
 
 def _safe(text: str) -> str:
@@ -50,6 +66,8 @@ def parse_arm(spec: str) -> Arm:
     if head == BASELINE:
         overrides: List[str] = ["--sift_enabled", "false"]
         label = BASELINE
+        if any(not e.startswith("max_steps=") for e in extras):
+            raise ValueError(f"arm {spec!r}: a vanilla arm takes only @max_steps=N")
     else:
         parts = head.split(":")
         if len(parts) != 2 or not _NAME.match(parts[0]) or not parts[1].isdigit() or int(parts[1]) < 1:
@@ -67,9 +85,14 @@ def parse_arm(spec: str) -> Arm:
         if key in _BASE_KEYS or key in seen:
             raise ValueError(f"arm {spec!r}: key {key!r} is set twice")
         seen.add(key)
-        overrides += [f"--sift_{key}", value]
+        if key in JOB_KEYS:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"arm {spec!r}: @{key} must be a positive integer, got {value!r}")
+            overrides += [f"--{key}", value]
+        else:
+            overrides += [f"--sift_{key}", value]
         label += f"_{key}-{_safe(value)}"
-    return Arm(label=label, overrides=tuple(overrides), spec=text)
+    return Arm(label=label, overrides=tuple(overrides), spec=text, vanilla=head == BASELINE)
 
 
 def parse_arms(text: str) -> List[Arm]:
@@ -90,8 +113,18 @@ def arms_from_mapping(mapping, source: str = "arms file") -> List[Arm]:
             raise ValueError(f"{source}: label {label!r} is not filesystem-safe (letters, digits, '.', '_', '-')")
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"{source}: arm {label!r}: expected a list of strings, got {json.dumps(words)}")
-        arms.append(Arm(label=label, overrides=tuple(words), spec=f"{label}: {' '.join(words)}"))
+        vanilla = _flag_value(words, "--sift_enabled") in ("false", "0", "no", "off")
+        arms.append(Arm(label=label, overrides=tuple(words), spec=f"{label}: {' '.join(words)}", vanilla=vanilla))
     return arms
+
+
+def _flag_value(words: Sequence[str], flag: str) -> Optional[str]:
+    for i, word in enumerate(words):
+        if word == flag and i + 1 < len(words):
+            return words[i + 1].lower()
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1].lower()
+    return None
 
 
 def load_arms_file(path: str) -> List[Arm]:

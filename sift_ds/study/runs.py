@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import socket
@@ -61,6 +62,9 @@ class Settings:
     num_gpus: int = 1
     parallel: int = 1
     deepspeed: str = ""
+    # Cores to pin the runs to (os.sched_setaffinity): each run at a time gets num_gpus of them, one
+    # per rank, so that runs timed side by side do not share a core. Empty: no pinning.
+    pin_cores: Tuple[int, ...] = ()
 
     def __post_init__(self):
         if not self.deepspeed:
@@ -127,12 +131,38 @@ def is_done(run: Run) -> bool:
 
 
 def environment(s: Settings) -> dict:
-    """Inherited, with DS_ACCELERATOR=cpu unless set, and the cores split between the runs' ranks."""
+    """Inherited, with DS_ACCELERATOR=cpu unless set, and the cores split between the runs' ranks
+    (one thread per rank when pinned)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("DS_ACCELERATOR", "cpu")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env["OMP_NUM_THREADS"] = str(max(1, cores // (s.parallel * s.num_gpus)))
+    env["OMP_NUM_THREADS"] = "1" if s.pin_cores else str(max(1, cores // (s.parallel * s.num_gpus)))
     return env
+
+
+def check_pinning(s: Settings) -> None:
+    """ValueError unless ``pin_cores`` gives every concurrent run's ranks a core of their own, among
+    the cores this process may use."""
+    if not s.pin_cores:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("--pin_cores: this OS has no sched_setaffinity")
+    allowed = os.sched_getaffinity(0)
+    bad = sorted(set(s.pin_cores) - allowed)
+    if bad:
+        raise ValueError(f"--pin_cores: core(s) {bad} are not available to this process (allowed: {sorted(allowed)})")
+    if len(set(s.pin_cores)) != len(s.pin_cores):
+        raise ValueError(f"--pin_cores: a core is listed twice: {list(s.pin_cores)}")
+    need = s.parallel * s.num_gpus
+    if len(s.pin_cores) < need:
+        raise ValueError(f"--pin_cores gives {len(s.pin_cores)} core(s); --parallel {s.parallel} x --num_gpus "
+                         f"{s.num_gpus} needs {need} (one per rank)")
+
+
+def core_groups(s: Settings) -> List[Tuple[int, ...]]:
+    """The pinned cores split into ``parallel`` groups of ``num_gpus``, one group per concurrent run."""
+    g = s.num_gpus
+    return [tuple(s.pin_cores[i * g:(i + 1) * g]) for i in range(s.parallel)]
 
 
 def check_flags(s: Settings, arms: Sequence[Arm]) -> None:
@@ -192,21 +222,25 @@ def _job_error(log: str, offset: int) -> str:
     return f": {lines[-1][:300]}" if lines else ""
 
 
-def launch(run: Run, runs: Sequence[Run], s: Settings, say: Callable[[str], None]) -> None:
-    """Start (or resume) one run and wait; writes DONE on success, raises RunFailed otherwise."""
+def launch(run: Run, runs: Sequence[Run], s: Settings, say: Callable[[str], None],
+           cores: Tuple[int, ...] = ()) -> None:
+    """Start (or resume) one run and wait; writes DONE on success, raises RunFailed otherwise.
+    ``cores``: the launcher and every rank it starts run on these cores only."""
     os.makedirs(run.directory, exist_ok=True)
     settings = record(run, runs, s)
     with open(run.path("command.json"), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=1)
     cmd = [s.deepspeed, "--num_gpus", str(s.num_gpus), "--master_port", str(_free_port()), s.script, *settings["args"]]
     log = run.path("log.txt")
-    say(f"{run.name}: {'resuming' if os.path.exists(log) else 'starting'} (log: {log})")
+    where = f", cores {','.join(map(str, cores))}" if cores else ""
+    say(f"{run.name}: {'resuming' if os.path.exists(log) else 'starting'}{where} (log: {log})")
     start = time.time()
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         f.flush()
         offset = f.tell()
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=environment(s)).returncode
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=environment(s), preexec_fn=pin).returncode
     if code != 0:
         raise RunFailed(f"run {run.name} failed (exit {code}){_job_error(log, offset)}; log: {log}")
     ok, why = reached_end(run)
@@ -226,8 +260,11 @@ def run_all(runs: Sequence[Run], s: Settings, say: Callable[[str], None] = print
     first = runs[0]
     say(f"{sum(map(is_done, runs))} of {len(runs)} runs already finished")
     alone = shares_tokenizer(s)  # else the passthrough names a tokenizer: no run goes first
+    free: "queue.Queue[Tuple[int, ...]]" = queue.Queue()
+    for group in core_groups(s) if s.pin_cores else [()] * max(1, s.parallel):
+        free.put(group)
     if alone and not is_done(first):
-        launch(first, runs, s, say)
+        launch(first, runs, s, say, core_groups(s)[0] if s.pin_cores else ())
     if alone and not os.path.isdir(first.path("tokenizer")):
         raise RunFailed(f"run {first.name} left no tokenizer at {first.path('tokenizer')}")
     failures: List[RunFailed] = []
@@ -236,11 +273,14 @@ def run_all(runs: Sequence[Run], s: Settings, say: Callable[[str], None] = print
     def one(run: Run) -> None:
         if failures:
             return
+        cores = free.get()
         try:
-            launch(run, runs, s, say)
+            launch(run, runs, s, say, cores)
         except RunFailed as err:
             with lock:
                 failures.append(err)
+        finally:
+            free.put(cores)
 
     with ThreadPoolExecutor(max_workers=max(1, s.parallel)) as pool:
         list(pool.map(one, [r for r in (runs[1:] if alone else runs) if not is_done(r)]))
