@@ -20,7 +20,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from sift_ds.study import analysis, report, runs
+from sift_ds.study import analysis, frontier, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
@@ -163,12 +163,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             runs.check_pinning(settings)
             runs.check_settings(plan, settings)
-            os.makedirs(out, exist_ok=True)
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"--out {args.out}: cannot create it ({err.strerror})") from None
+            if not os.access(out, os.W_OK):
+                raise ValueError(f"--out {args.out}: not writable")
             with open(state, "w", encoding="utf-8") as f:
                 json.dump({"command": command, "seeds": seeds,
                            "arms": [[a.label, list(a.overrides), a.spec, a.vanilla] for a in arms]}, f, indent=1)
             if not all(runs.is_done(r) for r in plan):
-                runs.check_flags(settings, arms)
+                runs.check_flags(settings, arms, plan)
             runs.run_all(plan, settings, say=say)
         except ValueError as err:
             fail(err)
@@ -183,13 +188,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError(f"no finished {analysis.BASELINE} run in {os.path.join(out, 'runs')}: "
                              f"nothing to compare against")
         study = analysis.analyze(curves, n_boot=args.bootstrap, seed=args.bootstrap_seed)
+        budget = frontier.analyze(curves, [a.label for a in arms if a.vanilla], args.bootstrap, args.bootstrap_seed)
     except ValueError as err:
         fail(err)
-    paths = report.write(out, study, curves, arms, done_seeds, command)
+    paths = report.write(out, study, curves, arms, done_seeds, command, budget)
     for a in study.arms:
         t = a.to_target[("acc", "samples")]
         say(f"{a.label}: samples to vanilla's final val_acc x{t.speedup:.3g} "
             f"[{t.interval[0]:.3g}..{t.interval[1]:.3g}], final val_acc {a.final['acc'].mean:.4f}")
+    for label, result in (budget.arms.items() if budget else ()):
+        for metric in analysis.METRICS:
+            s, t = result[(metric, "samples")], result[(metric, "time")]
+            say(f"{label}: budget-matched at equal final {analysis.METRICS[metric][0]}: samples x{s.where}{s.speedup:.3g} "
+                f"[{s.interval[0]:.3g}..{s.interval[1]:.3g}], wall-clock x{t.where}{t.speedup:.3g} "
+                f"[{t.interval[0]:.3g}..{t.interval[1]:.3g}]")
     say(f"wrote {', '.join(os.path.relpath(p) for p in paths[:2])} and {os.path.relpath(os.path.dirname(paths[2]))}/")
     return 0
 

@@ -192,3 +192,39 @@ def test_arm_lists_and_files(tmp_path):
         load_arms_file(str(path))
     with pytest.raises(ValueError, match="No such file"):
         load_arms_file(str(tmp_path / "missing.json"))
+
+
+def test_arm_budgets_and_vanilla_frontier_arms(tmp_path):
+    short = parse_arm("vanilla@max_steps=400")
+    assert (short.label, short.vanilla, short.max_steps) == ("vanilla_max_steps-400", True, 400)
+    assert short.overrides == ("--sift_enabled", "false", "--max_steps", "400") and not short.is_baseline
+    sift = parse_arm("entropy:1@anneal_start_step=450@anneal_end_step=600@max_steps=600")
+    assert not sift.vanilla and sift.max_steps == 600 and "--sift_anneal_start_step" in sift.overrides
+    assert parse_arm("vanilla").vanilla and parse_arm("vanilla").max_steps is None
+    path = tmp_path / "arms.json"
+    path.write_text(json.dumps({"vanilla": ["--sift_enabled", "false"], "v2": ["--sift_enabled=false", "--max_steps=9"],
+                                "s": ["--sift_enabled", "true"]}))
+    arms = load_arms_file(str(path))
+    assert [(a.vanilla, a.max_steps) for a in arms] == [(True, None), (True, 9), (False, None)]
+
+
+def test_a_moved_study_keeps_its_finished_runs(tmp_path):
+    """command.json records compare equal after the study directory and the ds_config move (the
+    ds_config known by content), and differ when a setting or the ds_config's content changes."""
+    from sift_ds.study import runs
+    arms = [parse_arm("vanilla")]
+    config = tmp_path / "a" / "ds.json"
+    config.parent.mkdir()
+    config.write_text('{"train_micro_batch_size_per_gpu": 2}')
+    old = runs.plan(arms, [0], str(tmp_path / "old_out"))
+    stamp = runs.record(old[0], old, runs.Settings("job.py", str(config), ["--max_steps", "5"], deepspeed="ds"))
+    moved = tmp_path / "b" / "ds.json"
+    moved.parent.mkdir()
+    moved.write_text(config.read_text())
+    new = runs.plan(arms, [0], str(tmp_path / "new_out"))
+    same = runs.Settings("job.py", str(moved), ["--max_steps", "5"], deepspeed="ds")
+    assert runs.portable(stamp) == runs.portable(runs.record(new[0], new, same))
+    assert runs.portable(stamp) != runs.portable(runs.record(new[0], new, runs.Settings(
+        "job.py", str(moved), ["--max_steps", "6"], deepspeed="ds")))
+    moved.write_text('{"train_micro_batch_size_per_gpu": 4}')
+    assert runs.portable(stamp) != runs.portable(runs.record(new[0], new, same))

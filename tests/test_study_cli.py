@@ -120,6 +120,13 @@ def load_compare():
     (["--arms", "vanilla,loss:1@bogus=1"], "arm 'loss-exit1_bogus-1': the pretraining job has no option --sift_bogus"),
     (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': --sift_criterion lost is not one of {loss,entropy}"),
     (["--arms", "vanilla", "--ds_config", "missing.json"], "--ds_config missing.json: no such file"),
+    (["--arms", "vanilla", "--out", "/proc/x"], "--out /proc/x: cannot create it"),
+    (["--arms", "vanilla", "--pin_cores", "0,0"], "--pin_cores: a core is listed twice"),
+    (["--arms", "vanilla", "--pin_cores", "0", "--parallel", "2"], "--pin_cores gives 1 core(s); --parallel 2"),
+    (["--arms", "vanilla", "--pin_cores", "4096"], "--pin_cores: core(s) [4096] are not available"),
+    (["--arms", "vanilla", "--pin_cores", "a"], "argument --pin_cores: expected a comma-separated list"),
+    (["--arms", "vanilla@sampling=rank"], "arm 'vanilla@sampling=rank': a vanilla arm takes only @max_steps=N"),
+    (["--arms", "vanilla,loss:1@max_steps=0"], "arm 'loss:1@max_steps=0': @max_steps must be a positive integer"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
@@ -127,3 +134,60 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, message):
         load_compare().main(["--ds_config", CONFIG, "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith(f"compare.py: error: {message}") and err.count("\n") == 1, err
+
+
+def test_budget_matched_mode_with_pinned_cores(tmp_path):
+    """Vanilla at two budgets (its own --max_steps each, schedule decayed at its own end) is the
+    frontier; the SIFT arm gets budget-matched speed-ups in samples and wall-clock; runs are pinned."""
+    out = tmp_path / "budget"
+    config = json.loads(open(CONFIG).read())
+    config["scheduler"]["params"]["warmup_num_steps"] = 4  # each schedule decays to 0 at its own end
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    proc = compare(["--ds_config", tmp_path / "ds.json", "--arms", "vanilla@max_steps=20,vanilla,loss:1", "--seeds", 1,
+                    "--parallel", 2, "--pin_cores", "0,1", "--bootstrap", 100, "--out", out, "--", *job(tmp_path)])
+    assert proc.returncode == 0, shown(proc)
+    assert "vanilla_max_steps-20/seed0: starting, cores 0" in proc.stdout and ", cores 1 (" in proc.stdout
+    short = out / "runs" / "vanilla_max_steps-20" / "seed0"
+    words = json.loads((short / "command.json").read_text())["args"]
+    assert words[words.index("--max_steps") + 1] == "20" and words.count("--max_steps") == 1
+    records = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
+    last = max(records, key=lambda r: r["step"])
+    assert last["step"] == 20 and last["max_steps"] == 20 and last["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert last["val_loss"] is not None  # evaluated at its own end
+
+    md = (out / "results.md").read_text()
+    assert "## Budget-matched speed-up (the vanilla frontier)" in md and "| vanilla_max_steps-20 | 320 |" in md
+    with open(out / "results.csv", newline="") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    sift = rows["loss-exit1"]
+    for metric in ("loss", "acc"):
+        for axis in ("samples", "time"):
+            key = f"budget_matched_{metric}_{axis}"
+            assert float(sift[key]) > 0 and sift[f"{key}_bound"] in ("", ">", "<")
+            assert float(sift[f"{key}_ci_lo"]) <= float(sift[f"{key}_ci_hi"])
+    assert rows["vanilla"]["budget_matched_loss_samples"] == ""  # the frontier is not compared with itself
+    assert "loss-exit1: budget-matched at equal final val_loss: samples x" in proc.stdout
+    for name in PLOTS:
+        assert (out / "plots" / name).stat().st_size > 5000
+
+
+def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_path):
+    """runs.launch with a stand-in launcher that records the cores it (and a child) may run on."""
+    from sift_ds.study import runs
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    fake = tmp_path / "fake_deepspeed.py"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, subprocess, sys\n"
+        "out = sys.argv[sys.argv.index('--output_dir') + 1]\n"
+        "child = subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'],"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "open(os.path.join(out, 'affinity.txt'), 'w').write(f'{sorted(os.sched_getaffinity(0))} {child}')\n"
+        "open(os.path.join(out, 'metrics.jsonl'), 'w').write(json.dumps({'step': 3, 'max_steps': 3}) + '\\n')\n")
+    fake.chmod(0o755)
+    settings = runs.Settings(str(tmp_path / "job.py"), str(tmp_path / "ds.json"), ["--max_steps", "3"], [], 1, 1,
+                             deepspeed=str(fake), pin_cores=(1,))
+    run = runs.Run("vanilla", 0, ("--sift_enabled", "false"), str(tmp_path / "r"))
+    runs.launch(run, [run], settings, say=lambda _: None, cores=(1,))
+    assert (tmp_path / "r" / "affinity.txt").read_text() == "[1] [1]" and (tmp_path / "r" / "DONE").exists()

@@ -8,10 +8,11 @@ import csv
 import math
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .analysis import AXES, METRICS, Curve, Spread, Study, band
 from .arms import Arm
+from .frontier import BOUND_ABOVE, BOUND_BELOW, BudgetStudy
 
 PLOTS = [("val_loss", "samples"), ("val_acc", "samples"), ("val_loss", "time"), ("val_acc", "time")]
 AXIS_LABEL = {"samples": "backprop samples", "time": "training wall time (s)"}
@@ -56,7 +57,47 @@ def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
     return lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
-def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], command: str) -> str:
+BUDGET_LEGEND = """\
+**Budget-matched speed-up.** Every run's learning rate decays to zero at its own last step. The
+vanilla arms at several budgets trace the *frontier*: their mean final value (over seeds) against
+their cost, made monotone (the best reached with at most that budget). An arm's speed-up is the
+frontier's cost at the arm's mean final value, interpolated linearly between neighbouring budgets,
+divided by the arm's own mean cost; in backprop samples and in training seconds (evaluation
+excluded). `>x`: the arm ends better than the largest vanilla budget, so the speed-up is at least x;
+`<x`: worse than the smallest, at most x (never extrapolated). *seeds*: each seed's final value read
+on the mean frontier. *95% CI*: percentile bootstrap redrawing the seeds of every vanilla budget and
+of the arm.
+"""
+
+
+def _bound(value: float, where: str) -> str:
+    return f"{where}{_num(value, 3)}" if where in (BOUND_ABOVE, BOUND_BELOW) else _num(value, 3)
+
+
+def budget_markdown(budget: BudgetStudy) -> List[str]:
+    out = ["", "## Budget-matched speed-up (the vanilla frontier)", ""]
+    front = budget.frontier
+    out += _table(["vanilla budget", "backprop samples", "training seconds", "final val_loss", "final val_acc"],
+                  [[label, _num(front.cost["samples"][i], 6), _num(front.cost["time"][i], 5),
+                    _num(front.value["loss"][i]), _num(front.value["acc"][i])]
+                   for i, label in enumerate(budget.frontier_labels)])
+    for metric in METRICS:
+        rows = []
+        for label, result in budget.arms.items():
+            row = [label]
+            for axis in AXES:
+                m = result[(metric, axis)]
+                row += [f"**{_bound(m.speedup, m.where)}** [{_num(m.interval[0], 3)}..{_num(m.interval[1], 3)}]",
+                        "..".join(_num(x, 3) for x in (min(m.seeds), max(m.seeds)))]
+            rows.append(row)
+        out += ["", f"### At equal final {METRICS[metric][0]}", ""]
+        out += _table(["arm", "samples speed-up [95% CI]", "seeds min..max", "wall-clock speed-up [95% CI]",
+                       "seeds min..max"], rows)
+    return out + ["", BUDGET_LEGEND]
+
+
+def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], command: str,
+             budget: Optional[BudgetStudy] = None) -> str:
     out = ["# SIFT vs vanilla: multi-seed comparison", "",
            f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  ",
            "Targets (vanilla's mean final): "
@@ -79,6 +120,8 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
         out += _table(["arm", "samples to target (mean curve)", "seeds min..max (reached)", "speed-up [95% CI]",
                        "seconds to target (mean curve)", "seeds min..max (reached)",
                        "wall-clock speed-up [95% CI]"], rows)
+    if budget is not None:
+        out += budget_markdown(budget)
     out += ["", "## Final evaluation", ""]
     out += _table(["arm", "val_loss mean ± std [min..max]", "val_acc mean ± std [min..max]", "selection share",
                    "probe Spearman", "probe top-half overlap"],
@@ -96,7 +139,7 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
     return "\n".join(out + ["", LEGEND, "## Plots", ""] + plots) + "\n"
 
 
-def csv_rows(study: Study, seeds: Dict[str, List[int]]) -> List[dict]:
+def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetStudy] = None) -> List[dict]:
     rows = []
     for a in study.arms:
         row = {"arm": a.label, "seeds": len(seeds.get(a.label, []))}
@@ -113,23 +156,49 @@ def csv_rows(study: Study, seeds: Dict[str, List[int]]) -> List[dict]:
             row.update({p: t.mean_curve, f"{p}_seed_min": t.seeds.lo, f"{p}_seed_max": t.seeds.hi,
                         f"{p}_seeds_reached": t.seeds.n, q: t.speedup,
                         f"{q}_ci_lo": t.interval[0], f"{q}_ci_hi": t.interval[1]})
+        matched = budget.arms.get(a.label, {}) if budget is not None else {}
+        for metric in METRICS:
+            for axis in AXES:
+                m = matched.get((metric, axis))
+                q = f"budget_matched_{metric}_{axis}"
+                row.update({q: m.speedup if m else None, f"{q}_bound": m.where if m else None,
+                            f"{q}_ci_lo": m.interval[0] if m else None, f"{q}_ci_hi": m.interval[1] if m else None})
         rows.append(row)
     return rows
 
 
-def plot(study: Study, curves: Dict[str, List[Curve]], key: str, axis: str, path: str) -> None:
+def y_range(series: Sequence[Sequence[float]], xs: Sequence[Sequence[float]], lower: bool) -> Tuple[float, float]:
+    """A y-range that shows where the arms differ: the values after the first quarter of the x-range
+    (the first evaluations, far from the rest, would squeeze it), padded by 8%."""
+    end = max(max(x) for x in xs)
+    kept = [y for ys, x in zip(series, xs) for y, xi in zip(ys, x) if xi >= 0.25 * end]
+    lo, hi = min(kept), max(kept)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.01 * abs(hi) + 1e-3
+    return lo - pad, hi + pad
+
+
+def plot(study: Study, curves: Dict[str, List[Curve]], key: str, axis: str, path: str,
+         budget: Optional[BudgetStudy] = None) -> None:
     # matplotlib stays off the import path of sift_ds.study (only the report's plots need it).
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs, ys = [], []
     for a in study.arms:
         x, mean, lo, hi = band(curves[a.label], key, axis)
         line, = ax.plot(x, mean, marker="o", markersize=3, label=f"{a.label} ({len(curves[a.label])} seeds)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        xs += [x, x, x]
+        ys += [mean, lo, hi]
     metric = "loss" if key == "val_loss" else "acc"
     ax.axhline(study.targets[metric], color="gray", linestyle="--", linewidth=1, label="target (vanilla mean final)")
+    if budget is not None:
+        fx, fy = budget.frontier.cost[axis], budget.frontier.value[metric]
+        ax.plot(fx, fy, color="black", linestyle=":", marker="s", markersize=6, linewidth=1.5,
+                label="vanilla frontier (final value per budget)")
+    ax.set_ylim(*y_range(ys, xs, METRICS[metric][1]))
     ax.set_xlabel(AXIS_LABEL[axis])
     ax.set_ylabel(key)
     ax.set_title(f"{key} vs {AXIS_LABEL[axis]}: seed mean, min..max shaded")
@@ -141,18 +210,18 @@ def plot(study: Study, curves: Dict[str, List[Curve]], key: str, axis: str, path
 
 
 def write(out: str, study: Study, curves: Dict[str, List[Curve]], arms: Sequence[Arm],
-          seeds: Dict[str, List[int]], command: str) -> List[str]:
+          seeds: Dict[str, List[int]], command: str, budget: Optional[BudgetStudy] = None) -> List[str]:
     """Write results.md, results.csv and the four plots; returns their paths."""
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     paths = [os.path.join(out, "results.md"), os.path.join(out, "results.csv")]
     with open(paths[0], "w", encoding="utf-8") as f:
-        f.write(markdown(study, arms, seeds, command))
-    rows = csv_rows(study, seeds)
+        f.write(markdown(study, arms, seeds, command, budget))
+    rows = csv_rows(study, seeds, budget)
     with open(paths[1], "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     for key, axis in PLOTS:
         paths.append(os.path.join(out, "plots", f"{key}_vs_{axis}.png"))
-        plot(study, curves, key, axis, paths[-1])
+        plot(study, curves, key, axis, paths[-1], budget)
     return paths

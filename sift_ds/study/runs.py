@@ -12,6 +12,7 @@ refused (``check_settings``) rather than mixed into the same directory or report
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -81,7 +82,8 @@ def plan(arms: Sequence[Arm], seeds: Sequence[int], out: str) -> List[Run]:
 def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:
     """The passthrough may not set what the study sets per run (seed, output, resume, arm flags)."""
     given = set(flags(passthrough))
-    clash = sorted(given & (set(RESERVED) | {f for a in arms for f in flags(a.overrides)}))
+    # --max_steps after '--' is the study's budget; an arm's own @max_steps replaces it for that arm.
+    clash = sorted(given & (set(RESERVED) | {f for a in arms for f in flags(a.overrides)} - {"--max_steps"}))
     if clash:
         raise ValueError(f"the words after '--' set {', '.join(clash)}, which compare.py sets per run")
 
@@ -91,6 +93,19 @@ def shares_tokenizer(s: Settings) -> bool:
     return "--tokenizer" not in flags(s.passthrough)
 
 
+def without_flag(words: Sequence[str], flag: str) -> List[str]:
+    """``words`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == flag:
+            skip = True
+        elif not word.startswith(flag + "="):
+            out.append(word)
+    return out
+
+
 def job_args(run: Run, s: Settings, tokenizer: Optional[str]) -> List[str]:
     args = ["--ds_config", s.ds_config, "--output_dir", run.directory, "--seed", str(run.seed), "--resume", "auto",
             *run.overrides]
@@ -98,7 +113,10 @@ def job_args(run: Run, s: Settings, tokenizer: Optional[str]) -> List[str]:
         args += ["--data", path]
     if tokenizer:
         args += ["--tokenizer", tokenizer]
-    return args + list(s.passthrough)
+    passthrough = list(s.passthrough)
+    if "--max_steps" in flags(run.overrides):  # the arm's own budget
+        passthrough = without_flag(passthrough, "--max_steps")
+    return args + passthrough
 
 
 def read_metrics(path: str) -> List[dict]:
@@ -165,10 +183,13 @@ def core_groups(s: Settings) -> List[Tuple[int, ...]]:
     return [tuple(s.pin_cores[i * g:(i + 1) * g]) for i in range(s.parallel)]
 
 
-def check_flags(s: Settings, arms: Sequence[Arm]) -> None:
+def check_flags(s: Settings, arms: Sequence[Arm], runs: Sequence[Run] = ()) -> None:
     """Before hours of runs: every flag of every arm exists in the job's --help, and a value with
-    listed choices is one of them (so a typo in the last arm fails now, not after the first arms).
-    ValueError for a bad arm, RunFailed when the job cannot even show its help."""
+    listed choices is one of them (so a typo in the last arm fails now, not after the first arms);
+    then, when the job has ``--check_only``, each arm's full plan (its first unfinished run's
+    arguments: ds_config, model, SIFT settings against the model's depth, ...) is validated by the
+    job itself, in seconds and without training. ValueError for a bad arm, RunFailed when the job
+    cannot even show its help."""
     proc = subprocess.run([sys.executable, s.script, "--help"], capture_output=True, text=True,
                           env=environment(s), timeout=600)
     if proc.returncode != 0:
@@ -187,6 +208,20 @@ def check_flags(s: Settings, arms: Sequence[Arm]) -> None:
             value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else None)
             if choices and value is not None and value not in choices.group(1).split(","):
                 raise ValueError(f"arm {arm.label!r}: {flag} {value} is not one of {{{choices.group(1)}}}")
+    if "--check_only" in options:
+        for arm in arms:
+            pending = [r for r in runs if r.label == arm.label and not is_done(r)]
+            if pending:
+                check_plan(pending[0], s)
+
+
+def check_plan(run: Run, s: Settings) -> None:
+    """ValueError with the job's own one-line error when ``--check_only`` refuses the run's arguments."""
+    proc = subprocess.run([sys.executable, s.script, *job_args(run, s, None), "--check_only"], capture_output=True,
+                          text=True, env=environment(s), timeout=600)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and "[WARNING]" not in ln]
+        raise ValueError(f"arm {run.label!r}: {lines[-1] if lines else f'the job refused it (exit {proc.returncode})'}")
 
 
 def _free_port() -> int:
@@ -200,16 +235,34 @@ def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
     first loads the first run's tokenizer, unless the passthrough names one)."""
     first = runs[0]
     tokenizer = first.path("tokenizer") if run != first and shares_tokenizer(s) else None
-    return {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer)}
+    with open(s.ds_config, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": digest}
+
+
+def portable(stamp: dict) -> dict:
+    """A ``command.json`` record that survives moving the study: the study directory (where it was
+    when the record was written) becomes ``<out>`` and the ds_config is known by its content (its
+    sha256), not its path."""
+    words = list(stamp.get("args", []))
+    run_dir = words[words.index("--output_dir") + 1] if "--output_dir" in words[:-1] else ""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(run_dir))) or "\0"  # OUT of OUT/runs/<label>/seed<S>
+    for i, word in enumerate(words):
+        if i and words[i - 1] == "--ds_config":
+            words[i] = "<ds_config>" if stamp.get("ds_config_sha256") else word
+        elif word == root or word.startswith(root + os.sep):
+            words[i] = "<out>" + word[len(root):]
+    return dict(stamp, args=words)
 
 
 def check_settings(runs: Sequence[Run], s: Settings) -> None:
-    """ValueError when a run directory (finished or not) holds a run started with other settings."""
+    """ValueError when a run directory (finished or not) holds a run started with other settings
+    (the study directory may have moved since: finished runs committed elsewhere are still found)."""
     for run in runs:
         stamp = run.path("command.json")
         if os.path.exists(stamp):
             with open(stamp, encoding="utf-8") as f:
-                if json.load(f) != record(run, runs, s):
+                if portable(json.load(f)) != portable(record(run, runs, s)):
                     raise ValueError(f"run {run.name} was started with other settings (see {stamp}); "
                                      f"use another --out, or delete {run.directory}")
 
