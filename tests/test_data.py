@@ -210,6 +210,27 @@ def test_loader_resumes_mid_epoch_with_identical_batches(mlm, tok):
     assert first[0]["input_ids"].shape == (4, SEQ)
 
 
+def test_prefetching_loader_yields_exactly_the_on_demand_batches(mlm, tok):
+    """The prefetch thread makes the same batches, across an epoch boundary and a mid-run
+    load_state_dict (what was prefetched for the old position is dropped), and state_dict counts
+    consumed batches only."""
+    def loader(prefetch):
+        return GrossBatchLoader(mlm.train, MaskingCollator(tok), 4, 1, 2, seed=3, prefetch=prefetch)
+    plain, ahead = loader(False), loader(True)
+    per_epoch = plain.batches_per_epoch
+    for _ in range(per_epoch + 2):
+        want, got = plain.next_batch(), ahead.next_batch()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert ahead.state_dict() == plain.state_dict()
+    assert ahead.epoch == 1 and len(ahead._ahead) == 1  # the next batch is on its way
+    back = {**plain.state_dict(), "position": 1, "epoch": 0}
+    plain.load_state_dict(back)
+    ahead.load_state_dict(back)
+    for _ in range(3):
+        want, got = plain.next_batch(), ahead.next_batch()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_loader_rejects_a_different_dataset(mlm, nsp, tok):
     state = _loaders(mlm.train, tok, 1)[0].state_dict()
     with pytest.raises(ValueError, match="same corpus, tokenizer, --seq_len and --objective"):

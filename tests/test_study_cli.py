@@ -152,8 +152,12 @@ def test_budget_matched_mode_with_pinned_cores(tmp_path):
     assert words[words.index("--max_steps") + 1] == "20" and words.count("--max_steps") == 1
     records = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
     last = max(records, key=lambda r: r["step"])
-    assert last["step"] == 20 and last["max_steps"] == 20 and last["lr"] == pytest.approx(0.0, abs=1e-9)
+    # Its schedule is its own: linear decay from step 4 that reaches 0 right after its step 20 (lr of the
+    # last step = 1/16 of the peak), where the 30-step run is still at 11/26 of it.
+    assert last["step"] == 20 and last["max_steps"] == 20 and last["lr"] == pytest.approx(3e-3 / 16)
     assert last["val_loss"] is not None  # evaluated at its own end
+    full = [json.loads(line) for line in (out / "runs" / "vanilla" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert next(r["lr"] for r in full if r["step"] == 20) == pytest.approx(3e-3 * 11 / 26)
 
     md = (out / "results.md").read_text()
     assert "## Budget-matched speed-up (the vanilla frontier)" in md and "| vanilla_max_steps-20 | 320 |" in md
@@ -167,6 +171,11 @@ def test_budget_matched_mode_with_pinned_cores(tmp_path):
             assert float(sift[f"{key}_ci_lo"]) <= float(sift[f"{key}_ci_hi"])
     assert rows["vanilla"]["budget_matched_loss_samples"] == ""  # the frontier is not compared with itself
     assert "loss-exit1: budget-matched at equal final val_loss: samples x" in proc.stdout
+    # What SIFT adds outside the step is counted: selection plus the data of the dropped rows.
+    records = [json.loads(line) for line in (out / "runs" / "loss-exit1" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    selecting = [r for r in records if r.get("sift/warmup") == 0.0 and r.get("sift/overhead_share") is not None]
+    assert selecting and all(0 < r["sift/overhead_share"] < 1 and 0 <= r["data/wait_share"] < 1 for r in selecting)
+    assert 0 < float(sift["overhead_share_mean"]) < 1
     for name in PLOTS:
         assert (out / "plots" / name).stat().st_size > 5000
 

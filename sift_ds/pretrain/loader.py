@@ -9,7 +9,8 @@ run drew, with no generator state to save.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterator, List, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ class GrossBatchLoader:
     """
 
     def __init__(self, dataset, collator: MaskingCollator, batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0):
+                 world_size: int = 1, seed: int = 0, prefetch: bool = True):
         self.dataset, self.collator = dataset, collator
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.global_batch = batch_size * world_size
@@ -82,6 +83,11 @@ class GrossBatchLoader:
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, None
         self._rows = dataset.with_format("numpy")
+        # Prefetch: one worker thread reads and masks the next gross batch while the step runs. A
+        # batch is a pure function of (seed, epoch, position), so what is prefetched is exactly what
+        # would be made on demand; state_dict() counts consumed batches only.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sift-prefetch") if prefetch else None
+        self._ahead: Dict[Tuple[int, int, int], Future] = {}
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
@@ -94,13 +100,27 @@ class GrossBatchLoader:
         start = position * self.global_batch + self.rank * self.batch_size
         return self.order(epoch)[start : start + self.batch_size]
 
+    def batch_at(self, epoch: int, position: int) -> Dict[str, torch.Tensor]:
+        """This rank's masked gross batch ``position`` of ``epoch`` (a pure function of them and the seed)."""
+        rows = self._rows[self.indices(epoch, position).tolist()]
+        return self.collator(rows, self.seed, epoch, position, self.rank)
+
+    def _following(self, epoch: int, position: int) -> Tuple[int, int]:
+        return (epoch + 1, 0) if position + 1 >= self.batches_per_epoch else (epoch, position + 1)
+
     def next_batch(self) -> Dict[str, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         epoch, position = self.epoch, self.position
-        rows = self._rows[self.indices(epoch, position).tolist()]
-        batch = self.collator(rows, self.seed, epoch, position, self.rank)
+        ahead = self._ahead.pop((self.seed, epoch, position), None)
+        if ahead is None and self._pool is not None:  # the collator only ever runs in the worker
+            ahead = self._pool.submit(self.batch_at, epoch, position)
+        batch = ahead.result() if ahead is not None else self.batch_at(epoch, position)
         self.position += 1
+        if self._pool is not None:
+            self._ahead.clear()
+            nxt = self._following(epoch, position)
+            self._ahead[(self.seed, *nxt)] = self._pool.submit(self.batch_at, *nxt)
         return batch
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
@@ -132,6 +152,7 @@ class GrossBatchLoader:
                            state.get("global_batch"), self.global_batch, epoch, position)
         self.seed = int(state.get("seed", self.seed))
         self.epoch, self.position = epoch, position
+        self._ahead.clear()  # prefetched for another position
 
 
 def fixed_eval_batches(dataset, collator: MaskingCollator, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -86,7 +86,10 @@ class Trainer:
             while self.step < opts.max_steps and self.stop_reason is None:
                 selecting = engine.selecting
                 for _ in range(gas):
-                    window.add_loss(engine.train_step(next(batches)))
+                    fetched = time.perf_counter()
+                    batch = next(batches)
+                    window.data_s += time.perf_counter() - fetched
+                    window.add_loss(engine.train_step(batch))
                 window.steps += 1
                 window.flops += self.flops.step_flops(tokens_per_step, gross_tokens_per_step, selecting)
                 step = self.step
@@ -159,6 +162,7 @@ class Trainer:
             self.last_eval = evaluate(engine, self.eval_batches)
             record.update(self.last_eval)
         record.update(engine.stats)
+        record.update(overhead(window, seconds, record.get("sift/selection_share"), engine))
         if do_probe:  # the early-exit fidelity probe on the first (fixed) validation batch
             record.update(engine.probe(self.eval_batches[0]))
         self.metrics.log(record)
@@ -170,6 +174,21 @@ class Trainer:
                               run=self.run_info)
         self.metrics.info(f"saved checkpoint {self.opts.save_dir}/{tag}")
         return tag
+
+
+def overhead(window: "_Window", seconds: float, selection_share: Optional[float], engine) -> Dict[str, float]:
+    """What the loop spent outside the training step, as shares of the window's wall time:
+    ``data/wait_share`` (waiting for gross batches) and ``sift/overhead_share``, all that SIFT adds
+    to a vanilla step: the selection (its measured share of the step) plus the part of the data wait
+    spent on the rows it drops (1 - micro / gross of the rows read)."""
+    if seconds <= 0:
+        return {}
+    out = {"data/wait_share": window.data_s / seconds}
+    if engine.sift_config.enabled:
+        dropped = 1.0 - engine.micro_batch_size / engine.gross_batch_size
+        stepping = seconds - window.data_s
+        out["sift/overhead_share"] = ((selection_share or 0.0) * stepping + dropped * window.data_s) / seconds
+    return out
 
 
 def _current_lr(engine) -> Optional[float]:
@@ -190,6 +209,7 @@ class _Window:
         self.steps = 0
         self.flops = 0.0
         self.paused = 0.0
+        self.data_s = 0.0  # waiting for the loader's gross batches (read, masked; prefetched while stepping)
 
     def add_loss(self, loss: torch.Tensor) -> None:
         self.loss += loss.detach().to(torch.float64)

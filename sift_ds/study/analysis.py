@@ -42,6 +42,7 @@ class Curve:
     val_acc: np.ndarray
     selection_share: float  # mean over the records outside SIFT's warm-up; 0 if none (never selected, e.g. vanilla)
     probe: Dict[str, float]  # fidelity probe (probe/spearman, probe/top_half_overlap): mean after warm-up; NaN if none
+    overhead_share: float = math.nan  # sift/overhead_share (selection + data of dropped rows), mean after warm-up
 
 
 def curve(records: Sequence[dict]) -> Curve:
@@ -55,8 +56,10 @@ def curve(records: Sequence[dict]) -> Curve:
     for key in PROBE_KEYS:
         values = [float(r[key]) for r in rows if not r.get("sift/warmup") and r.get(key) is not None]
         probe[key] = float(np.nanmean(values)) if values and not np.all(np.isnan(values)) else math.nan
+    overhead = [float(r["sift/overhead_share"]) for r in rows
+                if not r.get("sift/warmup") and r.get("sift/overhead_share") is not None]
     return Curve(col("samples"), col("elapsed_s"), col("val_loss"), col("val_acc"),
-                 float(np.mean(shares)) if shares else 0.0, probe)
+                 float(np.mean(shares)) if shares else 0.0, probe, float(np.mean(overhead)) if overhead else math.nan)
 
 
 def crossing(y, target: float, lower: bool = True) -> Optional[Tuple[int, float]]:
@@ -173,6 +176,7 @@ class ArmResult:
     selection_share: Spread
     probe: Dict[str, Spread]                        # fidelity probe key -> over seeds
     to_target: Dict[Tuple[str, str], ToTarget]      # (metric, axis) -> ...
+    overhead_share: Spread = Spread(math.nan, math.nan, math.nan, math.nan, 0, 0)  # sift/overhead_share over seeds
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,8 @@ def analyze(curves: Dict[str, List[Curve]], n_boot: int = 2000, seed: int = 0) -
             for j, axis in enumerate(AXES):
                 to[(m, axis)] = ToTarget(mean[j], spread(p[j] for p in per_seed), ratio(vmean[j], mean[j]), ci[axis])
         probe = {k: spread(c.probe.get(k, math.nan) for c in curves[label]) for k in PROBE_KEYS}
-        arms.append(ArmResult(label, final, at, spread(c.selection_share for c in curves[label]), probe, to))
+        arms.append(ArmResult(label, final, at, spread(c.selection_share for c in curves[label]), probe, to,
+                              spread(c.overhead_share for c in curves[label] if not math.isnan(c.overhead_share))))
     return Study(targets, points, arms, yardstick(base, targets))
 
 

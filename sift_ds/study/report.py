@@ -28,7 +28,9 @@ seed-mean validation curve first reaches the target, interpolated linearly betwe
 each resample drawing every arm's seeds with replacement and taking the target from the resampled
 vanilla seeds. *mean ± std [min..max]*: over seeds (std with ddof 1). *selection share*: fraction of
 the step time spent scoring and selecting, averaged over the records after SIFT's warm-up (0 for
-a run that never selects, such as vanilla). *probe*: the early-exit fidelity probe (Spearman
+a run that never selects, such as vanilla). *SIFT overhead share*: all that SIFT adds to a vanilla
+step, as a fraction of the loop's wall time: the selection plus the reading and masking of the rows
+it drops (`sift/overhead_share`). *probe*: the early-exit fidelity probe (Spearman
 correlation of the exit-k scores with the full model's per-sequence loss on a fixed validation
 batch, and the overlap of their top halves; 0.5 = chance), averaged over the evaluations after
 SIFT's warm-up.
@@ -124,8 +126,9 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
         out += budget_markdown(budget)
     out += ["", "## Final evaluation", ""]
     out += _table(["arm", "val_loss mean ± std [min..max]", "val_acc mean ± std [min..max]", "selection share",
-                   "probe Spearman", "probe top-half overlap"],
+                   "SIFT overhead share", "probe Spearman", "probe top-half overlap"],
                   [[a.label, _spread(a.final["loss"]), _spread(a.final["acc"]), _spread(a.selection_share, 3),
+                    _spread(a.overhead_share, 3),
                     _spread(a.probe["probe/spearman"], 3), _spread(a.probe["probe/top_half_overlap"], 3)]
                    for a in study.arms])
     for metric in METRICS:
@@ -148,6 +151,7 @@ def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetS
             row.update({f"final_{key}_mean": s.mean, f"final_{key}_std": s.std,
                         f"final_{key}_min": s.lo, f"final_{key}_max": s.hi})
         row.update({"selection_share_mean": a.selection_share.mean, "selection_share_std": a.selection_share.std,
+                    "overhead_share_mean": a.overhead_share.mean,
                     "probe_spearman_mean": a.probe["probe/spearman"].mean,
                     "probe_top_half_overlap_mean": a.probe["probe/top_half_overlap"].mean})
         for (metric, axis), t in a.to_target.items():
@@ -157,7 +161,7 @@ def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetS
                         f"{p}_seeds_reached": t.seeds.n, q: t.speedup,
                         f"{q}_ci_lo": t.interval[0], f"{q}_ci_hi": t.interval[1]})
         matched = budget.arms.get(a.label, {}) if budget is not None else {}
-        for metric in METRICS:
+        for metric in METRICS if budget is not None else ():
             for axis in AXES:
                 m = matched.get((metric, axis))
                 q = f"budget_matched_{metric}_{axis}"
