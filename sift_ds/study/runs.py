@@ -217,8 +217,8 @@ def check_flags(s: Settings, arms: Sequence[Arm], runs: Sequence[Run] = ()) -> N
 
 def check_plan(run: Run, s: Settings) -> None:
     """ValueError with the job's own one-line error when ``--check_only`` refuses the run's arguments."""
-    proc = subprocess.run([sys.executable, s.script, *job_args(run, s, None), "--check_only", "true"], capture_output=True,
-                          text=True, env=environment(s), timeout=600)
+    cmd = [sys.executable, s.script, *job_args(run, s, None), "--check_only", "true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=environment(s), timeout=600)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and "[WARNING]" not in ln]
         raise ValueError(f"arm {run.label!r}: {lines[-1] if lines else f'the job refused it (exit {proc.returncode})'}")
