@@ -195,6 +195,7 @@ def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_pa
         "open(os.path.join(out, 'affinity.txt'), 'w').write(f'{sorted(os.sched_getaffinity(0))} {child}')\n"
         "open(os.path.join(out, 'metrics.jsonl'), 'w').write(json.dumps({'step': 3, 'max_steps': 3}) + '\\n')\n")
     fake.chmod(0o755)
+    (tmp_path / "ds.json").write_text("{}")
     settings = runs.Settings(str(tmp_path / "job.py"), str(tmp_path / "ds.json"), ["--max_steps", "3"], [], 1, 1,
                              deepspeed=str(fake), pin_cores=(1,))
     run = runs.Run("vanilla", 0, ("--sift_enabled", "false"), str(tmp_path / "r"))
