@@ -147,6 +147,7 @@ def install_wheels(dry, env, out, budget, log):
     if dry:
         return dict(rec, status="skipped (dry run: nothing is installed)"), False
     log(f"[wheels] installing {len(wheels)} wheels into {SITE}")
+    env = {k: v for k, v in env.items() if k != "PIP_CONSTRAINT"}  # the Makefile's pin is for the CPU venv
     rc, seconds = run_bounded(cmd, budget, os.path.join(out, "wheels.log"), env)
     return dict(rec, status=phase_status(rc, seconds, budget), seconds=round(seconds, 1)), rc == 0
 
