@@ -316,7 +316,7 @@ def table(report):
     sc = report.get("scorer", {})
     if sc.get("rows"):
         peak = sc.get("peak_tflops")
-        lines.append(f"-- scorer: do_bench medians; peak = bf16 8192^3 matmul here, {peak} TFLOP/s; "
+        lines.append(f"-- scorer: do_bench medians; peak = {sc.get('peak_of')} here, {peak} TFLOP/s; "
                      f"sheet = datasheet {sc.get('datasheet_tflops')}")
         lines.append(f"  {'shape':<11} {'impl':<13} {'crit':<7} {'ms':>8} {'TFLOP/s':>8} {'%peak':>6} {'%sheet':>6} "
                      f"{'+MiB':>7}  check  config")
@@ -421,6 +421,7 @@ def phase_scorer(args):
     n = 8192 if cuda else 256
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     d["peak_tflops"] = float(f"{2 * n**3 / bench(lambda: a @ b) / 1e9:.4g}")
+    d["peak_of"] = f"{str(dtype).replace('torch.', '')} {n}^3 matmul"
     del a, b
     phase.save()
 
