@@ -20,7 +20,12 @@ TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 # DeepSpeed on the CPU (gloo) unless a GPU is visible; override with DS_ACCELERATOR=...
 DS_ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
-.PHONY: setup train test bench clean
+# The GPU check (benchmarks/gpu_check.py, docs/benchmarks.md): builds no venv, so that a GPU machine runs it
+# under its own python3 with the wheels of .whl/ (installed by the script into /tmp/site). DRY=1: the CPU dry run.
+GPU_PYTHON  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_OUT     ?= runs/gpu_check
+
+.PHONY: setup train test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +50,9 @@ test: setup
 
 bench: setup
 	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest benchmarks --benchmark-only
+
+gpu-check:
+	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(if $(DRY),--dry) --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks

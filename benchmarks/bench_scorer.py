@@ -33,7 +33,7 @@ import os
 import pytest
 import torch
 
-from sift_ds.kernels.reference import packed_sequence_scores_torch
+from sift_ds.kernels.reference import packed_sequence_scores_torch, reduce_to_sequences
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -67,15 +67,21 @@ def datasheet_peak(name: str):
 @functools.lru_cache(maxsize=None)
 def make_inputs(shape: str):
     """Hidden states, labels and their compaction (rows, targets, sequence ids), head W and b."""
-    b, s, frac, h, v = SHAPES[shape]
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(b, s, h, generator=g).to(DTYPE)
+    return build_inputs(*SHAPES[shape], device=DEVICE, dtype=DTYPE)
+
+
+def build_inputs(b, s, frac, h, v, *, device, dtype, seed=0):
+    """Random inputs of ``b`` sequences of ``s`` tokens, a share ``frac`` of them labelled, hidden size
+    ``h``, vocabulary ``v``: hidden [b, s, h], labels [b, s], their compaction (rows [N, h], targets
+    [N], seq [N]), W [v, h] scaled to logits of std ~1, and a bias."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, s, h, generator=g).to(dtype)
     labels = torch.randint(0, v, (b, s), generator=g)
     labels[torch.rand(b, s, generator=g) >= frac] = -100
     flat = (labels.reshape(-1) != -100).nonzero().squeeze(1)
-    w = (torch.randn(v, h, generator=g) / h**0.5).to(DTYPE)
-    bias = (0.1 * torch.randn(v, generator=g)).to(DTYPE)
-    hidden, labels, flat, w, bias = (t.to(DEVICE) for t in (hidden, labels, flat, w, bias))
+    w = (torch.randn(v, h, generator=g) / h**0.5).to(dtype)
+    bias = (0.1 * torch.randn(v, generator=g)).to(dtype)
+    hidden, labels, flat, w, bias = (t.to(device) for t in (hidden, labels, flat, w, bias))
     rows = hidden.reshape(-1, h).index_select(0, flat)
     return {
         "hidden": hidden, "labels": labels, "rows": rows, "targets": labels.reshape(-1)[flat],
@@ -107,13 +113,15 @@ def matmul_tflops(shape: str) -> float:
     return 2 * rows.shape[0] * rows.shape[1] * w.shape[0] / times[len(times) // 2] / 1e12
 
 
-def bf16_eager_scores(rows, w, b, targets, seq, num_seqs):
-    """The baseline a PyTorch user writes: bf16 matmul, fp32 log-softmax CE, per-sequence mean."""
-    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16), b.to(torch.bfloat16))
-    ce = -torch.log_softmax(z.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-    total = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, ce)
-    count = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, torch.ones_like(ce))
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("-inf")))
+def bf16_eager_scores(rows, w, b, targets, seq, num_seqs, criterion="loss"):
+    """The baseline a PyTorch user writes: bf16 matmul, fp32 log-softmax CE (or entropy), per-sequence mean."""
+    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16), None if b is None else b.to(torch.bfloat16))
+    logp = torch.log_softmax(z.float(), dim=-1)
+    if criterion == "entropy":
+        tok = -(logp.exp() * logp).sum(-1)
+    else:
+        tok = -logp.gather(1, targets[:, None]).squeeze(1)
+    return reduce_to_sequences(tok, seq, num_seqs)
 
 
 def liger_scores(rows, w, b, targets, seq, num_seqs):
@@ -122,17 +130,28 @@ def liger_scores(rows, w, b, targets, seq, num_seqs):
     loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
     ce = loss(w, rows, targets, b)
     ce = (ce[0] if isinstance(ce, tuple) else ce).float()
-    total = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, ce)
-    count = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, torch.ones_like(ce))
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("-inf")))
+    return reduce_to_sequences(ce, seq, num_seqs)
 
 
-def float64_scores(x):
-    """Independent float64 math: log-softmax CE per row, mean per sequence (checks the reference)."""
+def cce_scores(rows, w, targets, seq, num_seqs):
+    """Cut Cross-Entropy (``cut-cross-entropy`` package) per token, then the per-sequence mean. CCE
+    takes no bias: compare it with a reference without one."""
+    from cut_cross_entropy import linear_cross_entropy
+
+    ce = linear_cross_entropy(rows, w, targets, reduction="none").float()
+    return reduce_to_sequences(ce, seq, num_seqs)
+
+
+def float64_scores(x, criterion="loss", bias=True):
+    """Independent float64 math: log-softmax CE (or entropy) per row, mean per sequence (checks the reference)."""
     parts = []
     for lo in range(0, x["rows"].shape[0], 1024):  # 1024 rows of float64 logits at a time
-        z = x["rows"][lo : lo + 1024].double() @ x["w"].double().T + x["b"].double()
-        parts.append(-torch.log_softmax(z, -1).gather(1, x["targets"][lo : lo + 1024, None]).squeeze(1))
+        z = x["rows"][lo : lo + 1024].double() @ x["w"].double().T
+        logp = torch.log_softmax(z + x["b"].double() if bias else z, -1)
+        if criterion == "entropy":
+            parts.append(-(logp.exp() * logp).sum(-1))
+        else:
+            parts.append(-logp.gather(1, x["targets"][lo : lo + 1024, None]).squeeze(1))
     ce = torch.cat(parts)
     total = torch.zeros(x["num_seqs"], dtype=torch.float64, device=ce.device).index_add_(0, x["seq"], ce)
     count = torch.zeros_like(total).index_add_(0, x["seq"], torch.ones_like(ce))

@@ -3,10 +3,9 @@
     engine, optimizer, dataloader, lr_scheduler = sift_ds.initialize(model=model, config=ds_config)
     loss = engine.train_step(gross_batch)
 
-The library: ``config`` (SiftConfig), ``initialize``, ``engine`` (SiftEngine), ``adapters`` (the
-early-exit protocol), ``scorer``, ``selector``, ``row_exchange``, ``probe``, ``telemetry``,
-``zero``, ``batching``, ``seeding``, and ``sift_ds.kernels`` (the Triton / torch scorer). The BERT
-pretraining application is ``sift_ds.pretrain``; the study tooling ``sift_ds.study``.
+The library is this package and ``sift_ds.kernels`` (the Triton / torch scorer); the BERT
+pretraining application is ``sift_ds.pretrain``, the study tooling ``sift_ds.study``, the Megatron
+drop-in ``sift_ds.megatron``. docs/design.md has the table of every module.
 """
 from ._kernels_path import register_checkout_kernels
 

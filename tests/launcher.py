@@ -4,6 +4,7 @@ Self-contained on purpose: under ``pytest tests benchmarks`` the module name ``c
 resolve to benchmarks/conftest.py, so test modules import from here, never from ``conftest``.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from process_guard import MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+if not os.path.exists(DEEPSPEED):  # DeepSpeed installed apart from this Python (pip --target): its launcher on PATH
+    DEEPSPEED = shutil.which("deepspeed") or DEEPSPEED
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (DeepSpeed refuses fp16 on CPU)")

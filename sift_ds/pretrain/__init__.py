@@ -10,6 +10,5 @@
          manifest, rng)
       -> Job.run: trainer (evaluation, metrics, checkpoints) -> export
 
-Modules: options, plan, ds_policy, ds_check, runtime, job, trainer, evaluation, metrics, checkpoint,
-manifest, resume, rng, corpus, tokenizer, data, loader, models, fused, optimizer.
+docs/design.md has the table of every module.
 """
