@@ -20,7 +20,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from sift_ds.study import analysis, frontier, report, runs
+from sift_ds.study import analysis, frontier, preflight, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
@@ -146,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             saved = json.load(f)
     try:
         arms = study_arms(args, saved)
-        runs.check_passthrough(arms, passthrough)
+        preflight.check_passthrough(arms, passthrough)
     except ValueError as err:
         fail(err)
     seeds = saved["seeds"] if saved and not any(a.startswith("--seeds") for a in own) else args.seeds
@@ -161,8 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = runs.Settings(SCRIPT, os.path.abspath(args.ds_config), passthrough, args.data or [],
                                  args.num_gpus, args.parallel, pin_cores=args.pin_cores)
         try:
-            runs.check_pinning(settings)
-            runs.check_settings(plan, settings)
+            preflight.check_pinning(settings)
+            preflight.check_settings(plan, settings)
             try:
                 os.makedirs(out, exist_ok=True)
             except OSError as err:
@@ -173,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 json.dump({"command": command, "seeds": seeds,
                            "arms": [[a.label, list(a.overrides), a.spec, a.vanilla] for a in arms]}, f, indent=1)
             if not all(runs.is_done(r) for r in plan):
-                runs.check_flags(settings, arms, plan)
+                preflight.check_flags(settings, arms, plan)
             runs.run_all(plan, settings, say=say)
         except ValueError as err:
             fail(err)

@@ -211,7 +211,7 @@ def test_arm_budgets_and_vanilla_frontier_arms(tmp_path):
 def test_a_moved_study_keeps_its_finished_runs(tmp_path):
     """command.json records compare equal after the study directory and the ds_config move (the
     ds_config known by content), and differ when a setting or the ds_config's content changes."""
-    from sift_ds.study import runs
+    from sift_ds.study import preflight, runs
     arms = [parse_arm("vanilla")]
     config = tmp_path / "a" / "ds.json"
     config.parent.mkdir()
@@ -223,8 +223,8 @@ def test_a_moved_study_keeps_its_finished_runs(tmp_path):
     moved.write_text(config.read_text())
     new = runs.plan(arms, [0], str(tmp_path / "new_out"))
     same = runs.Settings("job.py", str(moved), ["--max_steps", "5"], deepspeed="ds")
-    assert runs.portable(stamp) == runs.portable(runs.record(new[0], new, same))
-    assert runs.portable(stamp) != runs.portable(runs.record(new[0], new, runs.Settings(
+    assert preflight.portable(stamp) == preflight.portable(runs.record(new[0], new, same))
+    assert preflight.portable(stamp) != preflight.portable(runs.record(new[0], new, runs.Settings(
         "job.py", str(moved), ["--max_steps", "6"], deepspeed="ds")))
     moved.write_text('{"train_micro_batch_size_per_gpu": 4}')
-    assert runs.portable(stamp) != runs.portable(runs.record(new[0], new, same))
+    assert preflight.portable(stamp) != preflight.portable(runs.record(new[0], new, same))

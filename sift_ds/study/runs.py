@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import queue
-import re
 import shutil
 import socket
 import subprocess
@@ -77,15 +76,6 @@ def plan(arms: Sequence[Arm], seeds: Sequence[int], out: str) -> List[Run]:
     """Every arm x seed, seed-major: each seed's arms run back to back, so a slow drift in the machine's
     load reaches every arm alike (wall-clock figures). The first run is the first arm's first seed."""
     return [Run(a.label, s, a.overrides, os.path.join(out, "runs", a.label, f"seed{s}")) for s in seeds for a in arms]
-
-
-def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:
-    """The passthrough may not set what the study sets per run (seed, output, resume, arm flags)."""
-    given = set(flags(passthrough))
-    # --max_steps after '--' is the study's budget; an arm's own @max_steps replaces it for that arm.
-    clash = sorted(given & (set(RESERVED) | {f for a in arms for f in flags(a.overrides)} - {"--max_steps"}))
-    if clash:
-        raise ValueError(f"the words after '--' set {', '.join(clash)}, which compare.py sets per run")
 
 
 def shares_tokenizer(s: Settings) -> bool:
@@ -158,70 +148,10 @@ def environment(s: Settings) -> dict:
     return env
 
 
-def check_pinning(s: Settings) -> None:
-    """ValueError unless ``pin_cores`` gives every concurrent run's ranks a core of their own, among
-    the cores this process may use."""
-    if not s.pin_cores:
-        return
-    if not hasattr(os, "sched_setaffinity"):
-        raise ValueError("--pin_cores: this OS has no sched_setaffinity")
-    allowed = os.sched_getaffinity(0)
-    bad = sorted(set(s.pin_cores) - allowed)
-    if bad:
-        raise ValueError(f"--pin_cores: core(s) {bad} are not available to this process (allowed: {sorted(allowed)})")
-    if len(set(s.pin_cores)) != len(s.pin_cores):
-        raise ValueError(f"--pin_cores: a core is listed twice: {list(s.pin_cores)}")
-    need = s.parallel * s.num_gpus
-    if len(s.pin_cores) < need:
-        raise ValueError(f"--pin_cores gives {len(s.pin_cores)} core(s); --parallel {s.parallel} x --num_gpus "
-                         f"{s.num_gpus} needs {need} (one per rank)")
-
-
 def core_groups(s: Settings) -> List[Tuple[int, ...]]:
     """The pinned cores split into ``parallel`` groups of ``num_gpus``, one group per concurrent run."""
     g = s.num_gpus
     return [tuple(s.pin_cores[i * g:(i + 1) * g]) for i in range(s.parallel)]
-
-
-def check_flags(s: Settings, arms: Sequence[Arm], runs: Sequence[Run] = ()) -> None:
-    """Before hours of runs: every flag of every arm exists in the job's --help, and a value with
-    listed choices is one of them (so a typo in the last arm fails now, not after the first arms);
-    then, when the job has ``--check_only``, each arm's full plan (its first unfinished run's
-    arguments: ds_config, model, SIFT settings against the model's depth, ...) is validated by the
-    job itself, in seconds and without training. ValueError for a bad arm, RunFailed when the job
-    cannot even show its help."""
-    proc = subprocess.run([sys.executable, s.script, "--help"], capture_output=True, text=True,
-                          env=environment(s), timeout=600)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RunFailed(f"{s.script} --help failed (exit {proc.returncode}): {tail}")
-    options = set(re.findall(r"(--[A-Za-z0-9_\-]+)", proc.stdout))
-    for arm in arms:
-        words = list(arm.overrides)
-        for i, word in enumerate(words):
-            if not word.startswith("--"):
-                continue
-            flag = word.split("=", 1)[0]
-            if flag not in options:
-                raise ValueError(f"arm {arm.label!r}: the pretraining job has no option {flag}")
-            choices = re.search(re.escape(flag) + r"\s+\{([^}]*)\}", proc.stdout)
-            value = word.split("=", 1)[1] if "=" in word else (words[i + 1] if i + 1 < len(words) else None)
-            if choices and value is not None and value not in choices.group(1).split(","):
-                raise ValueError(f"arm {arm.label!r}: {flag} {value} is not one of {{{choices.group(1)}}}")
-    if "--check_only" in options:
-        for arm in arms:
-            pending = [r for r in runs if r.label == arm.label and not is_done(r)]
-            if pending:
-                check_plan(pending[0], s)
-
-
-def check_plan(run: Run, s: Settings) -> None:
-    """ValueError with the job's own one-line error when ``--check_only`` refuses the run's arguments."""
-    cmd = [sys.executable, s.script, *job_args(run, s, None), "--check_only", "true"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=environment(s), timeout=600)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and "[WARNING]" not in ln]
-        raise ValueError(f"arm {run.label!r}: {lines[-1] if lines else f'the job refused it (exit {proc.returncode})'}")
 
 
 def _free_port() -> int:
@@ -238,33 +168,6 @@ def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
     with open(s.ds_config, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": digest}
-
-
-def portable(stamp: dict) -> dict:
-    """A ``command.json`` record that survives moving the study: the study directory (where it was
-    when the record was written) becomes ``<out>`` and the ds_config is known by its content (its
-    sha256), not its path."""
-    words = list(stamp.get("args", []))
-    run_dir = words[words.index("--output_dir") + 1] if "--output_dir" in words[:-1] else ""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(run_dir))) or "\0"  # OUT of OUT/runs/<label>/seed<S>
-    for i, word in enumerate(words):
-        if i and words[i - 1] == "--ds_config":
-            words[i] = "<ds_config>" if stamp.get("ds_config_sha256") else word
-        elif word == root or word.startswith(root + os.sep):
-            words[i] = "<out>" + word[len(root):]
-    return dict(stamp, args=words)
-
-
-def check_settings(runs: Sequence[Run], s: Settings) -> None:
-    """ValueError when a run directory (finished or not) holds a run started with other settings
-    (the study directory may have moved since: finished runs committed elsewhere are still found)."""
-    for run in runs:
-        stamp = run.path("command.json")
-        if os.path.exists(stamp):
-            with open(stamp, encoding="utf-8") as f:
-                if portable(json.load(f)) != portable(record(run, runs, s)):
-                    raise ValueError(f"run {run.name} was started with other settings (see {stamp}); "
-                                     f"use another --out, or delete {run.directory}")
 
 
 def _job_error(log: str, offset: int) -> str:
