@@ -10,6 +10,10 @@ An adapter is a small protocol, so that models other than HF BERT can be plugged
         def vocab_projection(self) -> (weight [V,H], bias [V] | None)   # the tied decoder
         def selection_modules(self, exit_layer) -> list[nn.Module]      # modules the pass touches
 
+Optional: ``align_labels(labels [B,S]) -> [B,S]``, the target of each hidden position, for models
+whose position i predicts another label (causal LMs: ``labels[:, i + 1]``, HF's unshifted labels);
+without it position i is scored against ``labels[:, i]``.
+
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
 their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
 ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2), found by ``config.model_type``.
@@ -43,6 +47,12 @@ def early_exit_hidden(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tenso
     for i in range(exit_layer):
         hidden = adapter.layer(i, hidden, ctx)
     return hidden
+
+
+def aligned_labels(adapter: EarlyExitAdapter, labels: torch.Tensor) -> torch.Tensor:
+    """The target of each hidden position: the adapter's ``align_labels``, or ``labels`` as they are."""
+    align = getattr(adapter, "align_labels", None)
+    return labels if align is None else align(labels)
 
 
 def detect_adapter(model: nn.Module) -> EarlyExitAdapter:

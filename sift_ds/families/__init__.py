@@ -1,4 +1,4 @@
-"""The built-in early-exit adapters, one small module per family group, found by ``config.model_type``
+"""The built-in early-exit adapters (masked LMs and causal LMs), one small module per family group, found by ``config.model_type``
 (``sift_ds.adapters.detect_adapter``). ``MODEL_TYPE_TO_ADAPTER`` maps an HF ``model_type`` to the
 adapter class; an adapter's constructor checks that the model carries the family's LM head."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Callable, Dict, Optional
 
 from torch import nn
 
+from .causal import CausalAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaStyleAdapter
 from .deberta import DebertaV2Adapter
 from .encoders import BertAdapter, DistilBertAdapter, ElectraGeneratorAdapter, EncoderAdapter, RobertaAdapter
 from .modernbert import ModernBertAdapter
@@ -19,6 +20,13 @@ MODEL_TYPE_TO_ADAPTER: Dict[str, Callable[[nn.Module], object]] = {
     "distilbert": DistilBertAdapter,
     "modernbert": ModernBertAdapter,
     "deberta-v2": DebertaV2Adapter,
+    # causal LMs (next-token targets: the adapter's align_labels)
+    "llama": LlamaStyleAdapter,
+    "qwen2": LlamaStyleAdapter,
+    "qwen3": LlamaStyleAdapter,
+    "mistral": LlamaStyleAdapter,
+    "gpt2": GPT2Adapter,
+    "gpt_neox": GPTNeoXAdapter,
 }
 
 
@@ -27,5 +35,6 @@ def adapter_class(model: nn.Module) -> Optional[Callable[[nn.Module], object]]:
     return MODEL_TYPE_TO_ADAPTER.get(getattr(getattr(model, "config", None), "model_type", None))
 
 
-__all__ = ["MODEL_TYPE_TO_ADAPTER", "BertAdapter", "DebertaV2Adapter", "DistilBertAdapter", "ElectraGeneratorAdapter",
-           "EncoderAdapter", "ModernBertAdapter", "RobertaAdapter", "adapter_class"]
+__all__ = ["MODEL_TYPE_TO_ADAPTER", "BertAdapter", "CausalAdapter", "DebertaV2Adapter", "DistilBertAdapter",
+           "ElectraGeneratorAdapter", "EncoderAdapter", "GPT2Adapter", "GPTNeoXAdapter", "LlamaStyleAdapter",
+           "ModernBertAdapter", "RobertaAdapter", "adapter_class"]
