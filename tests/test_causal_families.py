@@ -3,8 +3,6 @@ exit layer, for loss and entropy, with right padding and HF's unshifted labels, 
 references from HF's own forward (final norm + LM head applied in the test to ``hidden_states[k]``);
 at the last layer the model's own logits and loss; the seeded position subset against the same
 reference restricted to that subset."""
-import math
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -14,7 +12,7 @@ from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.scorer import early_exit_scores, labelled_positions, position_subset
-from tiny import ds_config
+from tiny import ds_config, f64_row_scores
 
 VOCAB, LAYERS, PAD, TOL = 67, 3, 0, 2e-5
 LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -66,14 +64,9 @@ def right_padded_batch(rows=5, seq=20, seed=0):
 
 def reference(logits, labels, criterion, scored=None):
     """float64 per-row mean next-token CE / entropy: position i against labels[:, i + 1]."""
-    logp = torch.log_softmax(logits[:, :-1].double(), -1)
     targets = labels[:, 1:]
     mask = targets != -100 if scored is None else scored[:, :-1]
-    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
-        -logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
-    count = mask.sum(1)
-    total = (per_token * mask).sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
+    return f64_row_scores(logits[:, :-1], targets, mask, criterion)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

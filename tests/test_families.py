@@ -1,8 +1,6 @@
 """Every built-in MLM family: early-exit scores at every exit layer, for loss and entropy, with
 padding, against float64 references from HF's own forward (``output_hidden_states``) with the
 family's head modules applied in the test; at the last layer also the model's own logits."""
-import math
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, ElectraForPreTraining
@@ -11,6 +9,7 @@ from sift_ds.adapters import detect_adapter
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.pretrain.models import FAMILY_PRESETS, model_config
 from sift_ds.scorer import early_exit_scores
+from tiny import f64_row_scores
 
 VOCAB, LAYERS, PAD = 61, 3, 0
 TOL = 2e-5
@@ -79,13 +78,7 @@ def padded_batch(model, rows=5, seq=24, seed=0):
 
 def reference(logits, labels, criterion):
     """float64 per-row mean CE / entropy over the labelled positions (-inf for none)."""
-    logp = torch.log_softmax(logits.double(), -1)
-    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
-        -logp.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
-    mask = labels != -100
-    count = mask.sum(1)
-    total = (per_token * mask).sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
+    return f64_row_scores(logits, labels, labels != -100, criterion)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

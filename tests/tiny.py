@@ -1,4 +1,6 @@
 """Debug-size BERT and synthetic MLM batches shared by the engine tests."""
+import math
+
 import torch
 
 from sift_ds.pretrain.models import build_bert
@@ -47,3 +49,14 @@ def ds_config(micro=4, gas=1, stage=0, dtype="fp32", **sift):
     elif dtype == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     return cfg
+
+
+def f64_row_scores(logits, targets, mask, criterion):
+    """float64 per-row mean cross-entropy (or entropy) of ``logits`` [B, S, V] against ``targets`` over
+    the positions in ``mask`` [B, S] (-inf for a row with none): the tests' independent reference."""
+    logp = torch.log_softmax(logits.double(), -1)
+    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
+        -logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+    count = mask.sum(1)
+    total = (per_token * mask).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
