@@ -1,4 +1,4 @@
-"""Early-exit adapters: how to run the first k layers of a model and its own MLM head.
+"""Early-exit adapters: how to run the first k layers of a model and its own LM head.
 
 An adapter is a small protocol, so that models other than HF BERT can be plugged in:
 
@@ -16,7 +16,8 @@ without it position i is scored against ``labels[:, i]``.
 
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
 their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
-ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2), found by ``config.model_type``.
+ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 / Qwen3, Mistral,
+GPT-2, GPT-NeoX), found by ``config.model_type``.
 """
 from __future__ import annotations
 
