@@ -5,11 +5,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, ElectraForPreTraining
 
+import sift_ds
 from sift_ds.adapters import detect_adapter
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.pretrain.models import FAMILY_PRESETS, model_config
 from sift_ds.scorer import early_exit_scores
-from tiny import f64_row_scores
+from tiny import ds_config, f64_row_scores
 
 VOCAB, LAYERS, PAD = 61, 3, 0
 TOL = 2e-5
@@ -130,3 +131,20 @@ def test_electra_discriminator_is_refused():
 def test_presets_build_their_family():
     for name, (kind, _) in FAMILY_PRESETS.items():
         assert model_config(name, VOCAB).model_type == kind
+
+
+@pytest.mark.parametrize("name", ["tiny_deberta_v2", "tiny_distilbert", "tiny_modernbert"])
+def test_zero3_gathers_what_the_exit_touches(single_rank_dist, name):
+    """Under ZeRO-3 the engine gathers exactly ``selection_modules`` (DeBERTa's relative embeddings and
+    convolution, DistilBERT's projector bias, ModernBERT's final norm): the scores still match HF's."""
+    model = build(name)
+    batch = {k: v[:4] for k, v in padded_batch(model).items()}
+    with torch.no_grad():
+        hidden = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states[2]
+        expected = reference(head_logits(model, hidden), batch["labels"], "loss")
+    config = ds_config(micro=2, stage=3, exit_layer=2, keep_ratio=0.5, scope="local", kernel="torch")
+    engine = sift_ds.initialize(model=model.float(), config=config)[0]
+    got = engine.select(batch).scores
+    finite = torch.isfinite(expected)
+    assert torch.equal(torch.isfinite(got), finite)
+    torch.testing.assert_close(got[finite].double(), expected[finite], atol=1e-4, rtol=1e-4)
