@@ -47,6 +47,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("preset", sorted(FAMILY_PRESETS))
 def test_family_preset_trains_and_exports(runs, preset):
     outs, log = runs
+    assert f"model: {preset}, " in log
     records = metrics(outs[preset])
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r["train_loss"]) and 0 < r["mfu"] < 1 for r in records)
