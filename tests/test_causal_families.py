@@ -12,7 +12,7 @@ from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.scorer import early_exit_scores, labelled_positions, position_subset
-from tiny import ds_config, f64_row_scores
+from tiny import ds_config, f64_row_scores, spread_weights
 
 VOCAB, LAYERS, PAD, TOL = 67, 3, 0, 2e-5
 LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -41,13 +41,7 @@ def build(kind):
     config = AutoConfig.for_model(kind, vocab_size=VOCAB, pad_token_id=PAD, **CASES[kind])
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).double().eval()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # weights large enough that every layer changes the scores
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-            else:
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+    spread_weights(model, 3)
     return model
 
 

@@ -10,7 +10,7 @@ from sift_ds.adapters import detect_adapter
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.pretrain.models import FAMILY_PRESETS, model_config
 from sift_ds.scorer import early_exit_scores
-from tiny import ds_config, f64_row_scores
+from tiny import ds_config, f64_row_scores, spread_weights
 
 VOCAB, LAYERS, PAD = 61, 3, 0
 TOL = 2e-5
@@ -52,13 +52,7 @@ def build(name):
     config = AutoConfig.for_model(kind, vocab_size=VOCAB, pad_token_id=PAD, **fields)
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(config).double().eval()
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # weights large enough that every layer changes the scores
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-            elif p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+    spread_weights(model, 7)
     return model
 
 
