@@ -1,4 +1,4 @@
-"""Early-exit adapters: how to run the first k layers of a model and its own MLM head.
+"""Early-exit adapters: how to run the first k layers of a model and its own LM head.
 
 An adapter is a small protocol, so that models other than HF BERT can be plugged in:
 
@@ -10,8 +10,14 @@ An adapter is a small protocol, so that models other than HF BERT can be plugged
         def vocab_projection(self) -> (weight [V,H], bias [V] | None)   # the tied decoder
         def selection_modules(self, exit_layer) -> list[nn.Module]      # modules the pass touches
 
+Optional: ``align_labels(labels [B,S]) -> [B,S]``, the target of each hidden position, for models
+whose position i predicts another label (causal LMs: ``labels[:, i + 1]``, HF's unshifted labels);
+without it position i is scored against ``labels[:, i]``.
+
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
-their dropout off. ``BertAdapter`` implements it for ``BertForPreTraining``/``BertForMaskedLM``.
+their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
+ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 / Qwen3, Mistral,
+GPT-2, GPT-NeoX), found by ``config.model_type``.
 """
 from __future__ import annotations
 
@@ -19,11 +25,6 @@ from typing import Any, List, Mapping, Optional, Protocol, Tuple, runtime_checka
 
 import torch
 from torch import nn
-
-try:  # transformers >= 4.56 / 5.x
-    from transformers.masking_utils import create_bidirectional_mask
-except ImportError:  # pragma: no cover - older transformers
-    create_bidirectional_mask = None
 
 
 @runtime_checkable
@@ -49,58 +50,27 @@ def early_exit_hidden(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tenso
     return hidden
 
 
-class BertAdapter:
-    """HF ``BertForPreTraining`` / ``BertForMaskedLM`` (``model.bert`` + ``model.cls.predictions``)."""
-
-    def __init__(self, model: nn.Module):
-        if not (hasattr(model, "bert") and hasattr(model, "cls") and hasattr(model.cls, "predictions")):
-            raise TypeError(
-                f"BertAdapter needs a model with .bert and .cls.predictions (BertForPreTraining or "
-                f"BertForMaskedLM), got {type(model).__name__}; pass adapter= for other models"
-            )
-        self.model = model
-        self.bert = model.bert
-        self.predictions = model.cls.predictions
-        self.num_layers = len(self.bert.encoder.layer)
-
-    def embed(self, batch: Mapping[str, torch.Tensor]):
-        input_ids = batch["input_ids"]
-        hidden = self.bert.embeddings(
-            input_ids=input_ids,
-            token_type_ids=batch.get("token_type_ids"),
-            position_ids=batch.get("position_ids"),
-        )
-        return hidden, self._attention_mask(batch.get("attention_mask"), hidden)
-
-    def _attention_mask(self, attention_mask: Optional[torch.Tensor], hidden: torch.Tensor):
-        """The mask exactly as ``BertModel.forward`` prepares it for its layers."""
-        if create_bidirectional_mask is None:  # older transformers: the classic additive extended mask
-            if attention_mask is None:
-                return None
-            return self.bert.get_extended_attention_mask(attention_mask, hidden.shape[:2])
-        return create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-    def layer(self, index: int, hidden: torch.Tensor, ctx: Any) -> torch.Tensor:
-        out = self.bert.encoder.layer[index](hidden, ctx)
-        return out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple
-
-    def head_transform(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.predictions.transform(rows)
-
-    def vocab_projection(self):
-        decoder = self.predictions.decoder
-        bias = decoder.bias if decoder.bias is not None else getattr(self.predictions, "bias", None)
-        return decoder.weight, bias
-
-    def selection_modules(self, exit_layer: int) -> List[nn.Module]:
-        return [self.bert.embeddings, *self.bert.encoder.layer[:exit_layer], self.predictions]
+def aligned_labels(adapter: EarlyExitAdapter, labels: torch.Tensor) -> torch.Tensor:
+    """The target of each hidden position: the adapter's ``align_labels``, or ``labels`` as they are."""
+    align = getattr(adapter, "align_labels", None)
+    return labels if align is None else align(labels)
 
 
 def detect_adapter(model: nn.Module) -> EarlyExitAdapter:
-    """The built-in adapter for ``model``, or a TypeError that says to pass ``adapter=``."""
-    if hasattr(model, "bert") and hasattr(getattr(model, "cls", None), "predictions"):
-        return BertAdapter(model)
-    raise TypeError(
-        f"no built-in early-exit adapter for {type(model).__name__}; pass adapter= an object implementing "
-        "sift_ds.EarlyExitAdapter (embed, layer, head_transform, vocab_projection, selection_modules, num_layers)"
-    )
+    """The built-in adapter for ``model`` (by its ``config.model_type``), or a TypeError that says to
+    pass ``adapter=``."""
+    factory = adapter_class(model)
+    if factory is None and hasattr(model, "bert") and hasattr(getattr(model, "cls", None), "predictions"):
+        factory = BertAdapter  # a BERT-shaped model whose config names no registered type
+    if factory is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise TypeError(
+            f"no built-in early-exit adapter for {type(model).__name__} (model_type {model_type!r}; built in: "
+            f"{', '.join(MODEL_TYPE_TO_ADAPTER)}); pass adapter= an object implementing sift_ds.EarlyExitAdapter "
+            "(embed, layer, head_transform, vocab_projection, selection_modules, num_layers)"
+        )
+    return factory(model)
+
+
+# The built-in adapters live in sift_ds.families (which needs nothing from this module).
+from .families import MODEL_TYPE_TO_ADAPTER, BertAdapter, adapter_class  # noqa: E402

@@ -52,6 +52,9 @@ class SiftConfig:
         "topk", "topk: the highest scores; rank: sample rows with probability percentile^(1/keep - 1) of their "
                 "score rank (Composer SelectiveBackprop)", SAMPLINGS)
     outlier_fraction: float = _key(0.0, "drop this top share of the scores (noisy, unlearnable rows) before selecting")
+    max_positions: int = _key(
+        0, "score at most this many positions per row, a seeded random subset (0: every labelled position); "
+           "for long causal-LM rows, where the vocabulary projection at every position would cost more than the prefix")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -88,7 +91,7 @@ class SiftConfig:
             raise ValueError(f"sift.exit_layer must be >= 1 (layers are counted from 1), got {self.exit_layer}")
         if not 0.0 < float(self.keep_ratio) <= 1.0:
             raise ValueError(f"sift.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step"):
+        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step", "max_positions"):
             if getattr(self, key) < 0:
                 raise ValueError(f"sift.{key} must be >= 0, got {getattr(self, key)}")
         if self.anneal_end_step and self.anneal_end_step <= self.warmup_steps:

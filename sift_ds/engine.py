@@ -17,7 +17,10 @@ from .batching import batch_rows
 from .config import SiftConfig
 from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
 from .scorer import check_labels, early_exit_scores, labelled_positions
+from .seeding import derive_seed
 from .telemetry import SelectionTelemetry
+
+POSITION_STREAM = 0x9051_7105  # seed-sequence tag of the scored-position subsets
 
 
 @dataclass
@@ -79,6 +82,12 @@ class SiftEngine:
         return self.engine.global_steps < self.sift_config.warmup_steps
 
     # ------------------------------------------------------------------ selection
+    def _position_seed(self) -> int:
+        """Seed of the scored-position subset (``max_positions``): a pure function of (seed, step,
+        micro-step, rank), like the selector's random choices."""
+        micro = self.engine.micro_steps % self.engine.gradient_accumulation_steps()
+        return derive_seed(self.sift_config.seed, self.engine.global_steps, micro, self.rank, POSITION_STREAM)
+
     def select(self, batch: Mapping[str, torch.Tensor]) -> Selection:
         """Score this rank's gross batch with the early exit and keep the top rows (see SiftConfig)."""
         cfg, keep, gross = self.sift_config, self.micro_batch_size, self.gross_batch_size
@@ -93,7 +102,8 @@ class SiftEngine:
             raise ValueError(f"the batch has no {self.labels_key!r} tensor to score the early exit with")
         # Labelled positions on the host copy (the data loader's), before the batch moves: no device sync.
         on_host = cfg.enabled and labels.device.type == "cpu"
-        positions = labelled_positions(labels) if on_host else None
+        position_seed = self._position_seed() if cfg.enabled and cfg.max_positions else 0
+        positions = labelled_positions(labels, self.adapter, cfg.max_positions, position_seed) if on_host else None
         if on_host:
             check_labels(self.adapter, labels)
         device = self.engine.device
@@ -125,7 +135,7 @@ class SiftEngine:
 
         scores = early_exit_scores(
             self.adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, positions, self.labels_key,
-            check_targets=not on_host,
+            check_targets=not on_host, max_positions=cfg.max_positions, seed=position_seed,
         )
         if global_scope:
             everyone = selector.gather_scores(scores, self.group)

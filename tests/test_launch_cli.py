@@ -117,7 +117,7 @@ ERRORS = [
     (_set(["fp16"], {"enabled": True}), [], 1, "DeepSpeed does not support fp16 on the CPU accelerator"),
     (None, ["--seq_len", "1024"], 1, "--seq_len 1024 exceeds the model's max_position_embeddings (512)"),
     (None, ["--seq_len", "4"], 1, "--seq_len 4 is too short (at least 8)"),
-    (None, ["--model", "huge"], 1, "--model 'huge' is neither a preset (tiny, mini, small, medium, base, large) nor an HF config path"),
+    (None, ["--model", "huge"], 1, "--model 'huge' is neither a preset (tiny, mini, small, medium, base, large, tiny_roberta"),
     (None, ["--data", "{tmp}/nope.txt"], 1, "--data {tmp}/nope.txt: file not found"),
     (None, ["--data", "{tmp}/*.none"], 1, "--data {tmp}/*.none: no file matches the glob"),
     (None, ["--data", "{tmp}/empty.txt"], 1, "empty corpus: every --data file is empty ({tmp}/empty.txt)"),
@@ -143,6 +143,40 @@ def test_configuration_errors_are_one_clear_line(tmp_path, monkeypatch, capsys, 
     err = error_of(capsys, base + argv + ["--output_dir", str(tmp_path / "out")])
     assert err.startswith("pretrain_bert.py: error: ")
     assert message.replace("{tmp}", tmp) in err
+
+
+MODEL_CONFIGS = [  # (file written under tmp -- None: an empty directory --, its JSON, --model, message)
+    ("array.json", [{"model_type": "bert"}], "array.json", "the config must be a JSON object, got a JSON list"),
+    ("gpt2.json", {"model_type": "gpt2"}, "gpt2.json", "model_type 'gpt2' is not a masked-LM model"),
+    ("albert.json", {"model_type": "albert"}, "albert.json", "model_type 'albert' has no built-in early-exit adapter"),
+    ("no_type.json", {"hidden_size": 64}, "no_type.json", "the config names no model_type (None)"),
+    ("google/bert_config.json", {"hidden_size": 64}, "google", "no config.json in that directory"),
+    (None, None, "empty", "no config.json in that directory"),
+]
+
+
+@pytest.mark.parametrize("file,spec,model,message", MODEL_CONFIGS, ids=[c[2] for c in MODEL_CONFIGS])
+def test_model_config_errors_are_one_line(tmp_path, capsys, file, spec, model, message):
+    if file is None:
+        (tmp_path / model).mkdir()
+    else:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_text(json.dumps(spec))
+    err = error_of(capsys, ["--ds_config", tiny(tmp_path), "--model", str(tmp_path / model),
+                            "--output_dir", str(tmp_path / "o")])
+    assert f"--model {tmp_path / model}: {message}" in err
+
+
+def test_model_takes_family_presets_and_hf_configs(tmp_path):
+    from transformers import RobertaConfig
+
+    RobertaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "roberta")
+    for model, kind in (("tiny_modernbert", "modernbert"), (str(tmp_path / "roberta"), "roberta"),
+                        (str(tmp_path / "roberta" / "config.json"), "roberta")):
+        plan = cli.resolve(["--ds_config", tiny(tmp_path), "--model", model, "--output_dir", str(tmp_path / "o")])
+        assert plan.model_config.model_type == kind and plan.model_config.num_hidden_layers == 2
+    assert any("--sparse_mlm_head applies to BERT" in note for note in plan.notes)
 
 
 def test_argparse_rejects_bad_choices(tmp_path, capsys):
@@ -178,7 +212,8 @@ def test_every_sift_config_field_has_a_flag(tmp_path):
 
     values = {"enabled": "false", "criterion": "entropy", "exit_layer": "2", "keep_ratio": "0.25",
               "warmup_steps": "7", "scope": "local", "kernel": "torch", "seed": "9", "anneal_end_step": "50",
-              "random_fraction": "0.25", "sampling": "rank", "outlier_fraction": "0.05"}
+              "random_fraction": "0.25", "sampling": "rank", "outlier_fraction": "0.05", "anneal_start_step": "20",
+              "max_positions": "16"}
     assert set(values) == {f.name for f in dataclasses.fields(SiftConfig)}
     argv = ["--ds_config", tiny(tmp_path), "--output_dir", str(tmp_path / "o")]
     for key, value in values.items():
@@ -186,7 +221,8 @@ def test_every_sift_config_field_has_a_flag(tmp_path):
     plan = cli.resolve(argv)
     assert plan.sift == SiftConfig(enabled=False, criterion="entropy", exit_layer=2, keep_ratio=0.25,
                                    warmup_steps=7, scope="local", kernel="torch", seed=9, anneal_end_step=50,
-                                   random_fraction=0.25, sampling="rank", outlier_fraction=0.05)
+                                   random_fraction=0.25, sampling="rank", outlier_fraction=0.05,
+                                   anneal_start_step=20, max_positions=16)
 
 
 def test_errors_after_start_up_are_one_line_too(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from sift_ds.pretrain.models import PRESETS, bert_config, build_bert
+from sift_ds.pretrain.models import FAMILY_PRESETS, PRESETS, bert_config, build_bert, build_model, model_config
 from tiny import VOCAB, mlm_batch
 
 
@@ -65,6 +65,28 @@ def test_flops_model_by_hand(sparse):
     head_share = f if sparse else 1.0
     train = 6 * (n_without_positions - head) + 6 * head_share * head + 12 * L * H * T
     select = 2 * k * layer + 4 * k * H * T + f * 2 * head
-    flops = FlopsModel.for_bert(model, T, k, f, sparse_head=sparse)
+    flops = FlopsModel.for_masked_lm(model, T, k, f, sparse_head=sparse)
     assert flops.train_per_token == pytest.approx(train)
     assert flops.select_per_token == pytest.approx(select)
+
+
+@pytest.mark.parametrize("preset", sorted(FAMILY_PRESETS))
+def test_flops_model_for_every_family(preset):
+    """Dense head: 6 N + 12 L H T with N = parameters less the learned position table (none for the
+    rotary / relative-position families); selection: the mean layer times k, and the head on the
+    masked fraction (ModernBERT's by hand: final norm, dense, norm, decoder with bias)."""
+    from sift_ds.pretrain.metrics import FlopsModel
+
+    T, k, f = 32, 1, 0.15
+    model = build_model(model_config(preset, VOCAB))
+    cfg = model.config
+    L, H = cfg.num_hidden_layers, cfg.hidden_size
+    table = {"tiny_modernbert": 0, "tiny_deberta_v2": 0, "tiny_electra": cfg.max_position_embeddings * 32}.get(
+        preset, cfg.max_position_embeddings * H)
+    n = sum(p.numel() for p in model.parameters()) - table  # parameters() yields a tied weight once
+    flops = FlopsModel.for_masked_lm(model, T, k, f)
+    assert flops.train_per_token == pytest.approx(6 * n + 12 * L * H * T)
+    if preset == "tiny_modernbert":
+        layers = sum(p.numel() for p in model.model.layers.parameters())
+        head = H + H * H + H + VOCAB * H + VOCAB
+        assert flops.select_per_token == pytest.approx(2 * k * layers / L + 4 * k * H * T + f * 2 * head)

@@ -1,4 +1,6 @@
 """Debug-size BERT and synthetic MLM batches shared by the engine tests."""
+import math
+
 import torch
 
 from sift_ds.pretrain.models import build_bert
@@ -47,3 +49,29 @@ def ds_config(micro=4, gas=1, stage=0, dtype="fp32", **sift):
     elif dtype == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     return cfg
+
+
+def f64_row_scores(logits, targets, mask, criterion):
+    """float64 per-row mean cross-entropy (or entropy) of ``logits`` [B, S, V] against ``targets`` over
+    the positions in ``mask`` [B, S] (-inf for a row with none): the tests' independent reference."""
+    logp = torch.log_softmax(logits.double(), -1)
+    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
+        -logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+    count = mask.sum(1)
+    total = (per_token * mask).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
+
+
+def spread_weights(model, seed):
+    """Weights large enough that every layer changes the scores (with the usual 0.02 initialisation
+    adjacent layers' scores differ by less than a test tolerance): matrices N(0, 0.3^2), the rest
+    shifted by N(0, 0.1^2)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if p.dim() == 2:
+                p.copy_(noise * 0.3)
+            else:
+                p.add_(noise * 0.1)
+    return model

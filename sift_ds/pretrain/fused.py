@@ -35,7 +35,7 @@ def fuse_layer_norms(model: nn.Module) -> Tuple[int, str]:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.LayerNorm:
+            if type(child) is nn.LayerNorm and child.bias is not None:  # (ModernBERT's have no bias)
                 fused = fused_cls(child.normalized_shape, eps=child.eps, elementwise_affine=child.elementwise_affine)
                 fused.load_state_dict(child.state_dict())
                 setattr(parent, name, fused.to(next(child.parameters()).device))

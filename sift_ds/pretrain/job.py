@@ -2,6 +2,7 @@
 ``sift_ds.initialize``, loader, trainer, resume; then the run and the export of the final model."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as t
 from .fused import fuse_layer_norms
 from .loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
 from .metrics import FlopsModel, MetricsLogger
-from .models import build_bert, weight_decay_groups
+from .models import build_model, set_special_tokens, takes_token_types, weight_decay_groups
 from .optimizer import apex_adam
 from .plan import RunPlan
 from .resume import MODEL_KEYS
@@ -62,9 +63,10 @@ def setup_job(plan: RunPlan) -> Job:
     set_seed(opts.seed)
     tokenizer, data = prepare_data(plan)
     check_vocab(plan, len(tokenizer))
-    engine, flops = build_engine(plan, len(tokenizer))
+    engine, flops = build_engine(plan, tokenizer)
 
-    collator = MaskingCollator(tokenizer, opts.mlm_probability)
+    unused = () if takes_token_types(engine.module) else ("token_type_ids",)  # DistilBERT, ModernBERT
+    collator = MaskingCollator(tokenizer, opts.mlm_probability, drop=unused)
     loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
     eval_batches = fixed_eval_batches(data.val, collator, opts.eval_batch_size or plan.batch.micro, engine.rank,
                                       engine.world_size, opts.data_seed)
@@ -72,7 +74,7 @@ def setup_job(plan: RunPlan) -> Job:
     metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0)
     run_info = {"seq_len": opts.seq_len, "objective": opts.objective, "world_size": plan.world_size,
                 "model": opts.model, "vocab_size": len(tokenizer),
-                "model_config": {k: getattr(plan.model_config, k) for k in MODEL_KEYS}}
+                "model_config": {k: getattr(plan.model_config, k, None) for k in MODEL_KEYS}}
     trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
     if state is not None:
         trainer.restore(state)
@@ -128,17 +130,19 @@ def check_vocab(plan: RunPlan, vocab_size: int) -> None:
                          f"run's tokenizer has {vocab_size} (--tokenizer / --vocab_size differ from the resumed run's)")
 
 
-def build_engine(plan: RunPlan, vocab_size: int):
-    """(SiftEngine, FlopsModel): the BERT (apex FusedLayerNorm when available), AdamW weight-decay
-    groups (apex FusedAdam when available), ``sift_ds.initialize`` with the plan's SiftConfig."""
+def build_engine(plan: RunPlan, tokenizer):
+    """(SiftEngine, FlopsModel): the model of the plan's config with the tokenizer's vocabulary size and
+    special-token ids (apex FusedLayerNorm when available), AdamW weight-decay groups (apex FusedAdam
+    when available), ``sift_ds.initialize`` with the plan's SiftConfig."""
     opts = plan.options
-    model = build_bert(opts.model, vocab_size, opts.objective,
-                       max_position_embeddings=plan.model_config.max_position_embeddings,
-                       sparse_head=opts.sparse_mlm_head)
+    config = copy.deepcopy(plan.model_config)
+    config.vocab_size = len(tokenizer)
+    set_special_tokens(config, tokenizer)
+    model = build_model(config, opts.objective, sparse_head=opts.sparse_mlm_head)
     count, norm = fuse_layer_norms(model)
     groups = weight_decay_groups(model)
     client_optimizer, ds_config = apex_adam(groups, plan.ds_config)
-    flops = FlopsModel.for_bert(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
+    flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
                                 sparse_head=opts.sparse_mlm_head)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)

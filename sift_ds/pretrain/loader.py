@@ -27,9 +27,11 @@ EVAL_STREAM = 0x5EED_E7A1  # seed-sequence tag that keeps validation masks apart
 class MaskingCollator:
     """Masks a batch of fixed-length blocks with ``DataCollatorForLanguageModeling.torch_mask_tokens``
     (the collator's own masking, without its per-example padding pass: blocks are already full
-    length), drawing from a generator seeded per call."""
+    length), drawing from a generator seeded per call. ``drop``: block columns the model does not take
+    (``token_type_ids`` for DistilBERT and ModernBERT)."""
 
-    def __init__(self, tokenizer, mlm_probability: float = 0.15):
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, drop: Sequence[str] = ()):
+        self.drop = tuple(drop)
         self.collator = DataCollatorForLanguageModeling(
             tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability, return_tensors="pt"
         )
@@ -40,7 +42,7 @@ class MaskingCollator:
     def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
         """``columns``: the block columns of a batch (arrays with a leading batch dimension, e.g. a
         ``datasets`` numpy-formatted slice); returns tensors with ``labels`` (IGNORE_INDEX where unmasked)."""
-        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items()}
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items() if k not in self.drop}
         special = batch.pop("special_tokens_mask", None)
         inputs = batch["input_ids"].clone()
         seed = derive_seed(*seed_key)

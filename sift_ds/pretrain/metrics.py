@@ -9,7 +9,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from torch import nn
 from tqdm.auto import tqdm
+
+from ..adapters import detect_adapter
+
 
 @dataclass(frozen=True)
 class FlopsModel:
@@ -29,13 +33,18 @@ class FlopsModel:
     select_per_token: float
 
     @classmethod
-    def for_bert(cls, model, seq_len: int, exit_layer: int, masked_fraction: float = 0.15,
-                 sparse_head: bool = False) -> "FlopsModel":
-        cfg = model.config
-        hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
-        n_total = _numel(model) - cfg.max_position_embeddings * hidden
-        n_layer = _numel(model.bert.encoder.layer[0])
-        n_head = _numel(model.cls.predictions.transform) + cfg.vocab_size * (hidden + 1)
+    def for_masked_lm(cls, model, seq_len: int, exit_layer: int, masked_fraction: float = 0.15,
+                      sparse_head: bool = False) -> "FlopsModel":
+        """Any built-in family: the layers and the head (its modules and the vocab projection) are
+        the ones its early-exit adapter names; learned position tables are the ``position_embeddings``
+        embeddings (none in rotary / relative-position models)."""
+        adapter = detect_adapter(model)
+        hidden, layers = model.config.hidden_size, adapter.num_layers
+        positions = sum(_numel(m) for name, m in model.named_modules()
+                        if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(m, nn.Embedding))
+        n_total = _numel(model) - positions
+        n_layer = _numel(adapter.layers) / layers
+        n_head = _numel(*adapter.head_modules, extra=[p for p in adapter.vocab_projection() if p is not None])
         head_positions = masked_fraction if sparse_head else 1.0
         train = 6 * (n_total - n_head) + 6 * head_positions * n_head + 12 * layers * hidden * seq_len
         select = 2 * exit_layer * n_layer + 4 * exit_layer * hidden * seq_len + masked_fraction * 2 * n_head
@@ -45,10 +54,11 @@ class FlopsModel:
         return self.train_per_token * train_tokens + (self.select_per_token * gross_tokens if selecting else 0.0)
 
 
-def _numel(module) -> int:
-    """Parameter count (ZeRO-3 partitioned parameters report their full size as ``ds_numel``)."""
+def _numel(*modules, extra=()) -> int:
+    """Parameter count of the modules and ``extra`` parameters, each shared parameter once (ZeRO-3
+    partitioned parameters report their full size as ``ds_numel``)."""
     seen, total = set(), 0
-    for p in module.parameters():
+    for p in [*(p for m in modules for p in m.parameters()), *extra]:
         if id(p) not in seen:
             seen.add(id(p))
             total += getattr(p, "ds_numel", p.numel())

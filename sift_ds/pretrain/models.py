@@ -1,16 +1,25 @@
-"""BERT size presets (a debug-size ``tiny`` up to ``large``) as HF ``BertConfig``s, and BERT models
-whose training forward runs the MLM head on the masked positions only."""
+"""The pretraining job's models: BERT size presets (a debug-size ``tiny`` up to ``large``) as HF
+``BertConfig``s, a tiny preset per supported family (``tiny_roberta``, ``tiny_modernbert``, ...), any
+HF masked-LM config file or directory, and BERT models whose training forward runs the MLM head on
+the masked positions only."""
 from __future__ import annotations
 
+import inspect
+import json
+import os
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
+from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertForPreTraining
+from transformers import PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
 
+from ..families import MODEL_TYPE_TO_ADAPTER
 from ..kernels import IGNORE_INDEX
 
 PRESETS = {
@@ -22,6 +31,90 @@ PRESETS = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
+
+
+_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+FAMILY_PRESETS = {
+    # name: (model_type, config fields); debug-size models of each family with a built-in adapter
+    "tiny_roberta": ("roberta", dict(_TINY, type_vocab_size=1, max_position_embeddings=514)),
+    "tiny_xlm_roberta": ("xlm-roberta", dict(_TINY, type_vocab_size=1, max_position_embeddings=514)),
+    "tiny_electra": ("electra", dict(_TINY, embedding_size=32, max_position_embeddings=512)),
+    "tiny_distilbert": ("distilbert", dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=512)),
+    "tiny_modernbert": ("modernbert", dict(_TINY, local_attention=16, global_attn_every_n_layers=2,
+                                           max_position_embeddings=512)),
+    "tiny_deberta_v2": ("deberta-v2", dict(_TINY, relative_attention=True, position_buckets=32, norm_rel_ebd="layer_norm",
+                                           pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                                           conv_kernel_size=3, max_position_embeddings=512)),
+}
+
+
+def model_config(name: str, vocab_size: int, flag: str = "--model") -> PretrainedConfig:
+    """The config for ``--model``: a BERT preset, a family preset, or an HF config (a ``config.json``
+    file or a directory holding one) of a masked-LM model type that has a built-in early-exit adapter.
+    ValueError (one line, naming ``flag`` and the path) for anything else."""
+    if name in PRESETS:
+        return bert_config(name, vocab_size)
+    if name in FAMILY_PRESETS:
+        model_type, fields = FAMILY_PRESETS[name]
+        return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, **fields)
+    config = read_config(name, flag)
+    config.vocab_size = vocab_size
+    return config
+
+
+def read_config(path: str, flag: str = "--model") -> PretrainedConfig:
+    """An HF masked-LM config from a JSON file or a directory with ``config.json`` (no remote code)."""
+    where = f"{flag} {path}"
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ValueError(f"{where}: no config.json in that directory (an HF model config is expected)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read the config ({err})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: the config must be a JSON object, got a JSON {type(spec).__name__}")
+    model_type = spec.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ValueError(f"{where}: the config names {'no' if model_type is None else 'an unknown'} model_type "
+                         f"({model_type!r}); an HF config.json names one, e.g. \"model_type\": \"bert\"")
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ValueError(f"{where}: model_type {model_type!r} is not a masked-LM model (AutoModelForMaskedLM has no "
+                         "class for it)")
+    if model_type not in MODEL_TYPE_TO_ADAPTER:
+        raise ValueError(f"{where}: model_type {model_type!r} has no built-in early-exit adapter (built in: "
+                         f"{', '.join(MODEL_TYPE_TO_ADAPTER)})")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{where}: cannot read the config ({' '.join(str(err).split())})") from None
+
+
+def max_sequence_length(config: PretrainedConfig) -> int:
+    """The longest input the config's position embeddings cover: RoBERTa-style positions start after
+    the padding id (``pad_token_id + 1``), the others at 0."""
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+    return config.max_position_embeddings - offset
+
+
+def set_special_tokens(config: PretrainedConfig, tokenizer) -> None:
+    """The tokenizer's special-token ids into the config: padding always; [CLS] / [SEP] and BOS / EOS
+    where the config has them (a BERT-style tokenizer's BOS / EOS are its [CLS] / [SEP], as in ModernBERT)."""
+    ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
+    ids["bos"] = getattr(tokenizer, "bos_token_id", None) if getattr(tokenizer, "bos_token_id", None) is not None \
+        else ids["cls"]
+    ids["eos"] = getattr(tokenizer, "eos_token_id", None) if getattr(tokenizer, "eos_token_id", None) is not None \
+        else ids["sep"]
+    for kind, value in ids.items():
+        name = f"{kind}_token_id"
+        if value is not None and (kind == "pad" or getattr(config, name, None) is not None):
+            setattr(config, name, value)
+
+
+def takes_token_types(model: nn.Module) -> bool:
+    """Whether the model's forward takes ``token_type_ids`` (DistilBERT and ModernBERT do not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
 
 
 def bert_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, dropout: float = 0.1, **overrides):
@@ -107,18 +200,27 @@ class SparseBertForPreTraining(BertForPreTraining):
 def build_bert(preset: str, vocab_size: int, objective: str = "mlm", max_position_embeddings: int = 512,
                dropout: float = 0.1, attn_implementation: Optional[str] = None, sparse_head: bool = False,
                **overrides):
-    """``BertForMaskedLM`` ("mlm") or ``BertForPreTraining`` ("mlm+nsp"), randomly initialised;
-    ``sparse_head`` picks the subclasses whose training forward scores masked positions only."""
+    """``BertForMaskedLM`` ("mlm") or ``BertForPreTraining`` ("mlm+nsp") of a BERT preset, randomly
+    initialised; ``sparse_head`` picks the subclasses whose training forward scores masked positions only."""
     cfg = bert_config(preset, vocab_size, max_position_embeddings, dropout, **overrides)
+    return build_model(cfg, objective, attn_implementation, sparse_head)
+
+
+def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implementation: Optional[str] = None,
+                sparse_head: bool = False) -> nn.Module:
+    """A randomly initialised masked LM for ``config``: BERT as ``build_bert`` describes, any other
+    family as its ``AutoModelForMaskedLM`` class (objective "mlm"; the dense HF head)."""
     if attn_implementation:
-        cfg._attn_implementation = attn_implementation
+        config._attn_implementation = attn_implementation
+    if objective not in ("mlm", "mlm+nsp"):
+        raise ValueError(f"objective must be 'mlm' or 'mlm+nsp', got {objective!r}")
+    if config.model_type != "bert":
+        if objective != "mlm":
+            raise ValueError(f"objective 'mlm+nsp' needs a BERT model, got model_type {config.model_type!r}")
+        return AutoModelForMaskedLM.from_config(config)
     sparse_mlm, sparse_pretraining = (SparseBertForMaskedLM, SparseBertForPreTraining) if sparse_head else (
         BertForMaskedLM, BertForPreTraining)
-    if objective == "mlm":
-        return sparse_mlm(cfg)
-    if objective == "mlm+nsp":
-        return sparse_pretraining(cfg)
-    raise ValueError(f"objective must be 'mlm' or 'mlm+nsp', got {objective!r}")
+    return sparse_mlm(config) if objective == "mlm" else sparse_pretraining(config)
 
 
 def weight_decay_groups(model: nn.Module) -> List[dict]:

@@ -33,7 +33,9 @@ class PretrainOptions:
     ds_config: Optional[str] = _opt(None, "DeepSpeed config with a 'sift' section (and optionally a 'pretrain' section)",
                                     "DeepSpeed", metavar="JSON")
     local_rank: int = _opt(int(os.environ.get("LOCAL_RANK", "0")), "set by the DeepSpeed launcher", "DeepSpeed")
-    model: str = _opt("base", "preset (tiny, mini, small, medium, base, large) or HF config path", "model and data")
+    model: str = _opt("base", "BERT preset (tiny, mini, small, medium, base, large), family preset (tiny_roberta, "
+                 "tiny_xlm_roberta, tiny_electra, tiny_distilbert, tiny_modernbert, tiny_deberta_v2) or an HF "
+                 "masked-LM config (config.json or its directory)", "model and data")
     sparse_mlm_head: bool = _opt(True, "training forward runs the MLM head on masked positions only (same loss, as "
                                        "MosaicBERT / academic-budget-bert); false: HF's head on every position",
                                  "model and data")

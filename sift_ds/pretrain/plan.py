@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from deepspeed.accelerator import get_accelerator
-from transformers import BertConfig
+from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from ..config import SECTION, SiftConfig, load_ds_config
 from . import checkpoint, ds_check, ds_policy
 from .corpus import check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
-from .models import PRESETS, bert_config
+from .models import FAMILY_PRESETS, PRESETS, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .resume import ResumePoint, check_same_model, find_resume, skipped_tags
 
@@ -36,7 +36,7 @@ class RunPlan:
     batch: BatchSizes
     gross_batch: int
     max_steps: int
-    model_config: BertConfig  # its vocab_size comes from the tokenizer later
+    model_config: PretrainedConfig  # its vocab_size and special-token ids comes from the tokenizer later
     data_files: Optional[List[str]]
     resume: Optional[ResumePoint]
     notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
@@ -72,6 +72,9 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
+    if options.sparse_mlm_head and model_config.model_type != "bert":
+        notes.append(f"--sparse_mlm_head applies to BERT models; this {model_config.model_type} model trains with its "
+                     "HF head on every position")
     if options.data and options.dataset_name:
         raise ValueError("give either --data or --dataset_name, not both")
     data_files = check_not_empty(resolve_data_files(options.data)) if options.data else None
@@ -124,16 +127,19 @@ def check_ranges(options: PretrainOptions) -> None:
             raise ValueError(f"--{name} must be in (0, 1), got {getattr(options, name)}")
 
 
-def resolve_model(options: PretrainOptions, sift: SiftConfig) -> BertConfig:
-    if options.model not in PRESETS and not os.path.exists(options.model):
-        raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(PRESETS)}) nor an HF config path")
-    try:
-        config = bert_config(options.model, vocab_size=options.vocab_size)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--model {options.model}: cannot read the config ({err})") from None
-    if options.seq_len > config.max_position_embeddings:
+def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfig:
+    presets = [*PRESETS, *FAMILY_PRESETS]
+    if options.model not in presets and not os.path.exists(options.model):
+        raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(presets)}) nor an HF config path")
+    config = model_config(options.model, vocab_size=options.vocab_size)
+    if config.model_type != "bert" and options.objective != "mlm":
+        raise ValueError(f"--objective {options.objective} needs a BERT model (next-sentence head); --model "
+                         f"{options.model} is a {config.model_type}")
+    limit = max_sequence_length(config)
+    if options.seq_len > limit:
+        offset = "" if limit == config.max_position_embeddings else f", {limit} positions after the padding offset"
         raise ValueError(f"--seq_len {options.seq_len} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
+                         f"({config.max_position_embeddings}{offset})")
     if options.seq_len < MIN_SEQ_LEN:
         raise ValueError(f"--seq_len {options.seq_len} is too short (at least {MIN_SEQ_LEN})")
     if sift.enabled:

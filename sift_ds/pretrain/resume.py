@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 from .checkpoint import CHECKPOINT_SUBDIR, LATEST, TAG_PREFIX, checkpoint_dir, list_tags
 from .manifest import MANIFEST, incomplete_reason, read_manifest
 
-MODEL_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+MODEL_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size")
 
 
@@ -120,7 +120,7 @@ def check_same_model(point: ResumePoint, model_config, seq_len: int, objective: 
     """ValueError, before any work, when the checkpoint's recorded model or data shape differs."""
     run = point.run
     recorded = run.get("model_config") or {}
-    diffs = [f"{k} {recorded[k]} vs {getattr(model_config, k)}" for k in MODEL_KEYS
+    diffs = [f"{k} {recorded[k]} vs {getattr(model_config, k, None)}" for k in MODEL_KEYS
              if k in recorded and recorded[k] != getattr(model_config, k, None)]
     diffs += [f"{k} {run[k]!r} vs {v!r}" for k, v in (("seq_len", seq_len), ("objective", objective))
               if k in run and run[k] != v]
