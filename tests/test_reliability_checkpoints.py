@@ -11,6 +11,7 @@ import pytest
 
 from launch_helpers import load_cli, read_config, run_python, write_config
 from sift_ds.pretrain import checkpoint, manifest
+from sift_ds.pretrain.identity import RunIdentity, write_identity
 from sift_ds.pretrain.resume import find_resume
 
 cli = load_cli()
@@ -68,6 +69,7 @@ def test_auto_without_a_complete_checkpoint_starts_fresh_and_says_why(tmp_path):
     out = tmp_path / "run"
     make_tag(out / "checkpoints", 4, complete=False)
     (out / "checkpoints" / "latest").write_text("global_step4")
+    write_identity(str(out), RunIdentity("r1"))  # the run's first save was interrupted
     assert find_resume("auto", str(out)) is None
     config = write_config(tmp_path / "c.json", read_config("tiny_cpu_sift.json"))
     plan = cli.resolve(["--ds_config", config, "--output_dir", str(out), "--resume", "auto"])
@@ -81,8 +83,10 @@ def test_a_checkpoint_of_another_model_is_one_line_before_any_work(tmp_path, cap
     out = tmp_path / "run"
     model = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024,
              "max_position_embeddings": 512, "type_vocab_size": 2}
-    make_tag(out / "checkpoints", 4, run={"model": "mini", "model_config": model, "seq_len": 128, "objective": "mlm"})
+    make_tag(out / "checkpoints", 4, run={"model": "mini", "model_config": model, "seq_len": 128, "objective": "mlm",
+                                          "run_id": "r1"})
     (out / "checkpoints" / "latest").write_text("global_step4")
+    write_identity(str(out), RunIdentity("r1"))
     config = write_config(tmp_path / "c.json", read_config("tiny_cpu_sift.json"))  # --model tiny
     with pytest.raises(SystemExit) as exc:
         cli.resolve(["--ds_config", config, "--output_dir", str(out), "--resume", "auto"])
