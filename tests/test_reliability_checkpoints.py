@@ -157,11 +157,15 @@ def test_a_crafted_checkpoint_is_refused_before_it_is_unpickled(tmp_path):
         assert last.startswith("pretrain_bert.py: error: --resume") and message in last, last
         assert "--trust_checkpoint true" in last and "Traceback" not in proc.stderr
         assert not marker.exists()
-    # Only the explicit flag loads it; the payload then runs, as the documentation warns.
-    proc = run_python(["--ds_config", config, "--output_dir", tmp_path / "out", "--resume", swapped,
-                       "--trust_checkpoint", "true"], timeout=300)
-    assert marker.exists(), proc.stderr[-3000:]
-    assert proc.returncode == 2 and "cannot load checkpoint" in proc.stderr.strip().splitlines()[-1]
+    # A manifest rewritten to match proves integrity, not origin: the weights-only load refuses the
+    # payload all the same, with or without --trust_checkpoint.
+    manifest.write_manifest(str(swapped), swapped.name, 4)
+    proc = run_python(["--ds_config", config, "--output_dir", tmp_path / "out", "--resume", swapped], timeout=300)
+    assert not marker.exists(), proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last.startswith(f"pretrain_bert.py: error: --resume: checkpoint {swapped} holds something other than "
+                           "tensors and plain data, and checkpoints are loaded weights-only"), last
 
 
 def test_trust_is_a_command_line_decision_only(tmp_path, capsys):

@@ -96,7 +96,8 @@ def test_a_directory_without_run_json_is_refused_never_wiped(tmp_path, capsys):
     (out / "metrics.jsonl").write_text(history)
     config = config_file(tmp_path)
     err = one_line_error(capsys, ["--ds_config", config, "--output_dir", str(out), "--resume", "auto"])
-    assert "no run.json" in err and "--trust_checkpoint true" in err and "without --resume" in err
+    assert "checkpoints without a manifest, but no run.json" in err and "--trust_checkpoint true" in err
+    assert "without --resume" in err
     assert (out / "metrics.jsonl").read_text() == history and (out / "checkpoints" / "global_step10").is_dir()
     assert not (out / RUN_FILE).exists()
     adopted = cli.resolve(["--ds_config", config, "--output_dir", str(out), "--resume", "auto",
@@ -105,6 +106,11 @@ def test_a_directory_without_run_json_is_refused_never_wiped(tmp_path, capsys):
     assert adopted.identity.parent["checkpoint"] == str(out / "checkpoints" / "global_step10")
     fresh = cli.resolve(["--ds_config", config, "--output_dir", str(out)])  # starting over is explicit
     assert fresh.resume is None and fresh.identity.new
+    # Complete checkpoints (with manifests) of a sift_ds before run ids are continued, with a warning.
+    make_tag(out / "checkpoints", 20)
+    adopted = decide("auto", str(out))
+    assert adopted.point.tag == "global_step20" and adopted.identity.new
+    assert adopted.warnings[0].startswith(f"--resume auto: {out} has no run.json")
 
 
 def test_latest_naming_a_path_is_ignored_with_a_warning(tmp_path):

@@ -4,9 +4,10 @@
 when it is one of the run's complete checkpoints, otherwise the run's newest complete one (with a
 warning naming every incomplete one skipped), otherwise the checkpoint a fork started from; it starts
 fresh when the run has none. Checkpoints of other runs in the directory are never continued by
-``auto`` (a warning names them). A directory with checkpoints or metrics but no ``run.json`` (an
-older sift_ds's, or a lost file) is refused, never wiped, unless ``--trust_checkpoint true`` adopts
-its checkpoints. A PATH (a checkpoint directory, a run's output_dir, or one tag directory) continues
+``auto`` (a warning names them). In a directory without ``run.json`` (an older sift_ds's, or a lost
+file), ``auto`` adopts the newest complete checkpoint as a new run, with a warning; when it has none
+(checkpoints without manifests, or only metrics) it is refused, never wiped, unless
+``--trust_checkpoint true`` adopts a checkpoint without a manifest. A PATH (a checkpoint directory, a run's output_dir, or one tag directory) continues
 that checkpoint: as the same run when it is this output directory's, otherwise as a new run (a fork).
 
 The tags older than the chosen one are its fallbacks: when the chosen one fails its sha256 digests
@@ -197,16 +198,17 @@ def decide(resume: Optional[str], output_dir: str, trust: bool = False) -> Resum
     if own is None:
         if not _has_history(output_dir):
             return ResumeDecision(None, RunIdentity(), [f"--resume auto: no checkpoint in {save_dir}, starting fresh"])
-        point = choose_tag(save_dir, trust=True) if trust else None
+        point = choose_tag(save_dir, trust)
         if point is None:
             raise ValueError(
-                f"--resume auto: {output_dir} holds checkpoints or {METRICS_FILE} but no run.json (an older sift_ds "
-                "wrote it, or the file was lost), so whose they are is unknown; nothing was changed: pass "
-                "--trust_checkpoint true to continue its newest checkpoint, or run without --resume to start a "
-                "new run there (which overwrites them)")
-        note = f"--resume auto --trust_checkpoint: adopting {point.path} (no run.json) as a new run"
-        return ResumeDecision(point, RunIdentity(parent={"run_id": point.owner, "checkpoint": point.path}), [note],
-                              list(point.warnings))
+                f"--resume auto: {output_dir} holds {METRICS_FILE} or checkpoints without a manifest, but no run.json "
+                "(an older sift_ds wrote them, or the files were lost), so what they continue is unknown; nothing "
+                "was changed: pass --trust_checkpoint true to continue its newest checkpoint, or run without "
+                "--resume to start a new run there (which overwrites them)")
+        warning = (f"--resume auto: {output_dir} has no run.json (written before run ids, or lost): continuing "
+                   f"{point.path} as a new run")
+        return ResumeDecision(point, RunIdentity(parent={"run_id": point.owner, "checkpoint": point.path}),
+                              warnings=[warning] + list(point.warnings))
     point = choose_tag(save_dir, trust, run_id=own.run_id)
     warnings = _foreign_note(save_dir, own.run_id, point)
     if point is None and own.parent and own.parent.get("checkpoint"):
