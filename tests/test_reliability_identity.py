@@ -192,9 +192,13 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         assert checkpoint.first_intact(str(save_dir), ["global_step4", "global_step2"]) == "global_step2"
     assert f"checkpoint {newest} fails its sha256 manifest (mp_rank_00_model_states.pt): not loaded" in caplog.text
     assert f"falling back to {save_dir}/global_step2, the newest intact checkpoint" in caplog.text
-    with pytest.raises(ValueError, match="no intact checkpoint:.*--trust_checkpoint true"):
-        checkpoint.first_intact(str(save_dir), ["global_step4"])
     assert checkpoint.first_intact(str(save_dir), ["global_step4", "global_step2"], trust=True) == "global_step4"
+    with pytest.raises(ValueError, match=r"checkpoint .*global_step4 fails its sha256 manifest .*--trust_checkpoint"):
+        checkpoint.first_intact(str(save_dir), ["global_step4"])
+    (save_dir / "global_step2" / "mp_rank_00_model_states.pt").write_bytes(b"MODEL")
+    with pytest.raises(ValueError, match="no intact checkpoint:.*global_step4.*global_step2.*--trust_checkpoint true"):
+        checkpoint.first_intact(str(save_dir), ["global_step4", "global_step2"])
+
 
 
 class Payload:

@@ -72,7 +72,7 @@ def test_a_torn_metrics_line_and_a_corrupt_newest_checkpoint_do_not_block_the_re
 
 def nan_floats(state):
     if torch.is_tensor(state) and state.is_floating_point():
-        state.fill_(float("nan"))
+        state.detach().fill_(float("nan"))  # in place, shared storage
     elif isinstance(state, dict):
         for value in state.values():
             nan_floats(value)

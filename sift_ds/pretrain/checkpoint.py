@@ -129,9 +129,11 @@ def first_intact(load_dir: str, tags: Sequence[str], trust: bool = False) -> str
             verify(load_dir, tag, trust=True)
             return tag
         failures.append(f"{tag_dir} ({_listed(problem)})")
-        if _rank() == 0:
+        if len(tags) > 1 and _rank() == 0:
             logger.warning("--resume: checkpoint %s fails its sha256 manifest (%s): not loaded", tag_dir,
                            _listed(problem))
+    if len(failures) == 1:
+        verify(load_dir, tags[0])  # raises, naming the files
     raise ValueError(f"--resume: no intact checkpoint: {'; '.join(failures)} fail their sha256 manifests "
                      "(pass --trust_checkpoint true to load the newest anyway)")
 
