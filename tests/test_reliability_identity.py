@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from launch_helpers import SCRIPT, cpu_env, load_cli, read_config, set_key, write_config
+from launch_helpers import cpu_env, load_cli, read_config, set_key, write_config
 from launcher import REPO
 from sift_ds.pretrain import checkpoint, manifest
+from sift_ds.pretrain import lock as lock_module
 from sift_ds.pretrain.identity import RUN_FILE, RunIdentity, read_identity, write_identity
 from sift_ds.pretrain.lock import LOCK_FILE, lock_output_dir, unlock_all
 from sift_ds.pretrain.metrics import purge_after
@@ -138,9 +139,11 @@ def test_resuming_with_another_seed_warns(tmp_path):
 
 # ---------------------------------------------------------------------------------------- the lock
 HOLDER = """
-import sys, time
-from sift_ds.pretrain.lock import lock_output_dir
-lock_output_dir(sys.argv[1])
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("lock", sys.argv[2])  # stdlib only: no torch to import
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+lock.lock_output_dir(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)
 """
@@ -149,7 +152,7 @@ time.sleep(600)
 def test_a_second_live_job_is_refused_and_the_lock_dies_with_its_holder(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO, env=cpu_env(),
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), lock_module.__file__], cwd=REPO, env=cpu_env(),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -300,25 +303,21 @@ def test_likely_mistakes_are_warnings(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- --check_only
-def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path):
+def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path, capsys):
+    """In process (``main`` returns: exit status 0); the command line is the same function."""
     config = config_file(tmp_path)
     out = tmp_path / "never_created"
-
-    def check(*argv):
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, SCRIPT, "--ds_config", config, "--output_dir", str(out), *argv,
-                               "--check_only", "true"], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
-                              timeout=120)
-        return proc, time.perf_counter() - started
-
-    ok, seconds = check("--max_steps", "30")
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "pretrain_bert.py: check_only: ok: 30 steps, world 1" in ok.stdout
-    assert "pretrain_bert.py: warning: sift.warmup_steps=40 >= max_steps=30" in ok.stderr
-    bad, _ = check("--sift_exit_layer", "5")  # the tiny model has 2 layers
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1] == ("pretrain_bert.py: error: sift.exit_layer=5 exceeds the model's "
-                                                    "depth (2 encoder layers)")
+    common = ["--ds_config", config, "--output_dir", str(out), "--check_only", "true"]
+    started = time.perf_counter()
+    assert cli.main(common + ["--max_steps", "30"]) is None
+    seconds = time.perf_counter() - started
+    captured = capsys.readouterr()
+    assert "pretrain_bert.py: check_only: ok: 30 steps, world 1" in captured.out
+    assert "pretrain_bert.py: warning: sift.warmup_steps=40 >= max_steps=30" in captured.err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(common + ["--sift_exit_layer", "5"])  # the tiny model has 2 layers
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("pretrain_bert.py: error: sift.exit_layer=5 exceeds the model's depth "
+                                               "(2 encoder layers)")
     assert not out.exists()
-    print(f"\n--check_only took {seconds:.1f}s")
-    assert seconds < 60
+    assert seconds < 20, seconds  # no tokenizer, data, model or process group
