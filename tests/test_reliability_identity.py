@@ -307,7 +307,7 @@ def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path
     """In process (``main`` returns: exit status 0); the command line is the same function."""
     config = config_file(tmp_path)
     out = tmp_path / "never_created"
-    common = ["--ds_config", config, "--output_dir", str(out), "--check_only", "true"]
+    common = ["--ds_config", config, "--output_dir", str(out), "--check_only"]
     started = time.perf_counter()
     assert cli.main(common + ["--max_steps", "30"]) is None
     seconds = time.perf_counter() - started

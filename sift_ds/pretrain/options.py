@@ -103,6 +103,8 @@ def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
                   type=CLI_TYPES[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
     if f.type.startswith("Optional[List") or f.type.startswith("List"):
         kwargs["action"] = "append"
+    if kind == "bool":  # `--check_only` alone means `--check_only true`
+        kwargs.update(nargs="?", const=True)
     group.add_argument(flag, **kwargs)
 
 
