@@ -10,7 +10,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     # kernels/ is installed as the subpackage sift_ds.kernels, never as a top-level `kernels`.
-    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study", "sift_ds.megatron"],
+    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study", "sift_ds.megatron", "sift_ds.families"],
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels": "kernels"},
     install_requires=[
         "torch>=2.1",

@@ -18,6 +18,7 @@ from typing import List, Optional
 from sift_ds.pretrain.job import setup_job
 from sift_ds.pretrain.options import PROG, PretrainOptions, parse_options
 from sift_ds.pretrain.plan import RunPlan, resolve_plan
+from sift_ds.pretrain.trainer import NonFiniteLoss
 
 
 def fail(err: BaseException) -> None:
@@ -40,18 +41,35 @@ def resolve(argv: Optional[List[str]] = None) -> RunPlan:
     """Parse and validate everything that needs no process group (exits with one line on error)."""
     options = parse_args(argv)
     try:
-        return resolve_plan(options)
+        return resolve_plan(options, create_output_dir=not options.check_only)
     except (ValueError, FileNotFoundError) as err:
         fail(err)
 
 
+def report_check(plan: RunPlan) -> None:
+    """--check_only: the plan's decisions on stdout, its warnings on stderr (one line each)."""
+    for note in plan.notes:
+        print(f"{PROG}: note: {note}")
+    for warning in plan.warnings:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    resume = f"resume {plan.resume.path}" if plan.resume is not None else "fresh start"
+    print(f"{PROG}: check_only: ok: {plan.max_steps} steps, world {plan.world_size}, global batch "
+          f"{plan.batch.total}, model {plan.options.model}, sift {'on' if plan.sift.enabled else 'off'}, {resume}")
+
+
 def main(argv: Optional[List[str]] = None):
     plan = resolve(argv)
+    if plan.options.check_only:
+        report_check(plan)
+        return None
     try:
         job = setup_job(plan)
     except (ValueError, FileNotFoundError, OSError) as err:
         fail(err)
-    return job.run()
+    try:
+        return job.run()
+    except NonFiniteLoss as err:  # stops every rank alike: no checkpoint, no export, exit status 2
+        fail(err)
 
 
 if __name__ == "__main__":

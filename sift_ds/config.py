@@ -91,7 +91,7 @@ class SiftConfig:
             raise ValueError(f"sift.exit_layer must be >= 1 (layers are counted from 1), got {self.exit_layer}")
         if not 0.0 < float(self.keep_ratio) <= 1.0:
             raise ValueError(f"sift.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step", "max_positions"):
+        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step", "max_positions", "seed"):
             if getattr(self, key) < 0:
                 raise ValueError(f"sift.{key} must be >= 0, got {getattr(self, key)}")
         if self.anneal_end_step and self.anneal_end_step <= self.warmup_steps:
@@ -184,6 +184,8 @@ def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
             loaded = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"ds_config file {path} is not valid JSON: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"ds_config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"ds_config file {path} must hold a JSON object, got a JSON {type(loaded).__name__}")
     return loaded

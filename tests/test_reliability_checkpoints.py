@@ -11,6 +11,7 @@ import pytest
 
 from launch_helpers import load_cli, read_config, run_python, write_config
 from sift_ds.pretrain import checkpoint, manifest
+from sift_ds.pretrain.identity import RunIdentity, write_identity
 from sift_ds.pretrain.resume import find_resume
 
 cli = load_cli()
@@ -68,6 +69,7 @@ def test_auto_without_a_complete_checkpoint_starts_fresh_and_says_why(tmp_path):
     out = tmp_path / "run"
     make_tag(out / "checkpoints", 4, complete=False)
     (out / "checkpoints" / "latest").write_text("global_step4")
+    write_identity(str(out), RunIdentity("r1"))  # the run's first save was interrupted
     assert find_resume("auto", str(out)) is None
     config = write_config(tmp_path / "c.json", read_config("tiny_cpu_sift.json"))
     plan = cli.resolve(["--ds_config", config, "--output_dir", str(out), "--resume", "auto"])
@@ -81,8 +83,10 @@ def test_a_checkpoint_of_another_model_is_one_line_before_any_work(tmp_path, cap
     out = tmp_path / "run"
     model = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024,
              "max_position_embeddings": 512, "type_vocab_size": 2}
-    make_tag(out / "checkpoints", 4, run={"model": "mini", "model_config": model, "seq_len": 128, "objective": "mlm"})
+    make_tag(out / "checkpoints", 4, run={"model": "mini", "model_config": model, "seq_len": 128, "objective": "mlm",
+                                          "run_id": "r1"})
     (out / "checkpoints" / "latest").write_text("global_step4")
+    write_identity(str(out), RunIdentity("r1"))
     config = write_config(tmp_path / "c.json", read_config("tiny_cpu_sift.json"))  # --model tiny
     with pytest.raises(SystemExit) as exc:
         cli.resolve(["--ds_config", config, "--output_dir", str(out), "--resume", "auto"])
@@ -153,11 +157,15 @@ def test_a_crafted_checkpoint_is_refused_before_it_is_unpickled(tmp_path):
         assert last.startswith("pretrain_bert.py: error: --resume") and message in last, last
         assert "--trust_checkpoint true" in last and "Traceback" not in proc.stderr
         assert not marker.exists()
-    # Only the explicit flag loads it; the payload then runs, as the documentation warns.
-    proc = run_python(["--ds_config", config, "--output_dir", tmp_path / "out", "--resume", swapped,
-                       "--trust_checkpoint", "true"], timeout=300)
-    assert marker.exists(), proc.stderr[-3000:]
-    assert proc.returncode == 2 and "cannot load checkpoint" in proc.stderr.strip().splitlines()[-1]
+    # A manifest rewritten to match proves integrity, not origin: the weights-only load refuses the
+    # payload all the same, with or without --trust_checkpoint.
+    manifest.write_manifest(str(swapped), swapped.name, 4)
+    proc = run_python(["--ds_config", config, "--output_dir", tmp_path / "out", "--resume", swapped], timeout=300)
+    assert not marker.exists(), proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last.startswith(f"pretrain_bert.py: error: --resume: checkpoint {swapped} holds something other than "
+                           "tensors and plain data, and checkpoints are loaded weights-only"), last
 
 
 def test_trust_is_a_command_line_decision_only(tmp_path, capsys):

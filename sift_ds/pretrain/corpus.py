@@ -43,6 +43,33 @@ def check_not_empty(files: Sequence[str]) -> List[str]:
     return list(files)
 
 
+# The first bytes of each compressed format ``datasets`` reads by file name.
+MAGIC = {".gz": b"\x1f\x8b", ".xz": b"\xfd7zXZ\x00", ".bz2": b"BZh", ".zst": b"\x28\xb5\x2f\xfd"}
+
+
+def check_compression(files: Sequence[str]) -> List[str]:
+    """``files``, or a ValueError naming the first whose name promises a compression its bytes lack."""
+    for path in files:
+        suffix = os.path.splitext(path)[1]
+        if suffix in MAGIC:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC[suffix]))
+            if head != MAGIC[suffix]:
+                raise ValueError(f"--data {path}: not a {suffix[1:]} file (its name ends in {suffix}, its bytes "
+                                 "are not that format's)")
+    return list(files)
+
+
+def check_dataset_name(name: str) -> None:
+    """A local ``--dataset_name`` directory must hold data files, not a loading script (which would be code)."""
+    if not os.path.isdir(name):
+        return
+    scripts = sorted(f for f in os.listdir(name) if f.endswith(".py"))
+    if scripts:
+        raise ValueError(f"--dataset_name {name}: holds a dataset loading script ({scripts[0]}); scripts are code and "
+                         "are not run: give its data files with --data instead")
+
+
 def default_corpus():
     """CPython's English documentation topics (``pydoc_data.topics``), one document per topic."""
     return datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})

@@ -47,6 +47,21 @@ def check_types(ds_config: dict) -> None:
                              "torch.optim.lr_scheduler class)")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_values(ds_config: dict) -> None:
+    """ValueError for values DeepSpeed accepts at start-up and trips on later (or silently ignores):
+    a learning rate that is not a positive number, a negative gradient clipping."""
+    params = (ds_config.get("optimizer") or {}).get("params") if isinstance(ds_config.get("optimizer"), dict) else None
+    if isinstance(params, dict) and "lr" in params and not (_number(params["lr"]) and params["lr"] > 0):
+        raise ValueError(f"ds_config optimizer.params.lr must be a number > 0, got {params['lr']!r}")
+    clipping = ds_config.get("gradient_clipping")
+    if clipping is not None and not (_number(clipping) and clipping >= 0):
+        raise ValueError(f"ds_config gradient_clipping must be a number >= 0 (0: no clipping), got {clipping!r}")
+
+
 class _ReadRecorder(dict):
     """A dict that records which keys are looked up (DeepSpeedConfig reads its sections from it)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from .. import initialize
 from ..zero import full_parameters
 from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
 from .fused import fuse_layer_norms
+from .identity import RunIdentity, new_run_id, write_identity
+from .lock import lock_output_dir
 from .loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
 from .metrics import FlopsModel, MetricsLogger
 from .models import build_model, set_special_tokens, takes_token_types, weight_decay_groups
@@ -46,10 +49,12 @@ class Job:
 
 
 def setup_job(plan: RunPlan) -> Job:
-    """Process group, tokenizer, data, model, DeepSpeed engine, loader, trainer (and resume)."""
+    """Output-dir lock, process group, run identity, tokenizer, data, model, DeepSpeed engine, loader,
+    trainer (and resume)."""
     opts = plan.options
     configure_logging(int(os.environ.get("RANK", "0")))
     if int(os.environ.get("RANK", "0")) == 0:
+        lock_output_dir(plan.output_dir)  # one live job per output directory (rank 0 holds it)
         warn_stale_build_locks(logger)  # before DeepSpeed's first JIT op build, which would wait on one
     init_distributed()
     rank = dist.get_rank()
@@ -59,7 +64,10 @@ def setup_job(plan: RunPlan) -> Job:
         for warning in plan.warnings:
             logger.warning(warning)
     if plan.resume is not None:  # the sha256 manifest, before anything is unpickled (or data prepared)
-        checkpoint.verify(plan.resume.load_dir, plan.resume.tag, opts.trust_checkpoint)
+        point = plan.resume
+        tag = checkpoint.first_intact(point.load_dir, (point.tag,) + point.fallbacks, opts.trust_checkpoint)
+        plan = dataclasses.replace(plan, resume=dataclasses.replace(point, tag=tag))
+    identity = start_identity(plan)
     set_seed(opts.seed)
     tokenizer, data = prepare_data(plan)
     check_vocab(plan, len(tokenizer))
@@ -71,8 +79,10 @@ def setup_job(plan: RunPlan) -> Job:
     eval_batches = fixed_eval_batches(data.val, collator, opts.eval_batch_size or plan.batch.micro, engine.rank,
                                       engine.world_size, opts.data_seed)
     state = checkpoint.load(engine, plan.resume.load_dir, plan.resume.tag) if plan.resume is not None else None
-    metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0)
-    run_info = {"seq_len": opts.seq_len, "objective": opts.objective, "world_size": plan.world_size,
+    metrics = MetricsLogger(plan.output_dir, plan.max_steps, engine.global_steps, engine.monitor, enabled=rank == 0,
+                            run_id=identity.run_id)
+    run_info = {"run_id": identity.run_id, "seq_len": opts.seq_len, "objective": opts.objective,
+                "world_size": plan.world_size, "seed": opts.seed, "data_seed": opts.data_seed,
                 "model": opts.model, "vocab_size": len(tokenizer),
                 "model_config": {k: getattr(plan.model_config, k, None) for k in MODEL_KEYS}}
     trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
@@ -83,6 +93,23 @@ def setup_job(plan: RunPlan) -> Job:
             tokenizer.save_pretrained(os.path.join(plan.output_dir, "tokenizer"))
         write_run_config(plan)
     return Job(plan, engine, trainer, tokenizer)
+
+
+def start_identity(plan: RunPlan) -> RunIdentity:
+    """The run this job belongs to: the one it continues, or a new one whose id rank 0 draws and
+    writes to ``run.json`` (a collective)."""
+    identity = plan.identity
+    if identity.new:
+        payload = [new_run_id() if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(payload, src=0)
+        identity = dataclasses.replace(identity, run_id=payload[0])
+        if dist.get_rank() == 0:
+            write_identity(plan.output_dir, identity)
+            logger.info("run %s%s", identity.run_id,
+                        f" (a fork of {identity.parent['checkpoint']})" if identity.parent else "")
+    elif dist.get_rank() == 0:
+        logger.info("run %s (continued)", identity.run_id)
+    return identity
 
 
 def prepare_data(plan: RunPlan):
@@ -113,7 +140,10 @@ def obtain_tokenizer(plan: RunPlan, corpus):
         # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
         for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume.load_dir)), "tokenizer")):
             if os.path.isdir(path):
-                return tok.load_tokenizer(path), f"{path} (the resumed run's)"
+                try:
+                    return tok.load_tokenizer(path), f"{path} (the resumed run's)"
+                except ValueError as err:
+                    raise ValueError(f"the resumed run's tokenizer {path}: {err}") from None
     payload = [None]
     if dist.get_rank() == 0:
         payload = [tok.to_json(tok.train_wordpiece(tok.batched_texts(corpus), opts.vocab_size))]

@@ -3,6 +3,7 @@ progress display (a tqdm bar on a terminal, plain lines otherwise)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import detect_adapter
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FlopsModel:
@@ -93,8 +95,9 @@ class MetricsLogger:
     """
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, monitor=None,
-                 enabled: bool = True, progress: Optional[bool] = None):
+                 enabled: bool = True, progress: Optional[bool] = None, run_id: Optional[str] = None):
         self.enabled = enabled
+        self.run_id = run_id  # in every record: which run wrote it
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
         self.bar = None
@@ -115,6 +118,8 @@ class MetricsLogger:
     def log(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.run_id is not None:
+            record = {**record, "run_id": self.run_id}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
         if self.monitor is not None:
@@ -149,10 +154,24 @@ class MetricsLogger:
 
 def purge_after(path: str, step: int) -> None:
     """Drop the records of steps after ``step`` (a resumed run rewrites them; TensorBoard's
-    ``purge_step`` does the same for event files)."""
+    ``purge_step`` does the same for event files), and any torn record (a crash in the middle of a
+    write), with a warning naming the file and line."""
     if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                logger.warning("%s: dropped the torn or unreadable record on line %d (%r...)", path, number,
+                               line.strip()[:60])
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+        f.writelines(kept)

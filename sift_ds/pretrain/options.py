@@ -73,9 +73,13 @@ class PretrainOptions:
     exit_interval: int = _opt(0, "save and exit after a step divisible by N", "logging and checkpoints")
     resume: Optional[str] = _opt(None, "auto: the latest checkpoint in output_dir, if any; or a checkpoint path",
                                  "logging and checkpoints", metavar="auto|PATH")
-    trust_checkpoint: bool = _opt(False, "load a checkpoint that fails its sha256 manifest or has none (checkpoints "
-                                         "are pickles: loading one runs code; only for files you trust)",
+    trust_checkpoint: bool = _opt(False, "load a checkpoint that fails its sha256 manifest or has none, or adopt the "
+                                         "checkpoints of a directory without run.json (every load is weights-only "
+                                         "all the same)",
                                   "logging and checkpoints")
+    check_only: bool = _opt(False, "validate the flags, ds_config, model, tokenizer, data paths and the resume point, "
+                                   "print the warnings, and exit (0 when valid, else 2 with one line), without "
+                                   "preparing data or starting a process group", "logging and checkpoints")
     sift: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})  # --sift_* overrides given
 
     def as_record(self) -> Dict[str, Any]:
@@ -84,7 +88,7 @@ class PretrainOptions:
 
 
 # options the "pretrain" section may not set (trusting a checkpoint is a decision per command)
-NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint")
+NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint", "check_only")
 
 
 def _base_type(annotation: str) -> str:
@@ -101,6 +105,8 @@ def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
                   type=CLI_TYPES[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
     if f.type.startswith("Optional[List") or f.type.startswith("List"):
         kwargs["action"] = "append"
+    if kind == "bool":  # `--check_only` alone means `--check_only true`
+        kwargs.update(nargs="?", const=True)
     group.add_argument(flag, **kwargs)
 
 

@@ -14,14 +14,19 @@ from transformers import PretrainedConfig
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from ..config import SECTION, SiftConfig, load_ds_config
 from . import checkpoint, ds_check, ds_policy
-from .corpus import check_not_empty, resolve_data_files
+from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
+from .identity import RunIdentity
 from .models import FAMILY_PRESETS, PRESETS, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
-from .resume import ResumePoint, check_same_model, find_resume, skipped_tags
+from .resume import ResumePoint, check_same_model, decide, seed_warnings
+from .tokenizer import load_tokenizer
 
-POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops")
+POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
+            "max_val_samples")
 NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
+SEEDS = ("seed", "data_seed")  # numpy's and the loader's seeds: 0 <= seed < 2**32
+SMALL_VOCAB = 1000  # a trained WordPiece vocabulary below this is little more than the corpus's characters
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class RunPlan:
     model_config: PretrainedConfig  # its vocab_size and special-token ids comes from the tokenizer later
     data_files: Optional[List[str]]
     resume: Optional[ResumePoint]
+    identity: RunIdentity  # the run continued, or a new one (its id drawn at start-up)
     notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
     warnings: List[str] = field(default_factory=list)  # likely mistakes that do not stop the run, rank 0
 
@@ -48,8 +54,9 @@ class RunPlan:
 
 
 def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
-                 accelerator: Optional[str] = None) -> RunPlan:
-    """Validate the options and the ds_config against each other (no side effect but the output dir)."""
+                 accelerator: Optional[str] = None, create_output_dir: bool = True) -> RunPlan:
+    """Validate the options and the ds_config against each other (no side effect but creating the
+    output dir, which ``create_output_dir=False`` only checks)."""
     world_size = world_size or world_size_from_env()
     accelerator = accelerator or get_accelerator().device_name()
     notes: List[str] = []
@@ -66,6 +73,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     ds_policy.check_precision(ds_config, accelerator)
     check_ranges(options)
     ds_check.check_types(ds_config)
+    ds_check.check_values(ds_config)
     max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes)
     ds_policy.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
@@ -75,24 +83,32 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     if options.sparse_mlm_head and model_config.model_type != "bert":
         notes.append(f"--sparse_mlm_head applies to BERT models; this {model_config.model_type} model trains with its "
                      "HF head on every position")
+    if sift.enabled and sift.warmup_steps >= max_steps:
+        warnings.append(f"sift.warmup_steps={sift.warmup_steps} >= max_steps={max_steps}: SIFT never selects in "
+                        "this run (every step trains on a random subset, as the warm-up does)")
     if options.data and options.dataset_name:
         raise ValueError("give either --data or --dataset_name, not both")
-    data_files = check_not_empty(resolve_data_files(options.data)) if options.data else None
-    check_tokenizer_path(options.tokenizer)
-    make_output_dir(options.output_dir)
-    resume = find_resume(options.resume, options.output_dir, options.trust_checkpoint)
-    save_dir = checkpoint.checkpoint_dir(options.output_dir)
+    data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
+    if options.dataset_name:
+        check_dataset_name(options.dataset_name)
+    check_tokenizer(options.tokenizer)
+    if create_output_dir:
+        make_output_dir(options.output_dir)
+    else:
+        check_output_dir(options.output_dir)
+    decision = decide(options.resume, options.output_dir, options.trust_checkpoint)
+    resume = decision.point
+    notes += decision.notes
+    warnings += decision.warnings
     if resume is not None:
         check_same_model(resume, model_config, options.seq_len, options.objective)
-        warnings += resume.warnings
-    elif options.resume == "auto":
-        warnings += skipped_tags(save_dir, options.trust_checkpoint)
-        notes.append(f"--resume auto: no complete checkpoint in {save_dir}, starting fresh")
-    elif checkpoint.list_tags(save_dir):
-        notes.append(f"{options.output_dir} already holds checkpoints: starting fresh and overwriting them "
-                     "(--resume auto continues instead)")
+        warnings += seed_warnings(resume, options.seed, options.data_seed)
+    elif not options.tokenizer and options.vocab_size < SMALL_VOCAB:
+        warnings.append(f"--vocab_size {options.vocab_size} is tiny: the trained WordPiece vocabulary is then "
+                        f"little more than the corpus's characters (BERT uses 30522; below {SMALL_VOCAB} is "
+                        "likely a mistake)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
-                   notes, warnings)
+                   decision.identity, notes, warnings)
 
 
 def resolve_sift(section, overrides) -> SiftConfig:
@@ -122,6 +138,10 @@ def check_ranges(options: PretrainOptions) -> None:
         allow_zero = name in NON_NEGATIVE
         if value is not None and (value < 0 or (value == 0 and not allow_zero)):
             raise ValueError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    for name in SEEDS:
+        value = getattr(options, name)
+        if not 0 <= value < 2**32:
+            raise ValueError(f"--{name} must be in [0, 2**32), got {value}")
     for name in ("val_fraction", "mlm_probability"):
         if not 0.0 < getattr(options, name) < 1.0:
             raise ValueError(f"--{name} must be in (0, 1), got {getattr(options, name)}")
@@ -147,9 +167,28 @@ def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfi
     return config
 
 
-def check_tokenizer_path(name: Optional[str]) -> None:
-    if name and not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ValueError(f"--tokenizer {name}: no such file or directory")
+def check_tokenizer(name: Optional[str]) -> None:
+    """A local ``--tokenizer`` is loaded (cheap, no code of its own runs) so that a wrong one fails now."""
+    if not name:
+        return
+    if not os.path.exists(name):
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise ValueError(f"--tokenizer {name}: no such file or directory")
+        return  # a hub name: loaded (with a network) at start-up
+    try:
+        load_tokenizer(name)
+    except ValueError as err:
+        raise ValueError(f"--tokenizer {name}: {err}") from None
+
+
+def check_output_dir(path: str) -> None:
+    """That ``path`` exists as a writable directory or could be created (nothing is created)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ValueError(f"--output_dir {path}: cannot create it or write to it ({existing} is not a writable "
+                         "directory)")
 
 
 def make_output_dir(path: str) -> None:

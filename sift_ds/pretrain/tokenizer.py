@@ -75,17 +75,26 @@ def to_json(tokenizer) -> str:
     return tokenizer.backend_tokenizer.to_str()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from a local directory / ``tokenizer.json`` or a hub name; it must have a
-    mask token (MLM) and CLS/SEP/PAD tokens (sequence packing)."""
-    if os.path.isfile(name_or_path) and name_or_path.endswith(".json"):
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=name_or_path)
-        tokenizer.add_special_tokens(
-            {k: v for k, v in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), BERT_SPECIAL_TOKENS)
-             if v in tokenizer.get_vocab()}
-        )
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    mask token (MLM) and CLS/SEP/PAD tokens (sequence packing). No code shipped with a tokenizer
+    runs (``trust_remote_code=False``). A ValueError (one line) when it is not a usable tokenizer."""
+    if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        raise ValueError(f"no tokenizer in the directory (none of {', '.join(TOKENIZER_FILES)})")
+    try:
+        if os.path.isfile(name_or_path):
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=name_or_path)
+            tokenizer.add_special_tokens(
+                {k: v for k, v in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"),
+                                      BERT_SPECIAL_TOKENS) if v in tokenizer.get_vocab()})
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - tokenizers / transformers / json raise many kinds here
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"cannot load a tokenizer from it ({type(err).__name__}: {first})") from None
     check_tokenizer(tokenizer, name_or_path)
     return tokenizer
 

@@ -6,9 +6,10 @@ Reusable outside ``launch/pretrain_bert.py``: give it an engine from ``sift_ds.i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,8 +18,13 @@ from . import checkpoint
 from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
 from .runtime import StopSignal
+from .window import LogWindow, overhead
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(ValueError):
+    """A NaN / inf training or validation loss: the run stops, writes no checkpoint, exports nothing."""
 
 
 @dataclass
@@ -38,7 +44,12 @@ class LoopOptions:
 
 class Trainer:
     """Runs ``engine.train_step`` on gross batches until ``max_steps``, the time budget, the exit
-    interval or SIGTERM; logs, evaluates and checkpoints on the intervals of ``LoopOptions``."""
+    interval or SIGTERM; logs, evaluates and checkpoints on the intervals of ``LoopOptions``.
+
+    A stop before ``max_steps`` saves a checkpoint and evaluates nothing; the log window's partial
+    sums go into the checkpoint, so the records of a resumed run are those of an uninterrupted one
+    at any log interval. A non-finite training or validation loss raises ``NonFiniteLoss`` at the
+    record that shows it (and before any checkpoint is written after it)."""
 
     def __init__(self, engine, loader, eval_batches, metrics: MetricsLogger, flops: FlopsModel,
                  options: LoopOptions, run_info: Optional[dict] = None):
@@ -50,6 +61,7 @@ class Trainer:
         self.stop_reason: Optional[str] = None
         self._signal = StopSignal()
         self._gloo = None
+        self._window: Optional[LogWindow] = None  # the log window being summed (restored by a resume)
 
     # ------------------------------------------------------------------ state
     @property
@@ -57,8 +69,11 @@ class Trainer:
         return self.engine.global_steps
 
     def run_state(self) -> dict:
+        """What a checkpoint stores besides DeepSpeed's state (a collective: the log window is gathered)."""
+        window = self._window.state() if self._window is not None else None
         return dict(self.run_info, step=self.step, consumed_samples=self.step * self.engine.train_batch_size(),
-                    gross_samples=self.loader.samples_seen, data=self.loader.state_dict(), elapsed_s=self.elapsed_s)
+                    gross_samples=self.loader.samples_seen, data=self.loader.state_dict(), elapsed_s=self.elapsed_s,
+                    log_window=window)
 
     def restore(self, state: dict) -> None:
         for key in ("seq_len", "objective"):
@@ -67,6 +82,8 @@ class Trainer:
                                  f"{self.run_info[key]!r}")
         self.loader.load_state_dict(state["data"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        if state.get("log_window"):
+            self._window = LogWindow.restored(self.engine.device, state["log_window"])
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
@@ -80,7 +97,7 @@ class Trainer:
         gross_tokens_per_step = self.loader.global_batch * gas * opts.seq_len
         batches = iter(self.loader)
         self._signal.install()
-        window = _Window(engine.device)
+        window = self._window = self._window or LogWindow(engine.device)
         loop_start = time.perf_counter() - self.elapsed_s
         try:
             while self.step < opts.max_steps and self.stop_reason is None:
@@ -96,16 +113,17 @@ class Trainer:
                 self.elapsed_s = time.perf_counter() - loop_start
                 self.metrics.step(step)
                 self.stop_reason = self._should_stop(step)
-                final = step >= opts.max_steps or self.stop_reason is not None
-                do_eval = final or bool(opts.eval_interval and step % opts.eval_interval == 0)
+                end = step >= opts.max_steps
+                do_eval = end or bool(opts.eval_interval and step % opts.eval_interval == 0)
                 do_probe = engine.sift_config.enabled and (
                     do_eval or bool(opts.probe_interval and step % opts.probe_interval == 0))
                 paused = time.perf_counter()  # evaluation, probe and checkpoint time is not training time
                 if do_eval or do_probe or step % opts.log_interval == 0:
                     self._log(step, window, tokens_per_step, do_eval, do_probe)
-                    window = _Window(engine.device)
-                if final or (opts.save_interval and step % opts.save_interval == 0):
+                    window = self._window = LogWindow(engine.device)
+                if end or self.stop_reason is not None or (opts.save_interval and step % opts.save_interval == 0):
                     saving = time.perf_counter()
+                    self._check_finite(step, window)
                     self.save()
                     window.paused += time.perf_counter() - saving
                 loop_start += time.perf_counter() - paused
@@ -139,7 +157,7 @@ class Trainer:
             self._gloo = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         return self._gloo
 
-    def _log(self, step: int, window: "_Window", tokens_per_step: int, do_eval: bool, do_probe: bool) -> None:
+    def _log(self, step: int, window: "LogWindow", tokens_per_step: int, do_eval: bool, do_probe: bool) -> None:
         engine, opts = self.engine, self.opts
         train_loss = window.mean_loss()  # all-reduced: also the sync point for the timing
         seconds = window.seconds()
@@ -166,6 +184,21 @@ class Trainer:
         if do_probe:  # the early-exit fidelity probe on the first (fixed) validation batch
             record.update(engine.probe(self.eval_batches[0]))
         self.metrics.log(record)
+        bad = [f"{name} {record[key]}" for key, name in (("train_loss", "training loss"), ("val_loss", "validation loss"))
+               if record.get(key) is not None and not math.isfinite(record[key])]
+        if bad:
+            raise NonFiniteLoss(self._non_finite_message(step, " and ".join(bad)))
+
+    def _check_finite(self, step: int, window: "LogWindow") -> None:
+        """Before a checkpoint: the steps since the last record had finite losses (a collective)."""
+        if window.steps and not math.isfinite(window.mean_loss()):  # steps: the same on every rank
+            raise NonFiniteLoss(self._non_finite_message(step, "training loss since the last record"))
+
+    def _non_finite_message(self, step: int, what: str) -> str:
+        last = checkpoint.list_tags(self.opts.save_dir) if self.opts.save_dir else []
+        where = f"; the last checkpoint is {self.opts.save_dir}/{last[-1]}" if last else ""
+        return (f"non-finite {what} at step {step}: the run is stopped, nothing after it is saved or exported"
+                f"{where} (lower the learning rate, check the data, or resume from an earlier checkpoint)")
 
     def save(self) -> Optional[str]:
         if not self.opts.save_dir:
@@ -176,51 +209,9 @@ class Trainer:
         return tag
 
 
-def overhead(window: "_Window", seconds: float, selection_share: Optional[float], engine) -> Dict[str, float]:
-    """What the loop spent outside the training step, as shares of the window's wall time:
-    ``data/wait_share`` (waiting for gross batches) and ``sift/overhead_share``, all that SIFT adds
-    to a vanilla step: the selection (its measured share of the step) plus the part of the data wait
-    spent on the rows it drops (1 - micro / gross of the rows read)."""
-    if seconds <= 0:
-        return {}
-    out = {"data/wait_share": window.data_s / seconds}
-    if engine.sift_config.enabled:
-        dropped = 1.0 - engine.micro_batch_size / engine.gross_batch_size
-        stepping = seconds - window.data_s
-        out["sift/overhead_share"] = ((selection_share or 0.0) * stepping + dropped * window.data_s) / seconds
-    return out
-
-
 def _current_lr(engine) -> Optional[float]:
     try:
         lrs = engine.get_lr()
     except Exception:  # noqa: BLE001 - no optimizer / scheduler
         return None
     return float(lrs[0]) if lrs else None
-
-
-class _Window:
-    """Loss sum and wall time between two log records (evaluation and checkpoint time excluded)."""
-
-    def __init__(self, device):
-        self.start = time.perf_counter()
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.micro_steps = 0
-        self.steps = 0
-        self.flops = 0.0
-        self.paused = 0.0
-        self.data_s = 0.0  # waiting for the loader's gross batches (read, masked; prefetched while stepping)
-
-    def add_loss(self, loss: torch.Tensor) -> None:
-        self.loss += loss.detach().to(torch.float64)
-        self.micro_steps += 1
-
-    def mean_loss(self) -> float:
-        total = torch.stack([self.loss, torch.tensor(float(self.micro_steps), dtype=torch.float64,
-                                                     device=self.loss.device)])
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        return (total[0] / total[1].clamp(min=1)).item()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start - self.paused
