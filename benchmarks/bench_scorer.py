@@ -15,15 +15,18 @@ Rows (``impl``):
 * ``matmul`` -- a plain bf16 ``rows @ W.T`` of the same size: the tensor-core ceiling.
 
 Shapes (CUDA, bf16): the BERT-base selection batch (64 x 512 tokens, 15% masked -> ~4.9k scored
-rows, H 768, V 30522) and a large-vocabulary head (8192 rows, H 4096, V 128256). Every timed call
+rows, H 768, V 30522, tied head with bias) and the causal-LM heads, untied without bias: Llama 3
+(H 4096, V 128256) at 8192 scored positions and at 1024 (fewer 128-row blocks than SMs: the vocabulary
+split fills the GPU), and Qwen2 (H 3584, V 151936) at 8192. Every timed call
 synchronises CUDA. ``extra_info`` holds rows / H / V, TFLOP/s (2 N H V / median time), the fraction
 of the device's datasheet dense bf16 peak, peak and extra memory, and for the Triton rows the
 config the autotuner chose and the matmul TFLOP/s measured in the same run. Every row's output is
 checked against the fp32 reference of the same inputs before it is timed (the reference itself
 against float64 math), so a fast wrong kernel fails here.
 
-Without CUDA the torch reference and the bf16 eager baseline run at a small shape, so that CI
-exercises this file (and those checks) in seconds; the other rows are skipped.
+Without CUDA the torch reference and the bf16 eager baseline run at two small shapes (with and
+without bias), so that CI exercises this file (and those checks) in seconds; the other rows and the
+large shapes are skipped.
 """
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ from sift_ds.kernels.reference import packed_sequence_scores_torch
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-# name: (rows, H, V); rows are the labelled positions (bert-base: 15% of 64 x 512 tokens)
+# name: (sequences, tokens, labelled fraction, H, V, head bias); the rows scored are the labelled
+# positions (bert-base: 15% of 64 x 512 tokens; the causal heads score every position given).
 SHAPES = (
-    {"bert-base": (64, 512, 0.15, 768, 30522), "large-vocab": (16, 512, 1.0, 4096, 128256)}
+    {"bert-base": (64, 512, 0.15, 768, 30522, True), "llama3": (16, 512, 1.0, 4096, 128256, False),
+     "llama3-1k": (8, 128, 1.0, 4096, 128256, False), "qwen2": (8, 1024, 1.0, 3584, 151936, False)}
     if CUDA
-    else {"cpu-small": (8, 64, 0.15, 128, 2048)}
+    else {"cpu-small": (8, 64, 0.15, 128, 2048, True), "cpu-small-untied": (4, 32, 1.0, 64, 4096, False)}
 )
 ROUNDS, WARMUP = (20, 3) if CUDA else (5, 1)
 IMPLS = ("matmul", "triton", "triton-unpacked", "bf16-eager", "bf16-compile", "liger", "torch", "torch-compile")
@@ -67,15 +72,16 @@ def datasheet_peak(name: str):
 @functools.lru_cache(maxsize=None)
 def make_inputs(shape: str):
     """Hidden states, labels and their compaction (rows, targets, sequence ids), head W and b."""
-    b, s, frac, h, v = SHAPES[shape]
+    b, s, frac, h, v, with_bias = SHAPES[shape]
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(b, s, h, generator=g).to(DTYPE)
     labels = torch.randint(0, v, (b, s), generator=g)
     labels[torch.rand(b, s, generator=g) >= frac] = -100
     flat = (labels.reshape(-1) != -100).nonzero().squeeze(1)
     w = (torch.randn(v, h, generator=g) / h**0.5).to(DTYPE)
-    bias = (0.1 * torch.randn(v, generator=g)).to(DTYPE)
-    hidden, labels, flat, w, bias = (t.to(DEVICE) for t in (hidden, labels, flat, w, bias))
+    bias = (0.1 * torch.randn(v, generator=g)).to(DTYPE) if with_bias else None
+    hidden, labels, flat, w = (t.to(DEVICE) for t in (hidden, labels, flat, w))
+    bias = None if bias is None else bias.to(DEVICE)
     rows = hidden.reshape(-1, h).index_select(0, flat)
     return {
         "hidden": hidden, "labels": labels, "rows": rows, "targets": labels.reshape(-1)[flat],
@@ -109,7 +115,8 @@ def matmul_tflops(shape: str) -> float:
 
 def bf16_eager_scores(rows, w, b, targets, seq, num_seqs):
     """The baseline a PyTorch user writes: bf16 matmul, fp32 log-softmax CE, per-sequence mean."""
-    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16), b.to(torch.bfloat16))
+    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16),
+                                   None if b is None else b.to(torch.bfloat16))
     ce = -torch.log_softmax(z.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
     total = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, ce)
     count = torch.zeros(num_seqs, device=rows.device).index_add_(0, seq, torch.ones_like(ce))
@@ -131,7 +138,8 @@ def float64_scores(x):
     """Independent float64 math: log-softmax CE per row, mean per sequence (checks the reference)."""
     parts = []
     for lo in range(0, x["rows"].shape[0], 1024):  # 1024 rows of float64 logits at a time
-        z = x["rows"][lo : lo + 1024].double() @ x["w"].double().T + x["b"].double()
+        z = x["rows"][lo : lo + 1024].double() @ x["w"].double().T
+        z = z if x["b"] is None else z + x["b"].double()
         parts.append(-torch.log_softmax(z, -1).gather(1, x["targets"][lo : lo + 1024, None]).squeeze(1))
     ce = torch.cat(parts)
     total = torch.zeros(x["num_seqs"], dtype=torch.float64, device=ce.device).index_add_(0, x["seq"], ce)

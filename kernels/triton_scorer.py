@@ -1,7 +1,8 @@
-"""Fused Triton early-exit scorer: CE / entropy through the tied vocab head without N x V logits.
+"""Fused Triton early-exit scorer: CE / entropy through a vocab head without N x V logits.
 
-The math is the one of ``reference.py``; only the schedule differs. For rows ``x`` [N, H], the tied
-decoder ``W`` [V, H] and bias ``b`` [V], the logits ``z = x W^T + b`` are produced one
+The math is the one of ``reference.py``; only the schedule differs. For rows ``x`` [N, H], the
+vocabulary head ``W`` [V, H] (BERT's tied decoder, or a causal LM's untied head) and bias ``b`` [V]
+(or none), the logits ``z = x W^T + b`` are produced one
 [BLOCK_N, BLOCK_V] tile at a time by ``tl.dot`` (fp32 accumulation, loop over H) and folded at
 once into online-softmax statistics per row, so that no N x V buffer ever exists:
 
