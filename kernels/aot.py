@@ -316,7 +316,10 @@ def condensed_table(reports: List[Report]) -> str:
         groups.setdefault((r.capability, r.config), {})[(r.shape, r.dtype)] = r
     for (cap, config), by in groups.items():
         rs = list(by.values())
-        regs = " / ".join(str(by[c].registers) if c in by else "—" for c in cols)
+        if any(c in by for c in cols):
+            regs = " / ".join(str(by[c].registers) if c in by else "—" for c in cols)
+        else:  # the small kernels: one compile, at their own shape and dtype
+            regs = " / ".join(str(r.registers) for r in rs)
         shared = sorted({f"{r.shared_bytes / 1024:.1f}" for r in rs})
         rows.append(f"| sm_{cap} | {config} | {regs} | {', '.join(shared)} | {min(r.ctas_per_sm for r in rs)} "
                     f"| {max(r.spill_bytes for r in rs)} | {min(r.mma for r in rs)} {MMA[cap]} "
