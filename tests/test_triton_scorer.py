@@ -488,6 +488,25 @@ def test_split_plan_fills_the_gpu_when_row_blocks_are_few(V, n, sms):
     assert ts.plan_splits(V, n, sms) == (split, splits)  # deterministic: a function of the shape
 
 
+def test_sequence_path_plans_for_the_labelled_fraction(gen, monkeypatch):
+    """The no-sync sequence path plans its grid for ``labelled_fraction`` of the B*S positions
+    (BERT's 15% by default, 1.0 for a causal batch); a fraction outside (0, 1] is refused."""
+    seen = []
+    monkeypatch.setattr(ts, "_launch_stats", lambda x, *a, n_rows_est=None, **kw: seen.append(n_rows_est)
+                        or ts._scratch((4, 1, x.shape[0]), x.device))
+    monkeypatch.setattr(ts, "_launch_merge", lambda part, mode, out, count=None: out)
+    monkeypatch.setattr(ts, "_launch_segment_mean", lambda tok, bounds, out: out)
+    w, _ = make_head(gen, V, H, torch.float32, with_bias=False)
+    hidden = torch.randn(4, 25, H, generator=gen).to(DEVICE)
+    labels = make_labels(gen, 4, 25, V)
+    ts.sequence_scores_triton(hidden, w, None, labels, "loss")
+    ts.sequence_scores_triton(hidden, w, None, labels, "loss", labelled_fraction=1.0)
+    assert seen == [15, 100]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="labelled_fraction must be in"):
+            ts.sequence_scores_triton(hidden, w, None, labels, "loss", labelled_fraction=bad)
+
+
 def test_autotune_key_is_a_shape_bucket():
     """Row counts that differ step to step map to few buckets: the autotuner runs once per bucket."""
     assert ts.rows_bucket(1) == ts.rows_bucket(256) == 256
