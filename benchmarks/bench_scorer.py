@@ -15,15 +15,18 @@ Rows (``impl``):
 * ``matmul`` -- a plain bf16 ``rows @ W.T`` of the same size: the tensor-core ceiling.
 
 Shapes (CUDA, bf16): the BERT-base selection batch (64 x 512 tokens, 15% masked -> ~4.9k scored
-rows, H 768, V 30522) and a large-vocabulary head (8192 rows, H 4096, V 128256). Every timed call
+rows, H 768, V 30522, tied head with bias) and the causal-LM heads, untied without bias: Llama 3
+(H 4096, V 128256) at 8192 scored positions and at 1024 (fewer 128-row blocks than SMs: the vocabulary
+split fills the GPU), and Qwen2 (H 3584, V 151936) at 8192. Every timed call
 synchronises CUDA. ``extra_info`` holds rows / H / V, TFLOP/s (2 N H V / median time), the fraction
 of the device's datasheet dense bf16 peak, peak and extra memory, and for the Triton rows the
 config the autotuner chose and the matmul TFLOP/s measured in the same run. Every row's output is
 checked against the fp32 reference of the same inputs before it is timed (the reference itself
 against float64 math), so a fast wrong kernel fails here.
 
-Without CUDA the torch reference and the bf16 eager baseline run at a small shape, so that CI
-exercises this file (and those checks) in seconds; the other rows are skipped.
+Without CUDA the torch reference and the bf16 eager baseline run at two small shapes (with and
+without bias), so that CI exercises this file (and those checks) in seconds; the other rows and the
+large shapes are skipped.
 """
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ from sift_ds.kernels.reference import packed_sequence_scores_torch, reduce_to_se
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-# name: (rows, H, V); rows are the labelled positions (bert-base: 15% of 64 x 512 tokens)
+# name: (sequences, tokens, labelled fraction, H, V, head bias); the rows scored are the labelled
+# positions (bert-base: 15% of 64 x 512 tokens; the causal heads score every position given).
 SHAPES = (
-    {"bert-base": (64, 512, 0.15, 768, 30522), "large-vocab": (16, 512, 1.0, 4096, 128256)}
+    {"bert-base": (64, 512, 0.15, 768, 30522, True), "llama3": (16, 512, 1.0, 4096, 128256, False),
+     "llama3-1k": (8, 128, 1.0, 4096, 128256, False), "qwen2": (8, 1024, 1.0, 3584, 151936, False)}
     if CUDA
-    else {"cpu-small": (8, 64, 0.15, 128, 2048)}
+    else {"cpu-small": (8, 64, 0.15, 128, 2048, True), "cpu-small-untied": (4, 32, 1.0, 64, 4096, False)}
 )
 ROUNDS, WARMUP = (20, 3) if CUDA else (5, 1)
 IMPLS = ("matmul", "triton", "triton-unpacked", "bf16-eager", "bf16-compile", "liger", "torch", "torch-compile")
@@ -70,18 +75,18 @@ def make_inputs(shape: str):
     return build_inputs(*SHAPES[shape], device=DEVICE, dtype=DTYPE)
 
 
-def build_inputs(b, s, frac, h, v, *, device, dtype, seed=0):
+def build_inputs(b, s, frac, h, v, with_bias=True, *, device, dtype, seed=0):
     """Random inputs of ``b`` sequences of ``s`` tokens, a share ``frac`` of them labelled, hidden size
     ``h``, vocabulary ``v``: hidden [b, s, h], labels [b, s], their compaction (rows [N, h], targets
-    [N], seq [N]), W [v, h] scaled to logits of std ~1, and a bias."""
+    [N], seq [N]), W [v, h] scaled to logits of std ~1, and a bias (None without ``with_bias``)."""
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(b, s, h, generator=g).to(dtype)
     labels = torch.randint(0, v, (b, s), generator=g)
     labels[torch.rand(b, s, generator=g) >= frac] = -100
     flat = (labels.reshape(-1) != -100).nonzero().squeeze(1)
     w = (torch.randn(v, h, generator=g) / h**0.5).to(dtype)
-    bias = (0.1 * torch.randn(v, generator=g)).to(dtype)
-    hidden, labels, flat, w, bias = (t.to(device) for t in (hidden, labels, flat, w, bias))
+    bias = (0.1 * torch.randn(v, generator=g)).to(dtype).to(device) if with_bias else None
+    hidden, labels, flat, w = (t.to(device) for t in (hidden, labels, flat, w))
     rows = hidden.reshape(-1, h).index_select(0, flat)
     return {
         "hidden": hidden, "labels": labels, "rows": rows, "targets": labels.reshape(-1)[flat],
@@ -115,7 +120,8 @@ def matmul_tflops(shape: str) -> float:
 
 def bf16_eager_scores(rows, w, b, targets, seq, num_seqs, criterion="loss"):
     """The baseline a PyTorch user writes: bf16 matmul, fp32 log-softmax CE (or entropy), per-sequence mean."""
-    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16), None if b is None else b.to(torch.bfloat16))
+    z = torch.nn.functional.linear(rows.to(torch.bfloat16), w.to(torch.bfloat16),
+                                   None if b is None else b.to(torch.bfloat16))
     logp = torch.log_softmax(z.float(), dim=-1)
     if criterion == "entropy":
         tok = -(logp.exp() * logp).sum(-1)
@@ -147,7 +153,7 @@ def float64_scores(x, criterion="loss", bias=True):
     parts = []
     for lo in range(0, x["rows"].shape[0], 1024):  # 1024 rows of float64 logits at a time
         z = x["rows"][lo : lo + 1024].double() @ x["w"].double().T
-        logp = torch.log_softmax(z + x["b"].double() if bias else z, -1)
+        logp = torch.log_softmax(z + x["b"].double() if bias and x["b"] is not None else z, -1)
         if criterion == "entropy":
             parts.append(-(logp.exp() * logp).sum(-1))
         else:

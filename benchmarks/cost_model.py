@@ -117,43 +117,83 @@ def exchange_table() -> str:
     return "\n".join(rows)
 
 
-# Non-tensor throughput per SM and clock (datasheet): FP32 lanes, special-function (exp2) lanes, GHz.
-SM_UNITS = {"A100": (108, 64, 16, 1.41), "H100 SXM": (132, 128, 16, 1.83)}
-KERNEL_SHAPES = {"bert-base": (4915, 768, 30522), "large-vocab": (8192, 4096, 128256)}
+# The fused scorer's roofline. Datasheet figures: dense bf16 TFLOP/s, HBM TB/s, SMs, FP32 and
+# special-function (exp2) lanes per SM, and the clock (GHz) at which the bf16 figure is quoted.
+KERNEL_DEVICES = {
+    "H100 SXM": (989.4, 3.35, 132, 128, 16, 1.83),
+    "H200": (989.4, 4.8, 132, 128, 16, 1.83),
+}
+# name: (rows scored, H, V). bert-base: 64 x 512 tokens, 15% masked (tied head with bias); the causal
+# heads are untied without bias: Llama 3 8B (V 128,256) at 8,192 and 1,024 rows, Qwen2 7B (V 151,936)
+# at 8,192 rows (e.g. 64 sequences x 128 scored positions, or 16 x 512 every position).
+KERNEL_SHAPES = {"bert-base": (4915, 768, 30522), "llama3": (8192, 4096, 128256), "llama3-1k": (1024, 4096, 128256),
+                 "qwen2": (8192, 3584, 151936)}
 EPILOGUE_FP32_OPS = 7  # per logit after exp2 pre-scaling: FMA (scale + bias), max, sub, 2 adds, mul, select
 MMA_EFFICIENCY = (0.6, 0.75)  # assumed range of tensor peak the main loop sustains at 1-2 CTAs/SM
+BLOCK_N, GROUP_N = 128, 8  # the plan's row block; W is streamed once per group of GROUP_N row blocks
+
+
+def scorer_model(n: int, H: int, V: int, device: str) -> dict:
+    """The fused scorer in the model: FLOPs ``2 N H V``; bytes read (W once per group of row blocks,
+    the rows once per vocabulary split, bf16) and the partial statistics written and merged (fp32);
+    whole waves of (row block, split) programs from ``plan_splits`` at 1 CTA per SM; the MMA main loop
+    at MMA_EFFICIENCY of the datasheet peak; the epilogue (FP32 + one exp2 per logit) not overlapped
+    with it. Time = max(MMA + epilogue, bytes / HBM bandwidth)."""
+    from sift_ds.kernels.triton_scorer import plan_splits
+
+    peak, hbm, sms, fp32, sfu, ghz = KERNEL_DEVICES[device]
+    flops = 2 * n * H * V
+    split, splits = plan_splits(V, n, sms)
+    blocks = -(-n // BLOCK_N)
+    waves = -(-(blocks * splits) // sms)
+    groups = -(-blocks // GROUP_N)
+    nbytes = groups * V * H * 2 + splits * n * H * 2 + 2 * 4 * 4 * splits * n
+    logits = n * V
+    t_epi = logits * EPILOGUE_FP32_OPS / (sms * fp32 * ghz * 1e9) + logits / (sms * sfu * ghz * 1e9)
+    t_mem = nbytes / (hbm * 1e12)
+    out = dict(flops=flops, bytes=nbytes, split=split, splits=splits, waves=blocks * splits / sms,
+               whole_waves=waves, t_epi=t_epi, t_mem=t_mem, ridge=peak / hbm, t_mma=[], t=[], fraction=[])
+    for eff in MMA_EFFICIENCY:
+        t_mma = flops / (peak * 1e12 * eff) * (waves * sms) / (blocks * splits)
+        t = max(t_mma + t_epi, t_mem)
+        out["t_mma"].append(t_mma)
+        out["t"].append(t)
+        out["fraction"].append(flops / t / (peak * 1e12))
+    return out
+
+
+# Eager bf16 baseline (what a PyTorch user writes: bf16 matmul, then an fp32 log-softmax CE): bytes
+# per logit moved after the matmul -- bf16 logits written and read (2 + 2), upcast to fp32 written
+# and read (4 + 4), log-softmax written (4) -- and held at its peak (bf16 + fp32 + log-softmax).
+EAGER_BYTES_PER_LOGIT, EAGER_HELD_PER_LOGIT = 16, 10
+
+
+def eager_model(n: int, H: int, V: int, device: str) -> dict:
+    """Eager bf16 in the same model: the matmul at MMA_EFFICIENCY of peak (cuBLAS, a full GPU), plus
+    the memory-bound passes over the N x V logits at HBM bandwidth."""
+    peak, hbm = KERNEL_DEVICES[device][:2]
+    flops = 2 * n * H * V
+    passes = n * V * EAGER_BYTES_PER_LOGIT / (hbm * 1e12)
+    return dict(t=[flops / (peak * 1e12 * eff) + passes for eff in MMA_EFFICIENCY],
+                held=n * V * EAGER_HELD_PER_LOGIT)
 
 
 def roofline_table() -> str:
-    """The fused scorer's FLOPs, bytes and waves per shape, and the fraction of bf16 peak the design
-    can reach in this model: MMA at MMA_EFFICIENCY (a range), the epilogue (FP32 + exp2 per logit)
-    not overlapped with it, whole waves from plan_splits (128-row blocks, 1 CTA per SM), W streamed
-    once per group of 8 row blocks and the rows once per split."""
-    from sift_ds.kernels.triton_scorer import plan_splits
-
-    rows = ["| shape | device | GFLOP | MB read (model) | FLOP/B | ridge FLOP/B | splits x split | waves "
-            "| MMA time | epilogue | predicted fraction of bf16 peak (model) |", "|" + "---|" * 11]
+    """One row per shape and device: the fused scorer in the model (``scorer_model``)."""
+    rows = ["| shape | device | GFLOP | MB moved | FLOP/B | ridge FLOP/B | splits × columns | waves "
+            "| MMA time | epilogue | HBM time | expected time (model) | fraction of bf16 peak (model) "
+            "| eager bf16 time (model) | eager logits held |",
+            "|" + "---|" * 15]
     for name, (n, H, V) in KERNEL_SHAPES.items():
-        for dev, (peak, hbm, _) in DEVICES.items():
-            sms, fp32, sfu, ghz = SM_UNITS[dev]
-            flops = 2 * n * H * V
-            split, splits = plan_splits(V, n, sms)
-            blocks = -(-n // 128)
-            waves = -(-(blocks * splits) // sms)
-            groups = -(-blocks // 8)  # W is streamed once per group of 8 row blocks (GROUP_N)
-            nbytes = groups * V * H * 2 + splits * n * H * 2
-            logits = n * V
-            t_epi = logits * EPILOGUE_FP32_OPS / (sms * fp32 * ghz * 1e9) + logits / (sms * sfu * ghz * 1e9)
-            fractions, mma = [], []
-            for eff in MMA_EFFICIENCY:
-                t_mma = flops / (peak * 1e12 * eff) * (waves * sms) / (blocks * splits)
-                t = max(t_mma + t_epi, nbytes / (hbm * 1e12))
-                fractions.append(flops / t / (peak * 1e12))
-                mma.append(t_mma)
-            rows.append(f"| {name} | {dev} | {flops / 1e9:.0f} | {nbytes / 1e6:.0f} | {flops / nbytes:.0f} "
-                        f"| {peak / hbm:.0f} | {splits} x {split} | {blocks * splits / sms:.2f} "
-                        f"| {mma[1] * 1e3:.2f}–{mma[0] * 1e3:.2f} ms | {t_epi * 1e3:.2f} ms "
-                        f"| {fractions[0]:.0%}–{fractions[1]:.0%} |")
+        for dev in KERNEL_DEVICES:
+            m, e = scorer_model(n, H, V, dev), eager_model(n, H, V, dev)
+            rows.append(f"| {name} ({n} × {H} × {V}) | {dev} | {m['flops'] / 1e9:.0f} | {m['bytes'] / 1e6:.0f} "
+                        f"| {m['flops'] / m['bytes']:.0f} | {m['ridge']:.0f} | {m['splits']} × {m['split']} "
+                        f"| {m['waves']:.2f} | {m['t_mma'][1] * 1e3:.2f}–{m['t_mma'][0] * 1e3:.2f} ms "
+                        f"| {m['t_epi'] * 1e3:.2f} ms | {m['t_mem'] * 1e3:.2f} ms "
+                        f"| {m['t'][1] * 1e3:.2f}–{m['t'][0] * 1e3:.2f} ms "
+                        f"| {m['fraction'][0]:.0%}–{m['fraction'][1]:.0%} "
+                        f"| {e['t'][1] * 1e3:.2f}–{e['t'][0] * 1e3:.2f} ms | {e['held'] / 2**30:.1f} GiB |")
     return "\n".join(rows)
 
 
@@ -162,5 +202,5 @@ if __name__ == "__main__":
     print(share_table())
     print("\nGlobal-scope row exchange (BERT-base rows, 8 KiB each; model)\n")
     print(exchange_table())
-    print("\nFused scorer roofline (model)\n")
+    print("\nFused scorer roofline (a model, not a measurement)\n")
     print(roofline_table())

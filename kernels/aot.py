@@ -28,8 +28,25 @@ from typing import Dict, List, Optional
 
 import torch
 
-# name: (rows scored, H, V). bert-base: 64 x 512 tokens, 15% masked; large-vocab: 8192 rows.
-SHAPES = {"bert-base": (4915, 768, 30522), "large-vocab": (8192, 4096, 128256)}
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    rows: int  # rows scored
+    H: int
+    V: int
+    bias: bool  # the head has a bias (BERT's tied MLM decoder) or not (untied causal-LM heads)
+    dtypes: tuple  # the dtypes compiled at this shape
+
+
+# bert-base: 64 x 512 tokens, 15% masked, tied head with bias, bf16 and fp16. The causal-LM heads are
+# untied without bias, bf16: Llama 3 (8B) at 64 sequences x 128 scored positions, Qwen2 (7B) at every
+# next-token position of 8 sequences of 4,096 tokens (8 x 4,095 rows: not a multiple of 16, so the
+# runtime specialises differently from the Llama 3 launch).
+SHAPES = {
+    "bert-base": Shape(4915, 768, 30522, True, ("bf16", "fp16")),
+    "llama3": Shape(8192, 4096, 128256, False, ("bf16",)),
+    "qwen2": Shape(8 * 4095, 3584, 151936, False, ("bf16",)),
+}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # capability: (SMs of the datasheet part, max shared memory per block, per SM, registers per SM)
 ARCHS = {80: ("A100", 108, 163 * 1024, 164 * 1024, 65536), 90: ("H100 SXM", 132, 227 * 1024, 228 * 1024, 65536)}
@@ -184,12 +201,14 @@ def stats_kernel_args(shape: str, dtype: str, capability: int, packed: bool = Tr
     [B*S] rows with a device-side count)."""
     from . import triton_scorer as ts
 
-    n, H, V = SHAPES[shape]
+    sh = SHAPES[shape]
+    n, H, V = sh.rows, sh.H, sh.V
     meta = torch.device("meta")
     dt = DTYPES[dtype]
     total = n if packed else n * 100 // 15  # sequence path: every position, ~15% labelled
     x = torch.empty(total, H, dtype=dt, device=meta)
-    w, b = torch.empty(V, H, dtype=dt, device=meta), torch.empty(V, dtype=dt, device=meta)
+    w = torch.empty(V, H, dtype=dt, device=meta)
+    b = torch.empty(V, dtype=dt, device=meta) if sh.bias else None
     targets = torch.empty(total, dtype=torch.int64, device=meta)
     row_idx = torch.empty(total, dtype=torch.int64, device=meta)
     count = None if packed else torch.empty(1, dtype=torch.int64, device=meta)
@@ -198,15 +217,21 @@ def stats_kernel_args(shape: str, dtype: str, capability: int, packed: bool = Tr
     return ts.stats_arguments(x, w, b, targets, part, 0, split, splits, n, row_idx=row_idx, count=count)
 
 
-def compile_stats(config, capability: int, shape: str, dtype: str, packed: bool = True) -> Report:
+def compile_stats(config, capability: int, shape: str, dtype: str, packed: bool = True,
+                  flatten: Optional[bool] = None) -> Report:
+    """One ``_vocab_stats_kernel`` compile; ``flatten=False`` builds the un-flattened V loop (a control)."""
     from triton.runtime.jit import JITFunction
 
     from . import triton_scorer as ts
 
     args, flags = stats_kernel_args(shape, dtype, capability, packed)
+    if flatten is not None:
+        flags["FLATTEN"] = flatten
     kwargs = dict(flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     compiled = _compile(JITFunction(ts._vocab_stats_kernel), args, kwargs, capability)
     label = "{BLOCK_N}x{BLOCK_V}x{BLOCK_H}".format(**config.kwargs) + f" w{config.num_warps} s{config.num_stages}"
+    if flatten is False:
+        label += " unflattened"
     return _report("_vocab_stats_kernel", compiled, capability, label, shape, dtype, 32 * config.num_warps)
 
 
@@ -218,7 +243,7 @@ def compile_small_kernels(capability: int) -> List[Report]:
     from . import triton_topk as tk
 
     meta = torch.device("meta")
-    n = SHAPES["bert-base"][0]
+    n = SHAPES["bert-base"].rows
     f32 = lambda *s: torch.empty(*s, dtype=torch.float32, device=meta)  # noqa: E731
     i64 = lambda *s: torch.empty(*s, dtype=torch.int64, device=meta)  # noqa: E731
     jobs = [
@@ -235,24 +260,35 @@ def compile_small_kernels(capability: int) -> List[Report]:
     return out
 
 
-def all_stats_jobs():
-    """(config, capability, shape, dtype) of every autotune config the runtime may try on each target."""
+def all_stats_jobs(full: bool = True):
+    """(config, capability, shape, dtype) of every autotune config the runtime may try on each target,
+    at every shape; ``full=False`` compiles bf16 only (CI: fp16 differs from bf16 only in the dtype)."""
     from .triton_scorer import cuda_configs
 
     return [(cfg, cap, shape, dtype) for cap in ARCHS for cfg in cuda_configs(cap // 10)
-            for shape in SHAPES for dtype in DTYPES]
+            for shape, sh in SHAPES.items() for dtype in sh.dtypes if full or dtype == "bf16"]
+
+
+def control_jobs():
+    """Compiles that must fail the checks: the configs kept off sm_80 (they spill there), and the first
+    sm_80 config with an un-flattened V loop (it drains the pipeline at every V tile)."""
+    from .triton_scorer import cuda_configs
+
+    excluded = [c for c in cuda_configs(9) if c not in cuda_configs(8)]
+    return [(c, 80, "bert-base", "bf16") for c in excluded] + [(cuda_configs(8)[0], 80, "bert-base", "bf16", True, False)]
 
 
 def _job(job):
     return compile_stats(*job)
 
 
-def run_all(processes: int = 2) -> List[Report]:
-    """Every stats-kernel job, compiled in ``processes`` worker processes (compiles are CPU-bound)."""
+def run_all(processes: int = 2, full: bool = True, jobs=None) -> List[Report]:
+    """Every stats-kernel job (or ``jobs``), compiled in ``processes`` worker processes (compiles are
+    CPU-bound), reports in the order of the jobs."""
     import concurrent.futures
     import multiprocessing
 
-    jobs = all_stats_jobs()
+    jobs = all_stats_jobs(full) if jobs is None else jobs
     if processes <= 1:
         return [_job(j) for j in jobs]
     ctx = multiprocessing.get_context("spawn")
@@ -271,7 +307,7 @@ def markdown_table(reports: List[Report]) -> str:
 
 def condensed_table(reports: List[Report]) -> str:
     """One row per (target, config): registers per shape / dtype, and the worst case of the rest."""
-    cols = [(shape, dtype) for shape in SHAPES for dtype in DTYPES]
+    cols = [(shape, dtype) for shape, sh in SHAPES.items() for dtype in sh.dtypes]
     head = " / ".join(f"{s} {d}" for s, d in cols)
     rows = [f"| target | config (N×V×H, warps, stages) | registers ({head}) | shared (KB) | CTAs/SM "
             "| spills (B) | MMA in SASS | drains in a loop |", "|" + "---|" * 8]
@@ -280,7 +316,10 @@ def condensed_table(reports: List[Report]) -> str:
         groups.setdefault((r.capability, r.config), {})[(r.shape, r.dtype)] = r
     for (cap, config), by in groups.items():
         rs = list(by.values())
-        regs = " / ".join(str(by[c].registers) if c in by else "—" for c in cols)
+        if any(c in by for c in cols):
+            regs = " / ".join(str(by[c].registers) if c in by else "—" for c in cols)
+        else:  # the small kernels: one compile, at their own shape and dtype
+            regs = " / ".join(str(r.registers) for r in rs)
         shared = sorted({f"{r.shared_bytes / 1024:.1f}" for r in rs})
         rows.append(f"| sm_{cap} | {config} | {regs} | {', '.join(shared)} | {min(r.ctas_per_sm for r in rs)} "
                     f"| {max(r.spill_bytes for r in rs)} | {min(r.mma for r in rs)} {MMA[cap]} "

@@ -1,9 +1,10 @@
 """Functional early-exit scorer API, re-exported by ``sift_ds.kernels``.
 
 ``sequence_scores`` / ``packed_sequence_scores`` turn hidden states that are already through the
-MLM head's transform into one float32 score per sequence: the mean, over its labelled positions,
-of the cross-entropy (``criterion="loss"``) or prediction entropy (``criterion="entropy"``) of the
-tied vocab head. ``select_topk`` ranks them. ``backend`` is "torch" (the reference twin in
+head's transform (BERT's MLM transform, a causal LM's final norm) into one float32 score per
+sequence: the mean, over its labelled positions, of the cross-entropy (``criterion="loss"``) or
+prediction entropy (``criterion="entropy"``) of the vocab head ``weight`` [V, H] (tied or untied)
+and ``bias`` [V] or None. ``select_topk`` ranks them. ``backend`` is "torch" (the reference twin in
 ``reference.py``), "triton" (the fused kernel) or "auto" (Triton on CUDA when it imports).
 
 Both backends refuse the same inputs with a one-line error: shapes that do not fit (``ValueError``),

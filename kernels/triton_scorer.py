@@ -1,7 +1,8 @@
-"""Fused Triton early-exit scorer: CE / entropy through the tied vocab head without N x V logits.
+"""Fused Triton early-exit scorer: CE / entropy through a vocab head without N x V logits.
 
-The math is the one of ``reference.py``; only the schedule differs. For rows ``x`` [N, H], the tied
-decoder ``W`` [V, H] and bias ``b`` [V], the logits ``z = x W^T + b`` are produced one
+The math is the one of ``reference.py``; only the schedule differs. For rows ``x`` [N, H], the
+vocabulary head ``W`` [V, H] (BERT's tied decoder, or a causal LM's untied head) and bias ``b`` [V]
+(or none), the logits ``z = x W^T + b`` are produced one
 [BLOCK_N, BLOCK_V] tile at a time by ``tl.dot`` (fp32 accumulation, loop over H) and folded at
 once into online-softmax statistics per row, so that no N x V buffer ever exists:
 
@@ -273,7 +274,7 @@ _SPLIT_ALIGN = 256
 _INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16, "GROUP_N": 2}
 _MERGE_BLOCK = 256
 _SEGMENT_BLOCK = 128
-# Only steers how many vocabulary splits the no-sync path plans for (BERT masks ~15%).
+# Only steers how many vocabulary splits the no-sync path plans for, by default (BERT masks ~15%).
 _EXPECTED_LABELLED_FRACTION = 0.15
 # Tests set this to fill scratch buffers with NaN, so that an unwritten element shows.
 _POISON_SCRATCH = False
@@ -546,8 +547,11 @@ def _stable_partition(mask: torch.Tensor):
     return perm, count
 
 
-def _sequence_scores(hidden, weight, bias, labels, criterion="loss", *, out=None, num_splits=None):
+def _sequence_scores(hidden, weight, bias, labels, criterion="loss", *, out=None, num_splits=None,
+                     labelled_fraction=_EXPECTED_LABELLED_FRACTION):
     check_criterion(criterion)
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction!r}")
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)}, {tuple(labels.shape)}")
     B, S, H = hidden.shape
@@ -562,7 +566,7 @@ def _sequence_scores(hidden, weight, bias, labels, criterion="loss", *, out=None
     perm, count = _stable_partition(mask)  # labelled rows first, in (b, s) order
     bounds = torch.zeros(B + 1, dtype=torch.int64, device=device)
     torch.cumsum(mask.view(B, S).sum(dim=1), 0, out=bounds[1:])
-    n_est = max(1, math.ceil(_EXPECTED_LABELLED_FRACTION * B * S))
+    n_est = max(1, math.ceil(labelled_fraction * B * S))
     with _device_guard(device):
         part = _launch_stats(x, weight, bias, flat_labels, 0, row_idx=perm, count=count, n_rows_est=n_est,
                              num_splits=num_splits)
@@ -571,10 +575,15 @@ def _sequence_scores(hidden, weight, bias, labels, criterion="loss", *, out=None
     return out
 
 
-def sequence_scores_triton(hidden, weight, bias, labels, criterion: str = "loss") -> torch.Tensor:
+def sequence_scores_triton(hidden, weight, bias, labels, criterion: str = "loss", *,
+                           labelled_fraction: float = _EXPECTED_LABELLED_FRACTION) -> torch.Tensor:
     """float32 [B]: mean CE / entropy over the labelled positions (label != -100) of each
-    sequence, ``-inf`` where none. Labelled rows are compacted on the device; no host sync."""
-    return _sequence_scores(hidden, weight, bias, labels, criterion)
+    sequence, ``-inf`` where none. Labelled rows are compacted on the device; no host sync.
+
+    The labelled count stays on the device, so the vocabulary split is planned for
+    ``labelled_fraction`` of the ``B * S`` positions (0.15: BERT's masking; a causal LM labels
+    nearly every position: pass 1.0). It steers the launch grid only, never the result."""
+    return _sequence_scores(hidden, weight, bias, labels, criterion, labelled_fraction=labelled_fraction)
 
 
 __all__ = [

@@ -161,3 +161,39 @@ def test_torch_fallback_chunks_rows_to_a_memory_budget(monkeypatch):
     logp = torch.log_softmax(rows.double() @ w.double().T + b.double(), -1)
     torch.testing.assert_close(got.double(), -logp.gather(1, t[:, None]).squeeze(1), atol=1e-5, rtol=0)
     assert math.isfinite(float(got.sum()))
+
+
+def test_torch_fallback_never_builds_n_by_v_logits_at_large_vocabularies():
+    """The public torch backend at a Qwen2-sized vocabulary (V = 151,936, untied head without bias):
+    no tensor of the whole computation holds more than one chunk of rows x V (fewer rows than the
+    batch scores), and the loss and entropy scores match float64 log-softmax."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sift_ds.kernels import reference
+
+    V, H, B, S = 151936, 8, 2, 48
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(B, S, H, generator=g)
+    w = torch.randn(V, H, generator=g) / H**0.5
+    labels = torch.randint(0, V, (B, S), generator=g)
+    labels[:, -1] = -100  # causal: the last position predicts nothing
+    labels[1, 30:] = -100  # right padding
+    largest = []
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            largest.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out]) if torch.is_tensor(t))
+            return out
+
+    with Largest():
+        got = {c: kernels.sequence_scores(hidden, w, None, labels, c, backend="torch") for c in ("loss", "entropy")}
+    chunk = reference._row_chunk(V)
+    n = int((labels != -100).sum())
+    assert chunk < n and max(largest) <= chunk * V < n * V
+    for i in range(B):
+        keep = labels[i] != -100
+        logp = torch.log_softmax(hidden[i][keep].double() @ w.double().T, -1)
+        want = {"loss": -logp.gather(1, labels[i][keep][:, None]).squeeze(1), "entropy": -(logp.exp() * logp).sum(1)}
+        for c in got:
+            torch.testing.assert_close(got[c][i].double(), want[c].mean(), atol=1e-4, rtol=0)

@@ -293,6 +293,101 @@ def test_topk_matches_float64_ranking(gen, criterion):
 
 
 # ---------------------------------------------------------------------------------------------
+# causal-LM heads: untied, no bias, vocabulary split planned from the shape and the SM count
+# ---------------------------------------------------------------------------------------------
+
+# Interpreter-scale twin of a large-vocabulary launch: V spans 15 tiles of 32 columns, the rows only one
+# or two blocks of 16, so -- as with a thousand rows at V = 128k on 132 SMs -- one pass over V would
+# leave most of the (here 8) SMs idle, and the plan splits V.
+CAUSAL_V, CAUSAL_H, CAUSAL_SMS = 449, 24, 8
+
+
+def causal_labels(gen, b, s, v, lengths):
+    """HF's causal convention after the adapter's shift: position t predicts token t+1, the last real
+    position and the right padding are -100, plus a few ignored positions inside the rows."""
+    labels = torch.randint(0, v, (b, s), generator=gen)
+    for i, n in enumerate(lengths):
+        labels[i, max(n - 1, 0):] = -100
+    labels[torch.rand(b, s, generator=gen) < 0.1] = -100
+    return labels.to(DEVICE)
+
+
+def interpreter_plan(n_rows):
+    cfg = ts._INTERPRET_CONFIG
+    return ts.plan_splits(CAUSAL_V, n_rows, CAUSAL_SMS, block_n=cfg["BLOCK_N"], align=cfg["BLOCK_V"],
+                          min_split=2 * cfg["BLOCK_V"], overhead_cols=cfg["BLOCK_V"])
+
+
+def test_interpreter_plan_splits_when_row_blocks_do_not_fill_the_sms():
+    """The plan, at interpreter scale: 1-2 row blocks on 8 SMs -> several aligned splits, so the
+    grid fills at least 3/4 of one wave; the plan is a pure function of (V, rows, SMs)."""
+    for n in (17, 27, 32):
+        split, splits = interpreter_plan(n)
+        blocks = -(-n // ts._INTERPRET_CONFIG["BLOCK_N"])
+        assert blocks < CAUSAL_SMS and splits > 1 and split % ts._INTERPRET_CONFIG["BLOCK_V"] == 0
+        assert (splits - 1) * split < CAUSAL_V <= splits * split
+        assert blocks * splits >= 0.75 * CAUSAL_SMS
+        assert interpreter_plan(n) == (split, splits)
+
+
+@pytest.mark.parametrize("criterion", ["loss", "entropy"])
+def test_causal_untied_head_with_planned_vocab_split(gen, criterion):
+    """bf16 untied head without bias (Llama / Qwen style), causal labels with ignored positions and a
+    row with none: the sequence path (on-device compaction) and the packed path, each split over V as
+    planned and merged by the merge kernel, against float64 log-softmax."""
+    B, S = 3, 9
+    dtype = torch.bfloat16
+    w, _ = make_head(gen, CAUSAL_V, CAUSAL_H, dtype, with_bias=False)
+    hidden = torch.randn(B, S, CAUSAL_H, generator=gen).to(dtype).to(DEVICE)
+    labels = causal_labels(gen, B, S, CAUSAL_V, lengths=[S, 1, 6])  # row 1: one token, nothing to predict
+    labels[0, 0] = labels[2, 0] = 7  # each of rows 0 and 2 keeps a labelled position
+    want = labelled_means64(hidden, w, None, labels, criterion)
+    assert torch.isneginf(want[1]) and torch.isfinite(want[[0, 2]]).all()
+
+    n_est = B * S  # causal rows: nearly every position is labelled
+    split, splits = interpreter_plan(n_est)
+    assert splits > 1
+    got = ts._sequence_scores(hidden, w, None, labels, criterion, out=nan_out(B), num_splits=splits)
+    assert_close64(got, want, TOL[dtype][criterion])
+
+    flat = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    rows = hidden.reshape(-1, CAUSAL_H)[flat]
+    targets = labels.reshape(-1)[flat]
+    seq = torch.div(flat, S, rounding_mode="floor")
+    split, splits = interpreter_plan(rows.shape[0])
+    assert splits > 1
+    got = ts._packed_scores(rows, w, None, targets, seq, B, criterion, out=nan_out(B), num_splits=splits)
+    assert_close64(got, want, TOL[dtype][criterion])
+
+
+def test_split_partials_are_the_slices_statistics(gen):
+    """Each program of a split launch writes the (max, sum-exp, sum z*exp, target logit) of its own
+    vocabulary slice, and ignored targets (-100) get no target logit in any slice: the partials
+    against float64 statistics of each slice, before the merge."""
+    n = 18
+    w, _ = make_head(gen, CAUSAL_V, CAUSAL_H, torch.float32, with_bias=False)
+    rows = torch.randn(n, CAUSAL_H, generator=gen).to(DEVICE)
+    targets = torch.randint(0, CAUSAL_V, (n,), generator=gen)
+    targets[::4] = -100
+    split, splits = interpreter_plan(n)
+    part = ts._launch_stats(rows, w, None, targets.to(DEVICE), 0, num_splits=splits).cpu().double()
+    assert part.shape == (4, splits, n) and not part.isnan().any()
+    z = logits64(rows, w, None).cpu()
+    for i in range(splits):
+        lo, hi = i * split, min((i + 1) * split, CAUSAL_V)
+        zs = z[:, lo:hi]
+        m = zs.max(dim=1).values
+        e = torch.exp(zs - m[:, None])
+        inside = (targets >= lo) & (targets < hi)
+        zt = torch.where(inside, z.gather(1, targets.clamp(0, CAUSAL_V - 1)[:, None]).squeeze(1), 0.0)
+        torch.testing.assert_close(part[0, i], m, atol=1e-4, rtol=0)
+        torch.testing.assert_close(part[1, i], e.sum(1), rtol=1e-5, atol=0)
+        torch.testing.assert_close(part[2, i], ((zs - m[:, None]) * e).sum(1), atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(part[3, i], zt, atol=1e-4, rtol=0)
+    assert (part[3, :, ::4] == 0).all()  # ignored targets: no target logit anywhere
+
+
+# ---------------------------------------------------------------------------------------------
 # no host synchronisation
 # ---------------------------------------------------------------------------------------------
 
@@ -362,7 +457,8 @@ def test_no_sync_on_cuda(gen):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("V,n", [(30522, 4915), (128256, 8192), (50257, 4915), (30522, 2000), (32000, 16384)])
+@pytest.mark.parametrize("V,n", [(30522, 4915), (128256, 8192), (50257, 4915), (30522, 2000), (32000, 16384),
+                                 (151936, 32760), (256000, 4096)])
 @pytest.mark.parametrize("sms", [108, 132])
 def test_split_plan_fills_whole_waves(V, n, sms):
     """Aligned splits that cover V, nearly equal (the last one too), and a grid of (128-row block,
@@ -374,6 +470,41 @@ def test_split_plan_fills_whole_waves(V, n, sms):
     programs = -(-n // 128) * splits
     waves = -(-programs // sms)
     assert programs / (waves * sms) >= 0.85, (split, splits, programs / sms)
+
+
+@pytest.mark.parametrize("V,n", [(128256, 1024), (151936, 512), (256000, 256), (32000, 1024), (151936, 2048)])
+@pytest.mark.parametrize("sms", [108, 132])
+def test_split_plan_fills_the_gpu_when_row_blocks_are_few(V, n, sms):
+    """Fewer 128-row blocks than SMs (a causal batch scoring a subset of positions at V = 32k-256k):
+    one pass over V per row block would leave most SMs idle; the plan splits V so that the (row
+    block, split) programs fill one wave at least 85%, with aligned splits covering V."""
+    blocks = -(-n // 128)
+    assert blocks < sms
+    split, splits = ts.plan_splits(V, n, sms)
+    assert split % ts._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
+    programs = blocks * splits
+    waves = -(-programs // sms)
+    assert splits > 1 and programs / (waves * sms) >= 0.85, (split, splits, programs / sms)
+    assert ts.plan_splits(V, n, sms) == (split, splits)  # deterministic: a function of the shape
+
+
+def test_sequence_path_plans_for_the_labelled_fraction(gen, monkeypatch):
+    """The no-sync sequence path plans its grid for ``labelled_fraction`` of the B*S positions
+    (BERT's 15% by default, 1.0 for a causal batch); a fraction outside (0, 1] is refused."""
+    seen = []
+    monkeypatch.setattr(ts, "_launch_stats", lambda x, *a, n_rows_est=None, **kw: seen.append(n_rows_est)
+                        or ts._scratch((4, 1, x.shape[0]), x.device))
+    monkeypatch.setattr(ts, "_launch_merge", lambda part, mode, out, count=None: out)
+    monkeypatch.setattr(ts, "_launch_segment_mean", lambda tok, bounds, out: out)
+    w, _ = make_head(gen, V, H, torch.float32, with_bias=False)
+    hidden = torch.randn(4, 25, H, generator=gen).to(DEVICE)
+    labels = make_labels(gen, 4, 25, V)
+    ts.sequence_scores_triton(hidden, w, None, labels, "loss")
+    ts.sequence_scores_triton(hidden, w, None, labels, "loss", labelled_fraction=1.0)
+    assert seen == [15, 100]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="labelled_fraction must be in"):
+            ts.sequence_scores_triton(hidden, w, None, labels, "loss", labelled_fraction=bad)
 
 
 def test_autotune_key_is_a_shape_bucket():
