@@ -3,10 +3,12 @@
     engine, optimizer, dataloader, lr_scheduler = sift_ds.initialize(model=model, config=ds_config)
     loss = engine.train_step(gross_batch)
 
-The library: ``config`` (SiftConfig), ``initialize``, ``engine`` (SiftEngine), ``adapters`` (the
-early-exit protocol), ``scorer``, ``selector``, ``row_exchange``, ``probe``, ``telemetry``,
-``zero``, ``batching``, ``seeding``, and ``sift_ds.kernels`` (the Triton / torch scorer). The BERT
-pretraining application is ``sift_ds.pretrain``; the study tooling ``sift_ds.study``.
+The library: ``config`` (SiftConfig), ``selection`` (the selection core every front-end shares),
+``adapters`` (the early-exit protocol), ``scorer``, ``selector``, ``row_exchange``, ``probe``,
+``telemetry``, ``zero``, ``batching``, ``seeding``, and ``sift_ds.kernels`` (the Triton / torch
+scorer). Front-ends: ``initialize`` / ``engine`` (DeepSpeed, SiftEngine), ``sift_ds.hf``
+(SiftTrainer, for transformers' Trainer) and ``sift_ds.megatron``. The BERT pretraining application
+is ``sift_ds.pretrain``; the study tooling ``sift_ds.study``.
 """
 from ._kernels_path import register_checkout_kernels
 
@@ -15,9 +17,10 @@ register_checkout_kernels()
 from . import kernels  # noqa: E402
 from .adapters import BertAdapter, EarlyExitAdapter, detect_adapter  # noqa: E402
 from .config import SiftConfig, load_ds_config, split_ds_config  # noqa: E402
-from .engine import Selection, SiftEngine  # noqa: E402
+from .engine import SiftEngine  # noqa: E402
 from .initialize import initialize  # noqa: E402
 from .scorer import early_exit_scores  # noqa: E402
+from .selection import Selection  # noqa: E402
 
 __version__ = "0.1.0"
 

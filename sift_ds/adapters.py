@@ -12,6 +12,17 @@ An adapter is a small protocol, so that models other than HF BERT can be plugged
 
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
 their dropout off. ``BertAdapter`` implements it for ``BertForPreTraining``/``BertForMaskedLM``.
+
+Optional hooks, for tensor-parallel models and other batch layouts (``sift_ds.scorer`` reads them
+where an adapter has them; ``sift_ds.megatron.MCoreBertAdapter`` has all four):
+
+        vocab_group                                       # process group the vocab head is split over
+        vocab_start: int                                  # global id of row 0 of this rank's shard
+        def rows_at(self, hidden, flat) -> [N,H]          # hidden at flat [B*S] positions (default: [B,S,H])
+        def labelled_mask(self, batch) -> [B,S]           # scored positions (default: labels != -100)
+
+With a ``vocab_group``, ``vocab_projection`` returns this rank's shard and the scorer merges the
+shards' softmax statistics over the group.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Debug-size BERT and synthetic MLM batches shared by the engine tests."""
+"""Debug-size BERT, synthetic MLM batches and the independent float64 score reference shared by the
+engine tests."""
+import math
+
 import torch
 
 from sift_ds.pretrain.models import build_bert
@@ -47,3 +50,21 @@ def ds_config(micro=4, gas=1, stage=0, dtype="fp32", **sift):
     elif dtype == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     return cfg
+
+
+def hf_reference_scores(model, batch, exit_layer, criterion):
+    """float64 scores from ``output_hidden_states`` at layer k and ``cls.predictions`` on every position."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], output_hidden_states=True)
+        logits = model.cls.predictions(out.hidden_states[exit_layer]).double()
+    model.train(was_training)
+    logp = torch.log_softmax(logits, -1)
+    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
+        -logp.gather(-1, batch["labels"].clamp_min(0)[..., None]).squeeze(-1)
+    mask = batch["labels"] != -100
+    total = (per_token * mask).sum(1)
+    count = mask.sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
