@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     loaders = {rows: GrossBatchLoader(table, collator, rows, seed=0, prefetch=False) for rows in (gross, args.micro)}
     batch = loaders[gross].next_batch()
     labels = batch["labels"]
-    flat, seq = labelled_positions(labels)
+    flat, seq = labelled_positions(adapter, batch)
     modules = adapter.selection_modules(args.exit_layer)
 
     def prefix():
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
         "data_gross": median_seconds(loaders[gross].next_batch, args.reps, args.warmup),
         "data_micro": median_seconds(loaders[args.micro].next_batch, args.reps, args.warmup),
         "select": median_seconds(lambda: engine.select(batch), args.reps, args.warmup),
-        "positions": median_seconds(lambda: (labelled_positions(labels), check_labels(adapter, labels)), args.reps,
-                                    args.warmup),
+        "positions": median_seconds(lambda: check_labels(adapter, labels, labelled_positions(adapter, batch)),
+                                    args.reps, args.warmup),
         "prefix": median_seconds(prefix, args.reps, args.warmup),
         "head": median_seconds(head, args.reps, args.warmup),
         "vocab": median_seconds(vocab, args.reps, args.warmup),

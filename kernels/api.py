@@ -20,6 +20,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from .reference import (
     CRITERIA,
@@ -34,6 +35,7 @@ from .reference import (
     merge_vocab_stats,
     packed_sequence_scores_torch,
     reduce_to_sequences,
+    rescale_vocab_stats,
     select_topk_torch,
     token_scores_torch,
     vocab_partial_stats,
@@ -156,10 +158,9 @@ def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: 
 def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int = 0, backend: str = "auto") -> VocabStats:
     """Partial statistics of one vocabulary shard (Megatron-style tensor parallelism: W split over V).
 
-    ``targets`` are global ids, ``weight_shard[0]`` is id ``vocab_start``. To finish, all-reduce MAX of
-    ``max``; rescale ``sumexp`` by ``exp(max - global_max)`` and ``sumzexp`` by the same factor after
-    adding ``(max - global_max) * sumexp``; all-reduce SUM of those and of ``target_logit``; then
-    ``finish_token_scores`` (``merge_vocab_stats`` does exactly this for shards held in one process).
+    ``targets`` are global ids, ``weight_shard[0]`` is id ``vocab_start``. To finish,
+    ``merge_vocab_stats_across`` (over the ranks holding the other shards) or ``merge_vocab_stats``
+    (shards held in one process), then ``finish_token_scores``.
     Targets of other shards are legal (they add no target logit here); negative ones other than -100 are not.
     """
     check_head(rows, weight_shard, bias_shard)
@@ -171,6 +172,22 @@ def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int 
     return vocab_partial_stats(rows, weight_shard, bias_shard, targets, vocab_start)
 
 
+def merge_vocab_stats_across(stats: VocabStats, group=None) -> VocabStats:
+    """The statistics of the whole vocabulary from every rank's ``vocab_shard_stats`` (each rank of
+    ``group`` holds one shard): ``merge_vocab_stats`` with collectives, as Megatron's
+    ``vocab_parallel_cross_entropy`` merges its logits: one MAX all-reduce of the row maxima, then one
+    SUM all-reduce of the stacked, rescaled sums and target logits. Every rank ends with identical
+    statistics. A no-op for a group of one rank (or ``None`` without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return stats
+    m = stats.max.clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    rescaled = rescale_vocab_stats(stats, m)
+    sums = torch.stack([rescaled.sumexp, rescaled.sumzexp, rescaled.target_logit])
+    dist.all_reduce(sums, group=group)
+    return VocabStats(m, sums[0], sums[1], sums[2])
+
+
 __all__ = [
     "BACKENDS",
     "CRITERIA",
@@ -180,6 +197,7 @@ __all__ = [
     "compact_labelled",
     "finish_token_scores",
     "merge_vocab_stats",
+    "merge_vocab_stats_across",
     "packed_sequence_scores",
     "reduce_to_sequences",
     "resolve_backend",

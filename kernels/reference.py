@@ -92,15 +92,18 @@ def check_k(k, n: int) -> int:
     return k
 
 
-def compact_labelled(labels: torch.Tensor):
-    """Flat row indices and sequence ids of the labelled positions of ``labels`` [B, S].
+def compact_labelled(labels: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    """Flat row indices and sequence ids of the labelled positions of ``labels`` [B, S]: those that
+    are not the ignore index or, given ``mask`` [B, S] (Megatron's ``loss_mask``), where it is non-zero.
 
     On a CUDA tensor this is one host synchronisation (the count is data dependent); the engine
     calls it on the host copy of the labels, before the batch is moved to the device.
     """
-    if labels.dim() != 2:
-        raise ValueError(f"labels must be [batch, seq], got shape {tuple(labels.shape)}")
-    flat = torch.nonzero(labels.reshape(-1) != IGNORE_INDEX, as_tuple=False).squeeze(1)
+    if labels.dim() != 2 or (mask is not None and mask.shape != labels.shape):
+        raise ValueError(f"labels must be [batch, seq] (and a mask of the same shape), got shape {tuple(labels.shape)}"
+                         + (f" and mask {tuple(mask.shape)}" if mask is not None else ""))
+    labelled = labels != IGNORE_INDEX if mask is None else mask != 0
+    flat = torch.nonzero(labelled.reshape(-1), as_tuple=False).squeeze(1)
     return flat, torch.div(flat, labels.shape[1], rounding_mode="floor")
 
 
@@ -137,22 +140,27 @@ def vocab_partial_stats(
     return VocabStats(*(torch.cat(parts) for parts in zip(*outs)))
 
 
+def rescale_vocab_stats(stats: VocabStats, new_max: torch.Tensor) -> VocabStats:
+    """``stats`` expressed relative to a max ``new_max >= stats.max`` (the step every merge of
+    vocabulary slices takes before it adds them): ``s`` scaled by ``exp(m_i - m)``, and
+    ``sum (z - m) e^{z - m} = e^{m_i - m} * (q_i + (m_i - m) s_i)``."""
+    scale = torch.exp(stats.max - new_max)
+    return VocabStats(new_max, scale * stats.sumexp, scale * (stats.sumzexp + (stats.max - new_max) * stats.sumexp),
+                      stats.target_logit)
+
+
 def merge_vocab_stats(parts: Sequence[VocabStats]) -> VocabStats:
     """Merge statistics of disjoint vocabulary slices, in the order given (deterministic).
 
-    A tensor-parallel caller does the same with collectives: all-reduce(max) of ``max``, then
-    rescales ``sumexp``/``sumzexp`` to the global max and all-reduces the sums (and ``target_logit``).
+    ``merge_vocab_stats_across`` (``api.py``) is the same merge over tensor-parallel ranks, with collectives.
     """
     m = torch.stack([p.max for p in parts]).amax(dim=0)
     s = torch.zeros_like(m)
     q = torch.zeros_like(m)
     zt = torch.zeros_like(m)
     for p in parts:
-        scale = torch.exp(p.max - m)
-        s = s + p.sumexp * scale
-        # sum (z - m) e^{z - m} = e^{m_i - m} * (q_i + (m_i - m) s_i)
-        q = q + scale * (p.sumzexp + (p.max - m) * p.sumexp)
-        zt = zt + p.target_logit
+        r = rescale_vocab_stats(p, m)
+        s, q, zt = s + r.sumexp, q + r.sumzexp, zt + r.target_logit
     return VocabStats(m, s, q, zt)
 
 

@@ -473,11 +473,8 @@ def vocab_partial_stats_triton(
     """Fused twin of ``reference.vocab_partial_stats``: statistics of ``rows @ weight.T + bias``
     over the vocabulary slice ``weight`` [V_s, H] whose first row has the global id ``vocab_start``.
 
-    For a Megatron-style vocab-parallel head, each rank calls this on its shard, then
-    all-reduces ``max`` (MAX), replaces ``sumexp`` by ``exp(max_local - max) * sumexp`` and ``sumzexp``
-    by ``exp(max_local - max) * (sumzexp + (max_local - max) * sumexp)``, all-reduces those and
-    ``target_logit`` (SUM), and finishes with ``finish_token_scores`` (what ``merge_vocab_stats``
-    does for slices held by one process).
+    For a Megatron-style vocab-parallel head, each rank calls this on its shard, merges the
+    statistics with ``api.merge_vocab_stats_across`` and finishes with ``finish_token_scores``.
     """
     _check_inputs(rows, weight, bias, targets)
     n = rows.shape[0]

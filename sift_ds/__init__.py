@@ -3,9 +3,11 @@
     engine, optimizer, dataloader, lr_scheduler = sift_ds.initialize(model=model, config=ds_config)
     loss = engine.train_step(gross_batch)
 
-The library is this package and ``sift_ds.kernels`` (the Triton / torch scorer); the BERT
-pretraining application is ``sift_ds.pretrain``, the study tooling ``sift_ds.study``, the Megatron
-drop-in ``sift_ds.megatron``. docs/design.md has the table of every module.
+The library is this package and ``sift_ds.kernels`` (the Triton / torch scorer): one selection core
+(``sift_ds.selection``) under three front-ends, ``initialize`` / ``SiftEngine`` (DeepSpeed),
+``sift_ds.hf.SiftTrainer`` (transformers' Trainer) and ``sift_ds.megatron``. The BERT pretraining
+application is ``sift_ds.pretrain``, the study tooling ``sift_ds.study``. docs/design.md has the
+table of every module.
 """
 from ._kernels_path import register_checkout_kernels
 
@@ -14,9 +16,10 @@ register_checkout_kernels()
 from . import kernels  # noqa: E402
 from .adapters import BertAdapter, EarlyExitAdapter, detect_adapter  # noqa: E402
 from .config import SiftConfig, load_ds_config, split_ds_config  # noqa: E402
-from .engine import Selection, SiftEngine  # noqa: E402
+from .engine import SiftEngine  # noqa: E402
 from .initialize import initialize  # noqa: E402
 from .scorer import early_exit_scores  # noqa: E402
+from .selection import Selection  # noqa: E402
 
 __version__ = "0.1.0"
 

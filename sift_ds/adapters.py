@@ -18,6 +18,17 @@ without it position i is scored against ``labels[:, i]``.
 their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
 ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 / Qwen3, Mistral,
 GPT-2, GPT-NeoX), found by ``config.model_type``.
+
+Optional hooks, for tensor-parallel models and other batch layouts (``sift_ds.scorer`` reads them
+where an adapter has them; ``sift_ds.megatron.MCoreBertAdapter`` has all four):
+
+        vocab_group                                       # process group the vocab head is split over
+        vocab_start: int                                  # global id of row 0 of this rank's shard
+        def rows_at(self, hidden, flat) -> [N,H]          # hidden at flat [B*S] positions (default: [B,S,H])
+        def labelled_mask(self, batch) -> [B,S]           # scored positions (default: labels != -100)
+
+With a ``vocab_group``, ``vocab_projection`` returns this rank's shard and the scorer merges the
+shards' softmax statistics over the group.
 """
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Dict, Mapping
 
 import torch
-import torch.distributed as dist
 
 from .adapters import EarlyExitAdapter
 from .config import SiftConfig
 from .scorer import early_exit_scores
+from .selector import gather_scores
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:
@@ -49,14 +49,6 @@ def top_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.5) -> floa
     return len(top_a.intersection(torch.topk(b.double(), k).indices.tolist())) / k
 
 
-def _gather(t: torch.Tensor, group=None) -> torch.Tensor:
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, t.contiguous(), group=group)
-    return torch.cat(parts)
-
-
 def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: SiftConfig,
              labels_key: str = "labels", group=None) -> Dict[str, float]:
     """``probe/spearman`` and ``probe/top_half_overlap`` of the exit-``cfg.exit_layer`` scores
@@ -64,7 +56,7 @@ def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: 
     (a collective when a process group exists; every rank must call it with same-sized batches)."""
     early = early_exit_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, labels_key=labels_key)
     full = early_exit_scores(adapter, batch, adapter.num_layers, "loss", cfg.kernel, labels_key=labels_key)
-    early, full = _gather(early, group).cpu(), _gather(full, group).cpu()
+    early, full = gather_scores(early, group).cpu(), gather_scores(full, group).cpu()
     valid = torch.isfinite(early) & torch.isfinite(full)
     early, full = early[valid], full[valid]
     if early.numel() < 2:

@@ -1,28 +1,23 @@
 """Early-exit scoring: gross batch -> prefix forward (dropout off) -> the model's own MLM head on the
-labelled positions only -> one float32 score per row (``sift_ds.kernels`` does the vocab part)."""
+labelled positions only -> one float32 score per row (``sift_ds.kernels`` does the vocab part).
+
+Tensor-parallel models are scored here too, through the adapter's optional hooks (see
+``sift_ds.adapters``): with a ``vocab_group`` each rank scores its vocabulary shard (starting at id
+``vocab_start``) and the partial softmax statistics are merged over the group
+(``kernels.merge_vocab_stats_across``), so every rank of the group gets identical scores.
+"""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator, List, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from . import kernels
 from .adapters import EarlyExitAdapter, aligned_labels, early_exit_hidden
 from .zero import full_parameters
-
-
-def labelled_positions(labels: torch.Tensor, adapter: Optional[EarlyExitAdapter] = None, max_positions: int = 0,
-                       seed: int = 0):
-    """(flat position index, sequence index) of the scored positions, computed where ``labels`` lives:
-    the labelled ones after the adapter's label alignment (``align_labels``), and with ``max_positions``
-    > 0 at most that many per row (``position_subset``).
-
-    The engine calls this on the host copy of the labels, so the count needs no device sync.
-    """
-    targets = labels if adapter is None else aligned_labels(adapter, labels)
-    return kernels.compact_labelled(position_subset(targets, max_positions, seed) if max_positions else targets)
 
 
 def position_subset(labels: torch.Tensor, max_positions: int, seed: int) -> torch.Tensor:
@@ -37,11 +32,56 @@ def position_subset(labels: torch.Tensor, max_positions: int, seed: int) -> torc
     return torch.where(keep, labels, torch.full_like(labels, kernels.IGNORE_INDEX))
 
 
-def check_labels(adapter: EarlyExitAdapter, labels: torch.Tensor) -> None:
-    """ValueError for labels outside the model's vocabulary other than the ignore index (on the
-    host copy: no device sync). ZeRO-3 partitioned weights report their full shape as ``ds_shape``."""
+def vocab_group(adapter: EarlyExitAdapter):
+    """The process group the adapter's vocabulary head is split over (its ``vocab_group`` hook), or
+    None for a whole head (no hook, no process group, or a group of one rank)."""
+    group = getattr(adapter, "vocab_group", None)
+    if group is None or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return None
+    return group
+
+
+def vocab_size(adapter: EarlyExitAdapter) -> int:
+    """The size of the whole vocabulary. ZeRO-3 partitioned weights report their full shape as
+    ``ds_shape``; a vocabulary-parallel head holds ``V / group size`` rows per rank."""
     weight = adapter.vocab_projection()[0]
-    kernels.check_target_ids(labels, int(getattr(weight, "ds_shape", weight.shape)[0]))
+    group = vocab_group(adapter)
+    return int(getattr(weight, "ds_shape", weight.shape)[0]) * (dist.get_world_size(group) if group is not None else 1)
+
+
+def labelled_positions(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], labels_key: str = "labels",
+                       max_positions: int = 0, seed: int = 0):
+    """(flat position index, sequence index) of the scored tokens, computed where the batch lives: the
+    labels other than -100 after the adapter's label alignment (``align_labels``: for a causal LM, the
+    positions whose next token is labelled), or where its ``labelled_mask(batch)`` hook is non-zero;
+    with ``max_positions`` > 0, at most that many per row (``position_subset``, seeded by ``seed``).
+
+    The selection core calls this on the host copy of the batch, so the count needs no device sync.
+    """
+    labels = aligned_labels(adapter, batch[labels_key])
+    hook = getattr(adapter, "labelled_mask", None)
+    mask = hook(batch) if hook is not None else None
+    if max_positions:
+        if mask is not None:
+            labels, mask = labels.masked_fill(mask == 0, kernels.IGNORE_INDEX), None
+        labels = position_subset(labels, max_positions, seed)
+    return kernels.compact_labelled(labels, mask)
+
+
+def check_labels(adapter: EarlyExitAdapter, labels: torch.Tensor, positions) -> None:
+    """ValueError for a scored label outside the model's vocabulary (on the host copy: no device sync).
+    ``labels``: the batch's, before the adapter's alignment; ``positions``: ``labelled_positions``."""
+    targets = aligned_labels(adapter, labels).reshape(-1).index_select(0, positions[0])
+    kernels.check_target_ids(targets, vocab_size(adapter))
+
+
+def rows_at(adapter: EarlyExitAdapter, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The hidden states at the flat ``[B*S]`` positions ``flat`` -> ``[N, H]``: the adapter's
+    ``rows_at`` hook (other layouts, sequence parallelism), else from ``[B, S, H]``."""
+    hook = getattr(adapter, "rows_at", None)
+    if hook is not None:
+        return hook(hidden, flat)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
 
 
 @contextlib.contextmanager
@@ -55,6 +95,31 @@ def eval_mode(modules: List[nn.Module]) -> Iterator[None]:
     finally:
         for sub, flag in flags:
             sub.training = flag
+
+
+@contextlib.contextmanager
+def _head_inputs(adapter, batch, exit_layer: int, positions, labels_key: str, max_positions: int = 0, seed: int = 0):
+    """(rows through the head transform [N, H], weight, bias, targets [N], sequence of each row [N]),
+    with the pass's parameters gathered (ZeRO-3) and its dropout off while inside."""
+    labels = aligned_labels(adapter, batch[labels_key])
+    flat, seq = positions if positions is not None else labelled_positions(adapter, batch, labels_key,
+                                                                           max_positions, seed)
+    device = labels.device
+    flat, seq = flat.to(device, non_blocking=True), seq.to(device, non_blocking=True)
+    modules = adapter.selection_modules(exit_layer)
+    with full_parameters(modules), eval_mode(modules):
+        hidden = early_exit_hidden(adapter, batch, exit_layer)
+        rows = adapter.head_transform(rows_at(adapter, hidden, flat))
+        weight, bias = adapter.vocab_projection()
+        yield rows, weight, bias, labels.reshape(-1).index_select(0, flat), seq
+
+
+def _token_scores(adapter, rows, weight, bias, targets, criterion: str, backend: str, check_targets: bool):
+    group = vocab_group(adapter)
+    if group is None:
+        return kernels.token_scores(rows, weight, bias, targets, criterion, backend, check_targets=check_targets)
+    stats = kernels.vocab_shard_stats(rows, weight, bias, targets, getattr(adapter, "vocab_start", 0), backend)
+    return kernels.finish_token_scores(kernels.merge_vocab_stats_across(stats, group), criterion)
 
 
 @torch.no_grad()
@@ -75,22 +140,25 @@ def early_exit_scores(
     labelled), at most ``max_positions`` per row when > 0 (a subset seeded by ``seed``).
     ``exit_layer = L`` with ``"loss"`` is the full model's loss.
 
-    ``positions`` may carry ``labelled_positions(labels, adapter, max_positions, seed)`` already
-    computed on the host; ``check_targets=False`` when the labels were checked there too
-    (``check_labels``), so that the scoring needs no host sync.
+    ``positions`` may carry ``labelled_positions(adapter, batch, labels_key, max_positions, seed)``
+    already computed on the host; ``check_targets=False`` when the labels were checked there too
+    (``check_labels``), so that the scoring needs no host sync. With a vocabulary-parallel head this is
+    a collective of its group.
     """
-    raw = batch[labels_key]
-    labels = aligned_labels(adapter, raw)
-    flat, seq = positions if positions is not None else labelled_positions(raw, adapter, max_positions, seed)
-    device = labels.device
-    flat, seq = flat.to(device, non_blocking=True), seq.to(device, non_blocking=True)
-    modules = adapter.selection_modules(exit_layer)
-    with full_parameters(modules), eval_mode(modules):
-        hidden = early_exit_hidden(adapter, batch, exit_layer)
-        rows = adapter.head_transform(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))
-        weight, bias = adapter.vocab_projection()
-        targets = labels.reshape(-1).index_select(0, flat)
-        return kernels.packed_sequence_scores(
-            rows, weight, bias, targets, seq, labels.shape[0], criterion=criterion, backend=backend,
-            check_targets=check_targets,
-        )
+    num_seqs = batch[labels_key].shape[0]
+    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed) as (
+            rows, weight, bias, targets, seq):
+        if vocab_group(adapter) is None:  # the fused path: one kernel from the rows to the sequence means
+            return kernels.packed_sequence_scores(rows, weight, bias, targets, seq, num_seqs, criterion=criterion,
+                                                  backend=backend, check_targets=check_targets)
+        token = _token_scores(adapter, rows, weight, bias, targets, criterion, backend, check_targets)
+    return kernels.reduce_to_sequences(token, seq, num_seqs)
+
+
+@torch.no_grad()
+def early_exit_token_scores(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int,
+                            criterion: str = "loss", backend: str = "auto"):
+    """(float32 [N] per-token CE or entropy at the labelled positions after ``exit_layer`` layers,
+    int64 [N] the row of each token), in flat position order: what ``early_exit_scores`` averages."""
+    with _head_inputs(adapter, batch, exit_layer, None, "labels") as (rows, weight, bias, targets, seq):
+        return _token_scores(adapter, rows, weight, bias, targets, criterion, backend, True), seq

@@ -25,7 +25,10 @@ def local_topk(scores: torch.Tensor, keep: int, backend: str = "auto") -> torch.
 
 
 def gather_scores(scores: torch.Tensor, group=None) -> torch.Tensor:
-    """Every data-parallel rank's gross-batch scores, concatenated in rank order (one all-gather)."""
+    """Every data-parallel rank's gross-batch scores, concatenated in rank order (one all-gather;
+    ``scores`` itself without a process group or in a group of one)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return scores
     gathered = [torch.empty_like(scores) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, scores.contiguous(), group=group)
     return torch.cat(gathered)

@@ -12,6 +12,7 @@ from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
 from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.scorer import early_exit_scores, labelled_positions, position_subset
+from sift_ds.selection import position_seed
 from tiny import ds_config, f64_row_scores, spread_weights
 
 VOCAB, LAYERS, PAD, TOL = 67, 3, 0, 2e-5
@@ -112,7 +113,7 @@ def test_position_subset_matches_the_reference_on_the_same_subset(family, criter
     assert scored.sum(1).tolist() == (shifted != -100).sum(1).clamp(max=m).tolist()
     assert torch.equal(position_subset(shifted, m, seed), subset)
     assert not torch.equal(position_subset(shifted, m, seed + 1), subset)
-    positions = labelled_positions(batch["labels"], adapter, m, seed)
+    positions = labelled_positions(adapter, batch, "labels", m, seed)
     assert torch.equal(positions[0], torch.nonzero(scored.reshape(-1)).squeeze(1))
     for k in (1, LAYERS):
         got = early_exit_scores(adapter, batch, k, criterion, backend="torch", max_positions=m, seed=seed)
@@ -137,7 +138,7 @@ def test_engine_selects_top_rows_of_the_subset_scores(single_rank_dist):
     engine = sift_ds.initialize(model=model, config=ds_config(micro=2, exit_layer=1, keep_ratio=0.5, scope="local",
                                                               max_positions=5, kernel="torch"))[0]
     batch = {k: v[[0, 1, 2, 4]] for k, v in right_padded_batch().items()}
-    seed = engine._position_seed()
+    seed = position_seed(engine.sift_config, engine.global_steps, 0, 0)
     sel = engine.select(batch)
     shifted = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], -100)], 1)
     scored = position_subset(shifted, 5, seed) != -100

@@ -1,33 +1,11 @@
 """engine.select keeps exactly the top-k of early-exit scores computed by a direct HF forward."""
-import math
-
 import pytest
 import torch
 
 import sift_ds
-from tiny import ds_config, mlm_batch, tiny_bert
+from tiny import ds_config, hf_reference_scores, mlm_batch, tiny_bert
 
 LAYERS = 3
-
-
-def hf_reference_scores(model, batch, exit_layer, criterion):
-    """float64 scores from ``output_hidden_states`` at layer k and ``cls.predictions`` on every position."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], output_hidden_states=True)
-        logits = model.cls.predictions(out.hidden_states[exit_layer]).double()
-    model.train(was_training)
-    logp = torch.log_softmax(logits, -1)
-    per_token = -(logp.exp() * logp).sum(-1) if criterion == "entropy" else \
-        -logp.gather(-1, batch["labels"].clamp_min(0)[..., None]).squeeze(-1)
-    mask = batch["labels"] != -100
-    total = (per_token * mask).sum(1)
-    count = mask.sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, -math.inf))
-
-
 TOL = 1e-4
 
 

@@ -1,4 +1,5 @@
-"""Debug-size BERT and synthetic MLM batches shared by the engine tests."""
+"""Debug-size BERT, synthetic MLM batches and the independent float64 score references shared by the
+engine tests."""
 import math
 
 import torch
@@ -75,3 +76,15 @@ def spread_weights(model, seed):
             else:
                 p.add_(noise * 0.1)
     return model
+
+
+def hf_reference_scores(model, batch, exit_layer, criterion):
+    """float64 scores from ``output_hidden_states`` at layer k and ``cls.predictions`` on every position."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], output_hidden_states=True)
+        logits = model.cls.predictions(out.hidden_states[exit_layer])
+    model.train(was_training)
+    return f64_row_scores(logits, batch["labels"], batch["labels"] != -100, criterion)

@@ -11,7 +11,9 @@ Megatron's layout differs from HF's in three ways that matter here:
   shard ``[V/tp, H]``, ids ``vocab_start .. vocab_start + V/tp - 1`` of the padded vocabulary.
 
 Megatron BERT batches mark unmasked positions with label -1 and ``loss_mask`` 0 (not HF's -100):
-the labelled positions are where ``loss_mask`` is non-zero.
+the labelled positions are where ``loss_mask`` is non-zero. The tensor-parallel vocabulary, the
+sequence-major layout and ``loss_mask`` reach the shared scorer (``sift_ds.scorer``) through the
+adapter protocol's optional hooks ``vocab_group``, ``vocab_start``, ``rows_at`` and ``labelled_mask``.
 """
 from __future__ import annotations
 
@@ -30,14 +32,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) and seen < 8:
         model, seen = model.module, seen + 1
     return model
-
-
-def labelled_positions(loss_mask: torch.Tensor):
-    """(flat index into ``[b*s]``, row index) of the positions with a non-zero ``loss_mask`` [b, s]."""
-    if loss_mask.dim() != 2:
-        raise ValueError(f"loss_mask must be [batch, seq], got shape {tuple(loss_mask.shape)}")
-    flat = torch.nonzero(loss_mask.reshape(-1) != 0, as_tuple=False).squeeze(1)
-    return flat, torch.div(flat, loss_mask.shape[1], rounding_mode="floor")
 
 
 class MCoreBertAdapter:
@@ -95,11 +89,23 @@ class MCoreBertAdapter:
         tail = [m for m in (self.final_layernorm, bert.lm_head, bert.output_layer) if m is not None]
         return [bert.embedding, *self.layers[:exit_layer], *tail]
 
-    # ------------------------------------------------------------------ Megatron layout
+    # ------------------------------------------------------------------ the protocol's optional hooks
+    @property
+    def vocab_group(self):
+        """The tensor-parallel group the vocabulary is split over (None without model parallelism)."""
+        if not parallel_state.model_parallel_is_initialized():
+            return None
+        return parallel_state.get_tensor_model_parallel_group()
+
     @property
     def vocab_start(self) -> int:
         """Global id of row 0 of this rank's vocabulary shard."""
         return parallel_state.get_tensor_model_parallel_rank() * self.vocab_projection()[0].shape[0]
+
+    @staticmethod
+    def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The scored positions: Megatron marks them with ``loss_mask`` (its labels elsewhere are -1)."""
+        return batch["loss_mask"]
 
     def rows_at(self, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[s, b, h]`` (``[s/tp, b, h]`` with sequence parallelism: gathered over s in

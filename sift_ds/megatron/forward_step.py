@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 
 from ..row_exchange import pack_rows, unpack_rows
+from ..telemetry import SCORE_KEYS, selection_stats
 from .adapter import unwrap_model
 from .datasets import unstack_rows
 
@@ -96,26 +97,15 @@ def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: b
 
 def telemetry(scores: torch.Tensor, kept: torch.Tensor, by_score: bool, keep_ratio: float,
               with_dropped: bool = True) -> Dict[str, torch.Tensor]:
-    """``sift/*`` statistics of one micro-step as float32 ``[sum, count]`` pairs (Megatron's reduction:
-    summed over micro-batches and data-parallel ranks, shown as sum / count)."""
-    device = scores.device
-    kept = kept.to(device)
-
-    def pair(total, count):
-        return torch.stack([torch.as_tensor(total, dtype=torch.float32, device=device).reshape(()),
-                            torch.as_tensor(count, dtype=torch.float32, device=device).reshape(())])
-
-    out = {}
-    if by_score:
-        finite = torch.isfinite(scores)
-        groups = [("kept", kept & finite)] + ([("dropped", ~kept & finite)] if with_dropped else [])
-        for name, mask in groups:
-            out[f"sift/score_{name}_mean"] = pair(scores.float().masked_fill(~mask, 0.0).sum(), mask.sum())
-        out["sift/nonfinite_scores"] = pair((~finite).sum(), 1)
-    out["sift/kept_fraction"] = pair(kept.sum(), kept.numel())
-    out["sift/warmup"] = pair(0.0 if by_score else 1.0, 1)
-    out["sift/keep_ratio"] = pair(float(keep_ratio), 1)
-    return out
+    """The selection's ``sift/*`` ``[sum, count]`` pairs (``telemetry.selection_stats``) as the loss
+    dict carries them: Megatron sums them over the micro-batches and data-parallel ranks and shows
+    sum / count. It counts an iteration whose loss dict holds a NaN (0 / 0) as failed, so the score
+    statistics are left out where nothing was scored (warm-up) or nothing can be dropped (keep ratio 1)."""
+    stats = selection_stats(scores, kept, by_score, keep_ratio)
+    left_out = set() if by_score else set(SCORE_KEYS)
+    if not with_dropped:
+        left_out.add("sift/score_dropped_mean")
+    return {k: v for k, v in stats.items() if k not in left_out}
 
 
 def num_microbatches() -> Optional[int]:

@@ -6,38 +6,25 @@
 
 ``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
-the script's own ``forward_step`` (``forward_step.py``). Selection here: warm-up subsets, scores
-merged over the tensor-parallel vocabulary, top-k (or the config's knobs) per rank or over the
-data-parallel group, the global row exchange. Pipeline parallelism is refused (see ``check_parallelism``).
+the script's own ``forward_step`` (``forward_step.py``). The selection itself (warm-up subsets,
+scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
+data-parallel group, the global row exchange) is the shared core, ``sift_ds.selection``. Pipeline
+parallelism is refused (see ``check_parallelism``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 from megatron.core import parallel_state
 
-from .. import selector
+from .. import selection
 from ..config import SiftConfig
-from ..row_exchange import exchange_rows, local_rows_kept, take_rows
-from .adapter import MCoreBertAdapter, labelled_positions
+from ..scorer import early_exit_scores
+from ..selection import Selection
+from .adapter import MCoreBertAdapter
 from .datasets import gross_datasets_provider
 from .forward_step import current_iteration, num_microbatches, telemetry, wrap_forward_step
-from .tp_scores import sequence_scores
-
-
-@dataclass
-class MegatronSelection:
-    """The last selection on this rank (for inspection and tests)."""
-
-    batch: Dict[str, torch.Tensor]  # the kept rows handed to the script's forward_step
-    indices: torch.Tensor  # ascending; scope "local": into this rank's gross batch; "global": all DP ranks'
-    scores: torch.Tensor  # float32 [gross] (NaN when not scored)
-    kept: torch.Tensor  # bool [gross]: which of this rank's gross rows are kept (by any rank)
-    warmup: bool
-    step: int
-    micro_step: int
 
 
 def gross_factor(config: SiftConfig) -> int:
@@ -51,12 +38,9 @@ def gross_factor(config: SiftConfig) -> int:
     return factor
 
 
-def _dp():
-    """(group, world size, rank) of the data-parallel group; (None, 1, 0) without model parallelism."""
-    if not parallel_state.model_parallel_is_initialized():
-        return None, 1, 0
-    return (parallel_state.get_data_parallel_group(), parallel_state.get_data_parallel_world_size(),
-            parallel_state.get_data_parallel_rank())
+def data_parallel_group():
+    """The data-parallel group; None without model parallelism (a single-process model)."""
+    return parallel_state.get_data_parallel_group() if parallel_state.model_parallel_is_initialized() else None
 
 
 class Sift:
@@ -76,7 +60,7 @@ class Sift:
             gross_factor(self.config)  # fail at construction, not at the first step
         self.iteration = iteration
         self.adapter_factory = adapter
-        self.last: Optional[MegatronSelection] = None
+        self.last: Optional[Selection] = None  # the last selection on this rank (for inspection and tests)
         self._adapters: Dict[int, object] = {}
         self._micro = (None, 0)  # (iteration, forward_step calls in it)
 
@@ -133,12 +117,10 @@ class Sift:
     def scores(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """float32 [b]: early-exit scores of a Megatron batch dict (every TP rank passes the same batch
         and gets identical scores; a collective over the TP group)."""
-        adapter = self.adapter(model)
-        cfg = self.config
-        positions = labelled_positions(batch["loss_mask"]) if batch["loss_mask"].device.type == "cpu" else None
+        adapter, cfg = self.adapter(model), self.config
         device = adapter.vocab_projection()[0].device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-        return sequence_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, positions)
+        batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        return early_exit_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel)
 
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
         """(the kept rows, telemetry) of a gross batch ``[gross, ...]`` that every TP rank holds."""
@@ -146,34 +128,11 @@ class Sift:
         gross = batch["text"].shape[0]
         if gross % factor:
             raise ValueError(f"a gross batch of {gross} rows is not a whole number of items of {factor} samples")
-        keep = gross // factor
-        group, world, rank = _dp()
-        global_scope = cfg.scope == "global" and world > 1
-        by_score = cfg.selecting(step)
-        if not by_score:  # warm-up / after the annealing: this rank's own random subset, nothing moves
-            indices = selector.warmup_subset(gross, keep, cfg.seed, step, micro_step, rank)
-            kept_rows = take_rows(batch, indices)
-            scores = torch.full((gross,), float("nan"), device=self.adapter(model).vocab_projection()[0].device)
-            if global_scope:
-                indices = selector.warmup_global_indices(gross, keep, cfg.seed, step, micro_step, world)
-                kept_mask = local_rows_kept(indices, rank, gross)
-            else:
-                kept_mask = local_rows_kept(indices, 0, gross)
-        else:
-            scores = self.scores(model, batch)
-            device = scores.device
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            if global_scope:
-                everyone = selector.gather_scores(scores, group)
-                indices = selector.select_by_score(everyone, keep * world, cfg, step, micro_step)
-                kept_rows = exchange_rows(batch, indices, keep, group)
-                kept_mask = local_rows_kept(indices, rank, gross)
-            else:
-                indices = selector.select_by_score(scores, keep, cfg, step, micro_step)
-                kept_rows = take_rows(batch, indices)
-                kept_mask = local_rows_kept(indices, 0, gross)
-        self.last = MegatronSelection(kept_rows, indices, scores, kept_mask, not by_score, step, micro_step)
-        return kept_rows, telemetry(scores, kept_mask, by_score, cfg.keep_ratio_at(step), factor > 1)
+        adapter = self.adapter(model)
+        self.last = selection.select(adapter, cfg, batch, step, micro_step, gross // factor, data_parallel_group(),
+                                     device=adapter.vocab_projection()[0].device)
+        last = self.last
+        return last.batch, telemetry(last.scores, last.kept, last.by_score, last.keep_ratio, factor > 1)
 
     def position(self, model) -> tuple:
         """(iteration, micro-step within it) of this forward_step call; a replayed iteration (Megatron's

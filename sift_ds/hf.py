@@ -1,0 +1,146 @@
+"""``sift_ds.hf.SiftTrainer``: SIFT in a ``transformers.Trainer`` script by changing the class.
+
+    from sift_ds.hf import SiftTrainer
+    trainer = SiftTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                          sift={"criterion": "loss", "exit_layer": 1, "keep_ratio": 0.5})
+    trainer.train()
+
+``sift=`` takes a ``SiftConfig``, a dict (the ``"sift"`` section's keys) or None: then the ``"sift"``
+section of the ds_config given as ``TrainingArguments.deepspeed`` (SIFT's defaults without one). The
+section is taken out of the config before DeepSpeed sees it.
+
+The training dataloader yields gross batches of ``per_device_train_batch_size / keep_ratio`` rows.
+Each optimizer step, the gross batches of its gradient-accumulation window are selected by the
+shared core (``sift_ds.selection``, at the step's parameters: they do not change within the window)
+before Trainer counts ``num_items_in_batch``, so the loss normalisation, mixed precision, gradient
+accumulation and the forward / backward are Trainer's own, on the kept rows. The ``sift/*``
+statistics are summed over the logging window and the ranks, like the loss, and logged with it
+(``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is unchanged. The
+selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, so a
+run resumed from a Trainer checkpoint selects what the uninterrupted run selected.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+from transformers import Trainer
+
+from . import kernels, selection
+from .adapters import EarlyExitAdapter, detect_adapter
+from .batching import batch_rows
+from .config import SECTION, SiftConfig, load_ds_config
+from .selection import Selection
+from .telemetry import SelectionTelemetry
+
+
+def sift_config_for(sift: Union[SiftConfig, Mapping[str, Any], None], args) -> SiftConfig:
+    """The SiftConfig from ``sift=`` or the ds_config's "sift" section, which is removed from the config
+    that Trainer hands to DeepSpeed (``args.hf_deepspeed_config``); both given must agree."""
+    section = None
+    if getattr(args, "deepspeed", None):
+        section = load_ds_config(args.deepspeed).get(SECTION)
+        hf_config = getattr(args, "hf_deepspeed_config", None)
+        if hf_config is not None:
+            hf_config.config.pop(SECTION, None)  # the dict DeepSpeed is initialised with
+    if sift is None:
+        return SiftConfig.from_dict(section)
+    if isinstance(sift, Mapping):
+        sift = SiftConfig.from_dict(sift)
+    if not isinstance(sift, SiftConfig):
+        raise TypeError(f"sift= must be a SiftConfig, a dict or None, got {type(sift).__name__}")
+    if section is not None and SiftConfig.from_dict(section) != sift:
+        raise ValueError("the ds_config's 'sift' section (TrainingArguments.deepspeed) disagrees with the sift= passed")
+    return sift
+
+
+class SiftTrainer(Trainer):
+    """``transformers.Trainer`` with SIFT's selection before each training micro-step (module docstring).
+
+    ``sift``: SiftConfig, dict or None; ``adapter``: the early-exit adapter (default: detected from the
+    model, ``sift_ds.detect_adapter``). Every other argument is Trainer's.
+    """
+
+    def __init__(self, model=None, args=None, *trainer_args, sift: Union[SiftConfig, Mapping[str, Any], None] = None,
+                 adapter: Optional[EarlyExitAdapter] = None, **kwargs):
+        self.sift_config = sift_config_for(sift, args)
+        super().__init__(model, args, *trainer_args, **kwargs)
+        self._given_adapter, self._detected = adapter, (None, None)  # (model id, its detected adapter)
+        cfg = self.sift_config
+        try:  # a whole number of gross rows, checked now (the error in Trainer's words)
+            cfg.gross_batch_size(self.args.per_device_train_batch_size)
+        except ValueError as err:
+            raise ValueError(str(err).replace("train_micro_batch_size_per_gpu", "per_device_train_batch_size")) from None
+        if cfg.enabled:
+            if self.model is not None:
+                cfg.validate_for_model(self.sift_adapter.num_layers)
+            try:
+                kernels.resolve_backend(cfg.kernel, self.args.device)
+            except RuntimeError as err:
+                raise ValueError(f"sift.kernel={cfg.kernel!r} cannot run here: {err}") from None
+        self.sift_telemetry = SelectionTelemetry(self.args.device)
+        self._step_marks = None  # (start, selection done) of the step whose end is not marked yet
+        self.last_selections: list = []  # the last optimizer step's selections (for inspection and tests)
+
+    # ------------------------------------------------------------------ selection
+    @property
+    def sift_adapter(self) -> EarlyExitAdapter:
+        """``adapter=`` if given, else the one detected for ``self.model`` (again if ``model_init`` replaced it)."""
+        if self._given_adapter is not None:
+            return self._given_adapter
+        if self._detected[0] != id(self.model):
+            self._detected = (id(self.model), detect_adapter(self.model))
+        return self._detected[1]
+
+    @property
+    def gross_batch_size(self) -> int:
+        """Rows per rank and micro-step that the training dataloader yields (micro-batch / keep_ratio)."""
+        return self.sift_config.gross_batch_size(self._train_batch_size)
+
+    def select(self, batch: Mapping[str, torch.Tensor], micro_step: int) -> Selection:
+        """Select the kept rows of one gross batch at the current optimizer step (``state.global_step``)."""
+        rows, cfg = batch_rows(batch), self.sift_config
+        keep = self._train_batch_size if rows == self.gross_batch_size else max(1, round(rows * cfg.keep_ratio))
+        return selection.select(self.sift_adapter, cfg, batch, self.state.global_step, micro_step,
+                                keep if cfg.enabled else rows, None, device=self.args.device)
+
+    # ------------------------------------------------------------------ Trainer hooks
+    def get_train_dataloader(self):
+        """Trainer's training dataloader with gross batches, left on the host: the selection finds the
+        labelled positions on the host copy (no device sync) and moves the batch itself."""
+        micro, placement = self._train_batch_size, self.accelerator.device_placement
+        self._train_batch_size, self.accelerator.device_placement = self.gross_batch_size, False
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self._train_batch_size, self.accelerator.device_placement = micro, placement
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The step's gross batches, each replaced by its kept rows before Trainer counts the items."""
+        timer = self.sift_telemetry.timer
+        self._mark_step_end()
+        start = timer.now()
+        self.last_selections = []
+        for micro_step in range(num_batches):
+            try:
+                gross = next(epoch_iterator)
+            except StopIteration:
+                break
+            self.last_selections.append(self.select(gross, micro_step))
+            self.sift_telemetry.add(self.last_selections[-1].stats())
+        self._step_marks = (start, timer.now())
+        kept = [sel.batch for sel in self.last_selections]
+        return super().get_batch_samples(iter(kept), len(kept), device)
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        """Training logs (those with ``loss``) also carry the window's ``sift/*`` means over all ranks."""
+        if "loss" in logs and self.sift_telemetry.pairs:
+            self._mark_step_end()
+            logs.update(self.sift_telemetry.means(reduce=True))
+            self.sift_telemetry.clear()
+        super().log(logs, start_time)
+
+    def _mark_step_end(self) -> None:
+        if self._step_marks is not None:
+            self.sift_telemetry.add_step(*self._step_marks, self.sift_telemetry.timer.now())
+            self._step_marks = None

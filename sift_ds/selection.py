@@ -1,0 +1,124 @@
+"""The selection core, shared by every front-end (DeepSpeed ``SiftEngine``, ``sift_ds.hf.SiftTrainer``,
+``sift_ds.megatron.Sift``); it knows no training framework:
+
+    gross batch --(adapter: prefix forward)--> hidden_k --(scorer)--> scores --(selector)--> kept rows
+                --(row exchange, scope "global")--> the rows this rank trains
+
+``select(adapter, config, batch, step, micro_step, keep, group)`` holds the warm-up, the selector's
+knobs, the scope and the exchange, and returns one ``Selection`` with its telemetry pairs. Every
+random choice is a pure function of ``(config.seed, step, micro_step, rank)``: a resumed run selects
+exactly what the uninterrupted run selected. The hot path reads nothing back to the host but the
+global scope's ``world`` kept counts: the labelled positions are found (and the labels checked) on
+the loader's host copy of the batch before it moves to the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import selector
+from .adapters import EarlyExitAdapter
+from .batching import batch_rows
+from .config import SiftConfig
+from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
+from .scorer import check_labels, early_exit_scores, labelled_positions
+from .seeding import derive_seed
+from .telemetry import selection_stats
+
+POSITION_STREAM = 0x9051_7105  # seed-sequence tag of the scored-position subsets
+
+
+@dataclass
+class Selection:
+    """Result of one selection: the kept rows this rank trains, their indices and this rank's scores."""
+
+    batch: Dict[str, torch.Tensor]  # the rows this rank trains, leading dim = keep
+    indices: torch.Tensor  # ascending; scope "local": into this rank's gross batch; "global": see selector
+    scores: torch.Tensor  # float32 [gross] (NaN when not scored: warm-up, after the annealing, disabled)
+    kept: torch.Tensor  # bool [gross]: which of this rank's gross rows are kept (by any rank)
+    warmup: bool = False  # True when the rows are a random subset rather than selected by score
+    by_score: bool = False  # True when they were selected by score (not warm-up, annealed out, or disabled)
+    # Scope "global" only: the global indices (the space of ``indices``) of the rows of ``batch``, in
+    # order. A rank trains its own kept rows (up to ``keep``) plus other ranks' surplus rows
+    # (``row_exchange.exchange_plan``; ``row_exchange.trained_indices`` computes it from ``indices``),
+    # not the slice ``indices[rank*keep:(rank+1)*keep]``.
+    trained: Optional[torch.Tensor] = None
+    step: int = 0  # the optimizer step and micro-step within it that the random choices followed
+    micro_step: int = 0
+    keep_ratio: float = 1.0  # the effective keep ratio of the step (annealing)
+
+    def stats(self) -> Dict[str, torch.Tensor]:
+        """The ``sift/*`` statistics as ``[sum, count]`` device pairs (``telemetry.selection_stats``)."""
+        return selection_stats(self.scores, self.kept, self.by_score, self.keep_ratio)
+
+
+def data_parallel(group=None):
+    """(world size, rank) of ``group`` (None: the default group), (1, 0) without a process group."""
+    if not dist.is_initialized():
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def position_seed(config: SiftConfig, step: int, micro_step: int, rank: int) -> int:
+    """Seed of the scored-position subset (``max_positions``): a pure function of (seed, step,
+    micro-step, rank), like the selector's random choices."""
+    return derive_seed(config.seed, step, micro_step, rank, POSITION_STREAM)
+
+
+def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, torch.Tensor], step: int,
+           micro_step: int, keep: int, group=None, *, device: Optional[torch.device] = None,
+           labels_key: str = "labels") -> Selection:
+    """Score this rank's gross batch with the early exit and keep ``keep`` rows per rank (see SiftConfig).
+
+    ``step``: the optimizer step (warm-up, annealing); ``micro_step``: the micro-step within it;
+    ``group``: the data-parallel group (scope "global" ranks over it; None: the default group);
+    ``device``: where the batch goes (default: where it is). A collective over ``group`` under
+    scope "global", and over the adapter's ``vocab_group`` when it has one.
+    """
+    gross = batch_rows(batch)
+    if not 0 < keep <= gross:
+        raise ValueError(f"cannot keep {keep} rows of a gross batch of {gross}")
+    labels = batch.get(labels_key)
+    if config.enabled and labels is None:
+        raise ValueError(f"the batch has no {labels_key!r} tensor to score the early exit with")
+    world, rank = data_parallel(group)
+    subset_seed = position_seed(config, step, micro_step, rank) if config.enabled and config.max_positions else 0
+    # Labelled positions on the host copy (the data loader's), before the batch moves: no device sync.
+    on_host = config.enabled and labels.device.type == "cpu"
+    positions = labelled_positions(adapter, batch, labels_key, config.max_positions, subset_seed) if on_host else None
+    if on_host:
+        check_labels(adapter, labels, positions)
+    device = device if device is not None else next(v.device for v in batch.values() if torch.is_tensor(v))
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    nan_scores = torch.full((gross,), float("nan"), dtype=torch.float32, device=device)
+    common = dict(step=step, micro_step=micro_step)
+
+    if not config.enabled:
+        everything = torch.ones(gross, dtype=torch.bool, device=device)
+        return Selection(batch, torch.arange(gross, device=device), nan_scores, everything, keep_ratio=1.0, **common)
+
+    global_scope = config.scope == "global" and world > 1
+    common["keep_ratio"] = config.keep_ratio_at(step)
+    if not config.selecting(step):  # warm-up / after the annealing: this rank's own random subset, nothing moves
+        local = selector.warmup_subset(gross, keep, config.seed, step, micro_step, rank).to(device)
+        indices = (selector.warmup_global_indices(gross, keep, config.seed, step, micro_step, world).to(device)
+                   if global_scope else local)
+        trained = local + rank * gross if global_scope else None
+        return Selection(take_rows(batch, local), indices, nan_scores, local_rows_kept(local, 0, gross), warmup=True,
+                         trained=trained, **common)
+
+    scores = early_exit_scores(adapter, batch, config.exit_layer, config.criterion, config.kernel, positions,
+                               labels_key, check_targets=not on_host, max_positions=config.max_positions,
+                               seed=subset_seed)
+    if global_scope:
+        everyone = selector.gather_scores(scores, group)
+        indices = selector.select_by_score(everyone, keep * world, config, step, micro_step)
+        kept, trained = exchange_kept_rows(batch, indices, keep, group)  # only the surplus moves
+        kept_mask = local_rows_kept(indices, rank, gross)
+    else:
+        indices = selector.select_by_score(scores, keep, config, step, micro_step)
+        kept, trained, kept_mask = take_rows(batch, indices), None, local_rows_kept(indices, 0, gross)
+    return Selection(kept, indices, scores, kept_mask, trained=trained, by_score=True, **common)
