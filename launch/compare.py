@@ -20,6 +20,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from sift_ds.pretrain.plan import make_output_dir
 from sift_ds.study import analysis, frontier, preflight, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
@@ -163,12 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             preflight.check_pinning(settings)
             preflight.check_settings(plan, settings)
-            try:
-                os.makedirs(out, exist_ok=True)
-            except OSError as err:
-                raise ValueError(f"--out {args.out}: cannot create it ({err.strerror})") from None
-            if not os.access(out, os.W_OK):
-                raise ValueError(f"--out {args.out}: not writable")
+            make_output_dir(out, "--out")
             with open(state, "w", encoding="utf-8") as f:
                 json.dump({"command": command, "seeds": seeds,
                            "arms": [[a.label, list(a.overrides), a.spec, a.vanilla] for a in arms]}, f, indent=1)

@@ -67,3 +67,29 @@ def set_key(path, value):
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return edit
+
+
+def config_file(tmp_path, edit=None, raw=None, **pretrain) -> str:
+    """The tiny config (``pretrain`` keys set, then ``edit(config)``) in ``tmp_path/cfg.json``, or the
+    ``raw`` text in ``tmp_path/raw.json``."""
+    if raw is not None:
+        path = tmp_path / "raw.json"
+        path.write_text(raw)
+        return str(path)
+    config = read_config("tiny_cpu_sift.json")
+    config["pretrain"].update(pretrain)
+    if edit:
+        edit(config)
+    return write_config(tmp_path / "cfg.json", config)
+
+
+def one_line_error(capsys, argv) -> str:
+    """The pretraining job's start-up refusal of ``argv``, in process: exit status 2, one line, no traceback."""
+    import pytest
+    with pytest.raises(SystemExit) as exc:
+        load_cli().resolve(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("pretrain_bert.py: error: ")
+    return err

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from launch_helpers import cpu_env, load_cli, read_config, set_key, write_config
+from launch_helpers import config_file as tiny_config_file, cpu_env, load_cli, one_line_error, read_config, set_key, write_config
 from launcher import REPO
 from sift_ds.pretrain import checkpoint, manifest
 from sift_ds.pretrain import lock as lock_module
@@ -24,6 +24,10 @@ from sift_ds.pretrain.metrics import purge_after
 from sift_ds.pretrain.resume import decide
 
 cli = load_cli()
+
+
+def config_file(tmp_path, edit=None):
+    return tiny_config_file(tmp_path, edit, vocab_size=1000)
 
 
 @pytest.fixture(autouse=True)
@@ -40,23 +44,6 @@ def make_tag(save_dir, step, run_id=None, complete=True, model=b"model"):
     if complete:
         manifest.write_manifest(str(tag), tag.name, step, {"run_id": run_id, "seed": 42} if run_id else {})
     return tag
-
-
-def config_file(tmp_path, edit=None):
-    config = read_config("tiny_cpu_sift.json")
-    config["pretrain"]["vocab_size"] = 1000
-    if edit:
-        edit(config)
-    return write_config(tmp_path / "cfg.json", config)
-
-
-def one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        cli.resolve(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 # ---------------------------------------------------------------------------------------- run identity

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from launch_helpers import REPO, load_cli, read_config, set_key, write_config
+from launch_helpers import REPO, config_file, load_cli, one_line_error, read_config, set_key, write_config
 from sift_ds.pretrain import corpus as corpus_lib, runtime
 from sift_ds.pretrain.data import tokenize_corpus, tokenize_document
 from sift_ds.pretrain.tokenizer import PIECE_CHARS, batched_texts, bounded_pieces, train_wordpiece
@@ -20,27 +20,6 @@ cli = load_cli()
 def single_process(monkeypatch):
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "TRITON_INTERPRET"):
         monkeypatch.delenv(key, raising=False)
-
-
-def config_file(tmp_path, edit=None, raw=None):
-    if raw is not None:
-        path = tmp_path / "raw.json"
-        path.write_text(raw)
-        return str(path)
-    config = read_config("tiny_cpu_sift.json")
-    if edit:
-        edit(config)
-    return write_config(tmp_path / "cfg.json", config)
-
-
-def one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        cli.resolve(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("pretrain_bert.py: error: ")
-    return err
 
 
 def _set(*path_and_value):

@@ -191,10 +191,11 @@ def check_output_dir(path: str) -> None:
                          "directory)")
 
 
-def make_output_dir(path: str) -> None:
+def make_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Create ``path`` if needed; ValueError naming ``flag`` when it cannot be created or written."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--output_dir {path}: cannot create it ({err.strerror})") from None
+        raise ValueError(f"{flag} {path}: cannot create it ({err.strerror})") from None
     if not os.access(path, os.W_OK):
-        raise ValueError(f"--output_dir {path}: not writable")
+        raise ValueError(f"{flag} {path}: not writable")
