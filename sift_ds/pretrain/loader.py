@@ -56,6 +56,20 @@ class MaskingCollator:
         return batch
 
 
+class CausalCollator:
+    """A batch of packed causal-LM blocks as tensors with ``labels = input_ids`` (HF's unshifted
+    convention: the model and the early-exit adapter shift them); -100 only where ``attention_mask``
+    is 0. A pure function of the batch: the seed key is accepted and unused."""
+
+    def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items() if k in ("input_ids", "attention_mask")}
+        labels = batch["input_ids"].clone()
+        if "attention_mask" in batch:
+            labels.masked_fill_(batch["attention_mask"] == 0, IGNORE_INDEX)
+        batch["labels"] = labels
+        return batch
+
+
 def take(dataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:
     """Rows ``indices`` of a ``datasets.Dataset`` of blocks, as one numpy array per column."""
     return dataset.with_format("numpy")[list(map(int, indices))]
