@@ -2,7 +2,6 @@
 by entropy at exit 1 (metrics, next-token validation checked against a direct HF forward of the
 exported model, exact resume), the causal FLOPs count against a hand count, and the one-line refusals
 of a model of the wrong kind."""
-import importlib.util
 import json
 import math
 import os
@@ -12,22 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from launch_helpers import CONFIGS, REPO, metrics, read_config, run_deepspeed, write_config
+from launch_helpers import GPT_SCRIPT, REPO, load_cli, metrics, read_config, run_deepspeed, write_config
 from sift_ds.pretrain.corpus import load_corpus
 from sift_ds.pretrain.data import build_pretrain_data
 from sift_ds.pretrain.metrics import FlopsModel
 from sift_ds.pretrain.models import build_model, model_config
 
-GPT_SCRIPT = os.path.join(REPO, "launch", "pretrain_gpt.py")
 STEPS, STOP, SEQ = 6, 3, 32
 WORDS = "the of and a to in is was for on data model layer token vocabulary".split()
-
-
-def load_script(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +109,11 @@ def test_causal_flops_count_against_a_hand_count():
 ])
 def test_a_model_of_the_other_kind_is_refused_in_one_line(setup, capsys, script, model, message):
     tmp, config, _ = setup
-    cli = load_script(os.path.join(REPO, "launch", script))
+    cli = load_cli(os.path.join(REPO, "launch", script))
+    objective = "clm" if script == "pretrain_gpt.py" else "mlm"
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--ds_config", config, "--model", model, "--output_dir", str(tmp / "refused"), "--check_only"])
+        cli.main(["--ds_config", config, "--model", model, "--objective", objective, "--output_dir",
+                  str(tmp / "refused"), "--check_only"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith(f"{script}: error: {message}")
 
@@ -128,6 +121,6 @@ def test_a_model_of_the_other_kind_is_refused_in_one_line(setup, capsys, script,
 def test_the_gpt_job_refuses_a_masked_objective(setup, capsys):
     tmp, config, _ = setup
     with pytest.raises(SystemExit):
-        load_script(GPT_SCRIPT).main(["--ds_config", config, "--objective", "mlm", "--check_only"])
+        load_cli(GPT_SCRIPT).main(["--ds_config", config, "--objective", "mlm", "--check_only"])
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "pretrain_gpt.py: error: --objective mlm: pretrain_gpt.py trains clm; use launch/pretrain_bert.py for masked LMs")

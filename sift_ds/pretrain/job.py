@@ -19,10 +19,10 @@ from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as t
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
-from .loader import CausalCollator, GrossBatchLoader, MaskingCollator, fixed_eval_batches
+from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
 from .metrics import FlopsModel, MetricsLogger
-from .models import build_model, set_special_tokens, takes_token_types, weight_decay_groups
-from .optimizer import apex_adam
+from .models import build_model, set_special_tokens
+from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
 from .resume import MODEL_KEYS
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
@@ -92,15 +92,6 @@ def setup_job(plan: RunPlan) -> Job:
             tokenizer.save_pretrained(os.path.join(plan.output_dir, "tokenizer"))
         write_run_config(plan)
     return Job(plan, engine, trainer, tokenizer)
-
-
-def make_collator(opts, tokenizer, model):
-    """The batch maker of the objective: ``labels = input_ids`` for a causal LM, dynamic masking (of
-    the columns the model takes) for a masked LM."""
-    if opts.objective == "clm":
-        return CausalCollator()
-    unused = () if takes_token_types(model) else ("token_type_ids",)  # DistilBERT, ModernBERT
-    return MaskingCollator(tokenizer, opts.mlm_probability, drop=unused)
 
 
 def start_identity(plan: RunPlan) -> RunIdentity:

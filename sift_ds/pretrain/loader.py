@@ -18,6 +18,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from ..kernels import IGNORE_INDEX
 from ..seeding import derive_seed
+from .models import takes_token_types
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ class CausalCollator:
             labels.masked_fill_(batch["attention_mask"] == 0, IGNORE_INDEX)
         batch["labels"] = labels
         return batch
+
+
+def make_collator(opts, tokenizer, model):
+    """The batch maker of the objective: ``labels = input_ids`` for a causal LM, dynamic masking (of
+    the columns the model takes) for a masked LM."""
+    if opts.objective == "clm":
+        return CausalCollator()
+    unused = () if takes_token_types(model) else ("token_type_ids",)  # DistilBERT, ModernBERT
+    return MaskingCollator(tokenizer, opts.mlm_probability, drop=unused)
 
 
 def take(dataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -240,20 +240,3 @@ def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implement
     sparse_mlm, sparse_pretraining = (SparseBertForMaskedLM, SparseBertForPreTraining) if sparse_head else (
         BertForMaskedLM, BertForPreTraining)
     return sparse_mlm(config) if objective == "mlm" else sparse_pretraining(config)
-
-
-def weight_decay_groups(model: nn.Module) -> List[dict]:
-    """BERT's AdamW groups: no weight decay on biases and LayerNorm weights (HF Trainer / BERT)."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            is_norm = isinstance(module, nn.LayerNorm) or any(k in type(module).__name__ for k in ("LayerNorm", "RMSNorm"))
-            (no_decay if name == "bias" or is_norm else decay).append(p)
-    seen, groups = set(), []
-    for params, overrides in ((decay, {}), (no_decay, {"weight_decay": 0.0})):
-        unique = [p for p in params if id(p) not in seen and not seen.add(id(p))]
-        if unique:
-            groups.append(dict(params=unique, **overrides))
-    return groups
