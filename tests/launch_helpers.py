@@ -8,11 +8,12 @@ import sys
 from launcher import REPO, clean_env, run_deepspeed
 
 SCRIPT = os.path.join(REPO, "launch", "pretrain_bert.py")
+GPT_SCRIPT = os.path.join(REPO, "launch", "pretrain_gpt.py")
 CONFIGS = os.path.join(REPO, "ds_configs")
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("pretrain_bert_cli", SCRIPT)
+def load_cli(script: str = SCRIPT):
+    spec = importlib.util.spec_from_file_location(os.path.basename(script)[:-3] + "_cli", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

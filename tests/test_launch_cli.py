@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from launch_helpers import CONFIGS, REPO, load_cli, read_config, run_python, set_key, write_config
+from launch_helpers import CONFIGS, GPT_SCRIPT, REPO, load_cli, read_config, run_python, set_key, write_config
 
 cli = load_cli()
+gpt_cli = load_cli(GPT_SCRIPT)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,8 @@ def test_default_optimizer_is_the_papers_adamw_with_0_2_percent_warmup(tmp_path)
 def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
     cpu = "_cpu" in path
     monkeypatch.chdir(REPO)  # model config paths in the study configs are relative to the checkout
-    args = cli.parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
+    causal = read_config(os.path.basename(path))["pretrain"].get("objective") == "clm"
+    args = (gpt_cli if causal else cli).parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
     plan = cli.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
     if "_sift" in path:
         assert plan.sift.enabled and plan.gross_batch == 2 * plan.batch.micro
@@ -181,8 +183,12 @@ def test_model_takes_family_presets_and_hf_configs(tmp_path):
 
 def test_argparse_rejects_bad_choices(tmp_path, capsys):
     with pytest.raises(SystemExit):
+        cli.parse_args(["--ds_config", tiny(tmp_path), "--objective", "xlm"])
+    assert "argument --objective: invalid choice: 'xlm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the causal objective is the other program's
         cli.parse_args(["--ds_config", tiny(tmp_path), "--objective", "clm"])
-    assert "argument --objective: invalid choice: 'clm'" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("pretrain_bert.py: error: --objective clm: pretrain_bert.py trains mlm / mlm+nsp; "
+                                       "use launch/pretrain_gpt.py for causal LMs (clm)\n")
     with pytest.raises(SystemExit):
         cli.parse_args(["--ds_config", tiny(tmp_path), "--sift_enabled", "maybe"])
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
@@ -192,7 +198,7 @@ def test_argparse_rejects_bad_choices(tmp_path, capsys):
     ("seq_len", "long", "seq_len must be int, got 'long'"),
     ("seq_len", 1.5, "seq_len must be int, got 1.5"),
     ("sparse_mlm_head", 1, "sparse_mlm_head must be bool, got 1"),
-    ("objective", "clm", "objective must be one of ['mlm', 'mlm+nsp'], got 'clm'"),
+    ("objective", "xlm", "objective must be one of ['mlm', 'mlm+nsp', 'clm'], got 'xlm'"),
     ("data", ["a.txt", 3], "data must be str, got 3"),
     ("local_rank", 1, "unknown key 'local_rank'"),
 ])

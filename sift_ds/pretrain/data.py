@@ -3,7 +3,8 @@
 
 Blocks (``pack_mlm`` / ``pack_nsp``) are full ``seq_len`` rows with ``input_ids``, ``token_type_ids``,
 ``attention_mask`` and ``special_tokens_mask`` (plus ``next_sentence_label`` for MLM+NSP); the
-masking happens later, per batch (``sift_ds.pretrain.loader``).
+masking happens later, per batch (``sift_ds.pretrain.loader``). Causal-LM blocks (``pack_clm``) are
+``input_ids`` and ``attention_mask`` only: documents with an EOS after each, cut into full rows.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from datasets.fingerprint import Hasher
 
 from .tokenizer import bounded_pieces, to_json
 
-OBJECTIVES = ("mlm", "mlm+nsp")
+OBJECTIVES = ("mlm", "mlm+nsp", "clm")
+MASKED_OBJECTIVES = ("mlm", "mlm+nsp")
 MIN_SEQ_LEN = 8
 
 
@@ -91,6 +93,24 @@ def pack_mlm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None
 
     return cached_map(tokenized, group, "pack_mlm", (seq_len, cls, sep), cache_dir,
                       remove_columns=tokenized.column_names)
+
+
+def pack_clm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None):
+    """Causal-LM blocks of exactly ``seq_len`` tokens cut from the concatenated documents, each
+    document followed by the EOS token (GPT-2's packing; the remainder of each map batch is dropped).
+    No padding: every position is a target."""
+    eos = tokenizer.eos_token_id
+
+    def group(batch):
+        docs = [np.asarray(d, dtype=np.int64) for d in batch["input_ids"] if len(d)]
+        if not docs:
+            return {"input_ids": [], "attention_mask": []}
+        stream = np.concatenate([np.append(d, eos) for d in docs])
+        rows = len(stream) // seq_len
+        blocks = stream[: rows * seq_len].reshape(rows, seq_len)
+        return {"input_ids": blocks, "attention_mask": np.ones_like(blocks)}
+
+    return cached_map(tokenized, group, "pack_clm", (seq_len, eos), cache_dir, remove_columns=tokenized.column_names)
 
 
 def _empty_blocks(nsp: bool = False) -> dict:
@@ -182,7 +202,9 @@ def build_pretrain_data(corpus, tokenizer, seq_len: int, objective: str = "mlm",
     num_tokens = int(np.sum(tokenized.with_format("numpy")["num_tokens"]))
     if num_tokens == 0:
         raise ValueError("empty corpus: tokenization produced no tokens (the documents are blank)")
-    if objective == "mlm":
+    if objective == "clm":
+        blocks = pack_clm(tokenized, tokenizer, seq_len, cache_dir)
+    elif objective == "mlm":
         blocks = pack_mlm(tokenized, tokenizer, seq_len, cache_dir)
     else:
         blocks = pack_nsp(tokenized, tokenizer, seq_len, seed, cache_dir)

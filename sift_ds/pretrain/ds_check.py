@@ -102,7 +102,7 @@ class _RecordingKeys:
 def check_with_deepspeed(ds_config: dict) -> List[str]:
     """Build DeepSpeed's own ``DeepSpeedConfig`` from the config (a world of one, so without
     ``train_batch_size``): its validation errors become one-line ValueErrors; returns warnings for
-    top-level keys it never read."""
+    top-level keys it never read (keys starting with "_", such as "_comment", are notes for people)."""
     config = {k: copy.deepcopy(v) for k, v in ds_config.items() if k not in OWN_SECTIONS + ("train_batch_size",)}
     recorder = _ReadRecorder(config)
     try:
@@ -111,7 +111,7 @@ def check_with_deepspeed(ds_config: dict) -> List[str]:
         raise ValueError(_pydantic_line(err, ds_config)) from None
     except (DeepSpeedConfigError, AssertionError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"ds_config: DeepSpeed rejects it: {err}") from None
-    read = recorder.read | {"train_batch_size"}
+    read = recorder.read | {"train_batch_size"} | {k for k in ds_config if k.startswith("_")}  # "_comment" keys
     return [f"ds_config key {key!r} is not read by DeepSpeed and is ignored{_closest(key, read)}"
             for key in ds_config if key not in read and key not in OWN_SECTIONS]
 

@@ -1,5 +1,6 @@
 """Validation of the pretraining job: masked-LM loss and accuracy (and NSP accuracy) over fixed,
-pre-masked validation batches, summed over all ranks."""
+pre-masked validation batches, or a causal LM's next-token loss and top-1 accuracy over fixed
+blocks, summed over all ranks."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -8,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..adapters import aligned_labels
 from ..kernels import IGNORE_INDEX
 
 
@@ -21,7 +23,8 @@ def all_reduce_sum(values: List[float], device) -> List[float]:
 @torch.no_grad()
 def evaluate(engine, batches: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
     """Masked-LM loss and accuracy (and NSP accuracy when the batches carry NSP labels) over this
-    rank's fixed validation batches, summed over all ranks."""
+    rank's fixed validation batches, summed over all ranks. A causal LM's position i is scored
+    against ``labels[:, i + 1]`` (its adapter's ``align_labels``): next-token loss and accuracy."""
     module = engine.module
     was_training = module.training
     module.eval()
@@ -33,6 +36,7 @@ def evaluate(engine, batches: List[Dict[str, torch.Tensor]]) -> Dict[str, float]
             out = engine(**batch)
             logits = getattr(out, "prediction_logits", None)
             logits = out.logits if logits is None else logits
+            labels = aligned_labels(engine.adapter, labels)
             mask = labels != IGNORE_INDEX
             picked, targets = logits[mask].float(), labels[mask]
             sums[0] += F.cross_entropy(picked, targets, reduction="sum").item()

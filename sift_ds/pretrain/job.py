@@ -19,10 +19,10 @@ from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as t
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
-from .loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
+from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
 from .metrics import FlopsModel, MetricsLogger
-from .models import build_model, set_special_tokens, takes_token_types, weight_decay_groups
-from .optimizer import apex_adam
+from .models import build_model, set_special_tokens
+from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
 from .resume import MODEL_KEYS
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
@@ -73,8 +73,7 @@ def setup_job(plan: RunPlan) -> Job:
     check_vocab(plan, len(tokenizer))
     engine, flops = build_engine(plan, tokenizer)
 
-    unused = () if takes_token_types(engine.module) else ("token_type_ids",)  # DistilBERT, ModernBERT
-    collator = MaskingCollator(tokenizer, opts.mlm_probability, drop=unused)
+    collator = make_collator(opts, tokenizer, engine.module)
     loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
     eval_batches = fixed_eval_batches(data.val, collator, opts.eval_batch_size or plan.batch.micro, engine.rank,
                                       engine.world_size, opts.data_seed)
@@ -130,26 +129,30 @@ def prepare_data(plan: RunPlan):
 
 
 def obtain_tokenizer(plan: RunPlan, corpus):
-    """The tokenizer: --tokenizer; or, when resuming, the run's saved one; or a WordPiece vocabulary
-    trained on rank 0 and sent to the other ranks (so every rank has the same vocabulary)."""
+    """The tokenizer: --tokenizer; or, when resuming, the run's saved one; or a vocabulary (WordPiece,
+    or byte-level BPE for a causal LM) trained on rank 0 and sent to the other ranks (so every rank has
+    the same vocabulary)."""
     opts = plan.options
+    causal = opts.objective == "clm"
     run_tokenizer = os.path.join(plan.output_dir, "tokenizer")
     if opts.tokenizer:
-        return tok.load_tokenizer(opts.tokenizer), opts.tokenizer
+        return tok.load_tokenizer(opts.tokenizer, causal), opts.tokenizer
     if plan.resume is not None:
         # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
         for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume.load_dir)), "tokenizer")):
             if os.path.isdir(path):
                 try:
-                    return tok.load_tokenizer(path), f"{path} (the resumed run's)"
+                    return tok.load_tokenizer(path, causal), f"{path} (the resumed run's)"
                 except ValueError as err:
                     raise ValueError(f"the resumed run's tokenizer {path}: {err}") from None
+    train = tok.train_bpe if causal else tok.train_wordpiece
     payload = [None]
     if dist.get_rank() == 0:
-        payload = [tok.to_json(tok.train_wordpiece(tok.batched_texts(corpus), opts.vocab_size))]
+        payload = [tok.to_json(train(tok.batched_texts(corpus), opts.vocab_size))]
     dist.broadcast_object_list(payload, src=0)
-    source = f"WordPiece trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
-    return tok.from_json(payload[0]), source
+    kind = "byte-level BPE" if causal else "WordPiece"
+    source = f"{kind} trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
+    return tok.from_json(payload[0], causal=causal), source
 
 
 def check_vocab(plan: RunPlan, vocab_size: int) -> None:
@@ -172,8 +175,11 @@ def build_engine(plan: RunPlan, tokenizer):
     count, norm = fuse_layer_norms(model)
     groups = weight_decay_groups(model)
     client_optimizer, ds_config = apex_adam(groups, plan.ds_config)
-    flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
-                                sparse_head=opts.sparse_mlm_head)
+    if opts.objective == "clm":
+        flops = FlopsModel.for_causal_lm(model, opts.seq_len, plan.sift.exit_layer, plan.sift.max_positions)
+    else:
+        flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
+                                         sparse_head=opts.sparse_mlm_head)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer

@@ -18,6 +18,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from ..kernels import IGNORE_INDEX
 from ..seeding import derive_seed
+from .models import takes_token_types
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,29 @@ class MaskingCollator:
                 torch.manual_seed(seed)
                 batch["input_ids"], batch["labels"] = self.collator.torch_mask_tokens(inputs, special)
         return batch
+
+
+class CausalCollator:
+    """A batch of packed causal-LM blocks as tensors with ``labels = input_ids`` (HF's unshifted
+    convention: the model and the early-exit adapter shift them); -100 only where ``attention_mask``
+    is 0. A pure function of the batch: the seed key is accepted and unused."""
+
+    def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items() if k in ("input_ids", "attention_mask")}
+        labels = batch["input_ids"].clone()
+        if "attention_mask" in batch:
+            labels.masked_fill_(batch["attention_mask"] == 0, IGNORE_INDEX)
+        batch["labels"] = labels
+        return batch
+
+
+def make_collator(opts, tokenizer, model):
+    """The batch maker of the objective: ``labels = input_ids`` for a causal LM, dynamic masking (of
+    the columns the model takes) for a masked LM."""
+    if opts.objective == "clm":
+        return CausalCollator()
+    unused = () if takes_token_types(model) else ("token_type_ids",)  # DistilBERT, ModernBERT
+    return MaskingCollator(tokenizer, opts.mlm_probability, drop=unused)
 
 
 def take(dataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:

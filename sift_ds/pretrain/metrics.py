@@ -40,16 +40,33 @@ class FlopsModel:
         """Any built-in family: the layers and the head (its modules and the vocab projection) are
         the ones its early-exit adapter names; learned position tables are the ``position_embeddings``
         embeddings (none in rotary / relative-position models)."""
+        return cls._count(model, seq_len, exit_layer, masked_fraction if sparse_head else 1.0, masked_fraction)
+
+    @classmethod
+    def for_causal_lm(cls, model, seq_len: int, exit_layer: int, max_positions: int = 0) -> "FlopsModel":
+        """A causal LM (every position a target): ``6 N + 12 L H T`` per trained token, N without the
+        position tables and, when the LM head is untied, without the input embedding table (a lookup,
+        no matmul); the selection pass runs the exit head on the scored positions only
+        (``max_positions`` of ``seq_len`` per row, 0: all)."""
+        scored = min(1.0, max_positions / seq_len) if max_positions else 1.0
+        return cls._count(model, seq_len, exit_layer, 1.0, scored, lookup_tables=True)
+
+    @classmethod
+    def _count(cls, model, seq_len: int, exit_layer: int, train_head_fraction: float, select_head_fraction: float,
+               lookup_tables: bool = False) -> "FlopsModel":
         adapter = detect_adapter(model)
         hidden, layers = model.config.hidden_size, adapter.num_layers
-        positions = sum(_numel(m) for name, m in model.named_modules()
-                        if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(m, nn.Embedding))
-        n_total = _numel(model) - positions
+        tables = [m for name, m in model.named_modules()
+                  if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(m, nn.Embedding)]
+        if lookup_tables:  # the token embedding too, unless it is the (tied) output projection
+            head_weights = {id(p) for p in adapter.vocab_projection() if p is not None}
+            tables += [m for m in getattr(adapter, "embedding_modules", []) if id(getattr(m, "weight", None)) not in
+                       head_weights and isinstance(m, nn.Embedding)]
+        n_total = _numel(model) - _numel(*tables)
         n_layer = _numel(adapter.layers) / layers
         n_head = _numel(*adapter.head_modules, extra=[p for p in adapter.vocab_projection() if p is not None])
-        head_positions = masked_fraction if sparse_head else 1.0
-        train = 6 * (n_total - n_head) + 6 * head_positions * n_head + 12 * layers * hidden * seq_len
-        select = 2 * exit_layer * n_layer + 4 * exit_layer * hidden * seq_len + masked_fraction * 2 * n_head
+        train = 6 * (n_total - n_head) + 6 * train_head_fraction * n_head + 12 * layers * hidden * seq_len
+        select = 2 * exit_layer * n_layer + 4 * exit_layer * hidden * seq_len + select_head_fraction * 2 * n_head
         return cls(float(train), float(select))
 
     def step_flops(self, train_tokens: int, gross_tokens: int, selecting: bool) -> float:

@@ -1,25 +1,27 @@
 """The pretraining job's models: BERT size presets (a debug-size ``tiny`` up to ``large``) as HF
 ``BertConfig``s, a tiny preset per supported family (``tiny_roberta``, ``tiny_modernbert``, ...), any
 HF masked-LM config file or directory, and BERT models whose training forward runs the MLM head on
-the masked positions only."""
+the masked positions only. Causal LMs (objective "clm"): a debug-size Llama (``tiny_llama``) and any
+HF causal-LM config whose family has a built-in early-exit adapter (Llama, Qwen2/3, Mistral, GPT-2,
+GPT-NeoX)."""
 from __future__ import annotations
 
 import inspect
 import json
 import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertForPreTraining
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertForPreTraining
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
 
-from ..families import MODEL_TYPE_TO_ADAPTER
+from ..families import MODEL_TYPE_TO_ADAPTER, CausalAdapter
 from ..kernels import IGNORE_INDEX
 
 PRESETS = {
@@ -47,15 +49,27 @@ FAMILY_PRESETS = {
                                            conv_kernel_size=3, max_position_embeddings=512)),
 }
 
+CAUSAL_PRESETS = {
+    # name: (model_type, config fields); debug-size causal LMs (objective "clm")
+    "tiny_llama": ("llama", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=176, max_position_embeddings=1024, tie_word_embeddings=False)),
+}
+
+
+def is_causal(model_type: Optional[str]) -> bool:
+    """Whether ``model_type`` is a causal LM with a built-in early-exit adapter (objective "clm")."""
+    adapter = MODEL_TYPE_TO_ADAPTER.get(model_type)
+    return isinstance(adapter, type) and issubclass(adapter, CausalAdapter)
+
 
 def model_config(name: str, vocab_size: int, flag: str = "--model") -> PretrainedConfig:
-    """The config for ``--model``: a BERT preset, a family preset, or an HF config (a ``config.json``
-    file or a directory holding one) of a masked-LM model type that has a built-in early-exit adapter.
-    ValueError (one line, naming ``flag`` and the path) for anything else."""
+    """The config for ``--model``: a BERT preset, a family or causal preset, or an HF config (a
+    ``config.json`` file or a directory holding one) of a masked-LM or causal-LM model type that has a
+    built-in early-exit adapter. ValueError (one line, naming ``flag`` and the path) for anything else."""
     if name in PRESETS:
         return bert_config(name, vocab_size)
-    if name in FAMILY_PRESETS:
-        model_type, fields = FAMILY_PRESETS[name]
+    if name in FAMILY_PRESETS or name in CAUSAL_PRESETS:
+        model_type, fields = FAMILY_PRESETS.get(name) or CAUSAL_PRESETS[name]
         return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, **fields)
     config = read_config(name, flag)
     config.vocab_size = vocab_size
@@ -79,7 +93,7 @@ def read_config(path: str, flag: str = "--model") -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING_NAMES:
         raise ValueError(f"{where}: the config names {'no' if model_type is None else 'an unknown'} model_type "
                          f"({model_type!r}); an HF config.json names one, e.g. \"model_type\": \"bert\"")
-    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not is_causal(model_type):
         raise ValueError(f"{where}: model_type {model_type!r} is not a masked-LM model (AutoModelForMaskedLM has no "
                          "class for it)")
     if model_type not in MODEL_TYPE_TO_ADAPTER:
@@ -209,11 +223,16 @@ def build_bert(preset: str, vocab_size: int, objective: str = "mlm", max_positio
 def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implementation: Optional[str] = None,
                 sparse_head: bool = False) -> nn.Module:
     """A randomly initialised masked LM for ``config``: BERT as ``build_bert`` describes, any other
-    family as its ``AutoModelForMaskedLM`` class (objective "mlm"; the dense HF head)."""
+    family as its ``AutoModelForMaskedLM`` class (objective "mlm"; the dense HF head); for objective
+    "clm", the config's ``AutoModelForCausalLM`` class (its own next-token loss)."""
     if attn_implementation:
         config._attn_implementation = attn_implementation
+    if objective == "clm":
+        if not is_causal(config.model_type):
+            raise ValueError(f"objective 'clm' needs a causal LM, got model_type {config.model_type!r}")
+        return AutoModelForCausalLM.from_config(config)
     if objective not in ("mlm", "mlm+nsp"):
-        raise ValueError(f"objective must be 'mlm' or 'mlm+nsp', got {objective!r}")
+        raise ValueError(f"objective must be 'mlm', 'mlm+nsp' or 'clm', got {objective!r}")
     if config.model_type != "bert":
         if objective != "mlm":
             raise ValueError(f"objective 'mlm+nsp' needs a BERT model, got model_type {config.model_type!r}")
@@ -221,20 +240,3 @@ def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implement
     sparse_mlm, sparse_pretraining = (SparseBertForMaskedLM, SparseBertForPreTraining) if sparse_head else (
         BertForMaskedLM, BertForPreTraining)
     return sparse_mlm(config) if objective == "mlm" else sparse_pretraining(config)
-
-
-def weight_decay_groups(model: nn.Module) -> List[dict]:
-    """BERT's AdamW groups: no weight decay on biases and LayerNorm weights (HF Trainer / BERT)."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            is_norm = isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__
-            (no_decay if name == "bias" or is_norm else decay).append(p)
-    seen, groups = set(), []
-    for params, overrides in ((decay, {}), (no_decay, {"weight_decay": 0.0})):
-        unique = [p for p in params if id(p) not in seen and not seen.add(id(p))]
-        if unique:
-            groups.append(dict(params=unique, **overrides))
-    return groups

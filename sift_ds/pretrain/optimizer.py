@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from torch import nn
+
 from .ds_policy import ADAM_TYPES, TORCH_ADAM
 from .fused import apex_module
 
@@ -26,3 +28,20 @@ def apex_adam(param_groups: List[dict], ds_config: dict) -> Tuple[Optional[objec
     adam_w_mode = params.pop("adam_w_mode", kind == "adamw")
     optimizer = fused_adam(param_groups, adam_w_mode=adam_w_mode, **params)
     return optimizer, {k: v for k, v in ds_config.items() if k != "optimizer"}
+
+
+def weight_decay_groups(model: nn.Module) -> List[dict]:
+    """BERT's AdamW groups: no weight decay on biases and LayerNorm weights (HF Trainer / BERT)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, nn.LayerNorm) or any(k in type(module).__name__ for k in ("LayerNorm", "RMSNorm"))
+            (no_decay if name == "bias" or is_norm else decay).append(p)
+    seen, groups = set(), []
+    for params, overrides in ((decay, {}), (no_decay, {"weight_decay": 0.0})):
+        unique = [p for p in params if id(p) not in seen and not seen.add(id(p))]
+        if unique:
+            groups.append(dict(params=unique, **overrides))
+    return groups

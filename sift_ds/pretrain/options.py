@@ -97,9 +97,10 @@ def _base_type(annotation: str) -> str:
     return inner.split("[")[-1]
 
 
-def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
+def _add_field(group, f: dataclasses.Field, flag: str, dest: str, default: Any = dataclasses.MISSING) -> None:
     kind, meta = _base_type(f.type), f.metadata
-    default = f.default if f.default is not dataclasses.MISSING else None
+    default = f.default if default is dataclasses.MISSING else default
+    default = None if default is dataclasses.MISSING else default
     kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default})",
                   choices=meta.get("choices"),
                   type=CLI_TYPES[kind], metavar=meta.get("metavar") or ("BOOL" if kind == "bool" else None))
@@ -110,8 +111,9 @@ def _add_field(group, f: dataclasses.Field, flag: str, dest: str) -> None:
     group.add_argument(flag, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Pretrain a BERT from scratch with SIFT on DeepSpeed.",
+def build_parser(prog: str = PROG, description: str = "Pretrain a BERT from scratch with SIFT on DeepSpeed.",
+                 defaults: Optional[Mapping[str, Any]] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 epilog="Defaults: see PretrainOptions; the ds_config's 'pretrain' section "
                                        "overrides them, and the command line overrides both.")
     groups: Dict[str, Any] = {}
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         group = groups.setdefault(f.metadata["group"], p.add_argument_group(f.metadata["group"]))
         flags = ["--ds_config", "--deepspeed_config"] if f.name == "ds_config" else [f"--{f.name}"]
-        _add_field(group, f, flags[0], f.name)
+        _add_field(group, f, flags[0], f.name, (defaults or {}).get(f.name, f.default))
         if len(flags) > 1:
             group.add_argument(*flags[1:], dest=f.name, default=argparse.SUPPRESS, help="alias of --ds_config")
     ds = groups["DeepSpeed"]
@@ -166,10 +168,12 @@ def read_pretrain_section(ds_config: str) -> Dict[str, Any]:
     return checked
 
 
-def parse_options(argv: Sequence[str]) -> PretrainOptions:
-    """Command line + the ds_config's "pretrain" section -> PretrainOptions (argparse exits on a bad
-    flag; a bad section is a ValueError naming the key)."""
-    parser = build_parser()
+def parse_options(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None,
+                  defaults: Optional[Mapping[str, Any]] = None) -> PretrainOptions:
+    """Command line + the ds_config's "pretrain" section + ``defaults`` (an application's own, e.g. the
+    causal-LM job's) -> PretrainOptions (argparse exits on a bad flag; a bad section is a ValueError
+    naming the key)."""
+    parser = parser or build_parser()
     given = vars(parser.parse_args(list(argv)))
     alias = given.pop("deepspeed_flag", None)
     if isinstance(alias, str):
@@ -178,7 +182,7 @@ def parse_options(argv: Sequence[str]) -> PretrainOptions:
         given["ds_config"] = alias
     sift = {k[len(SIFT_PREFIX):]: given.pop(k) for k in list(given) if k.startswith(SIFT_PREFIX)}
     section = read_pretrain_section(given["ds_config"]) if given.get("ds_config") else {}
-    return PretrainOptions(**{**section, **given, "sift": sift})
+    return PretrainOptions(**{**(defaults or {}), **section, **given, "sift": sift})
 
 
 def record_json(options: PretrainOptions) -> str:

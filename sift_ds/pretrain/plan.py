@@ -17,7 +17,7 @@ from . import checkpoint, ds_check, ds_policy
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
-from .models import FAMILY_PRESETS, PRESETS, max_sequence_length, model_config
+from .models import CAUSAL_PRESETS, FAMILY_PRESETS, PRESETS, is_causal, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
@@ -80,7 +80,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
-    if options.sparse_mlm_head and model_config.model_type != "bert":
+    if options.sparse_mlm_head and model_config.model_type != "bert" and options.objective != "clm":
         notes.append(f"--sparse_mlm_head applies to BERT models; this {model_config.model_type} model trains with its "
                      "HF head on every position")
     if sift.enabled and sift.warmup_steps >= max_steps:
@@ -91,7 +91,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
     if options.dataset_name:
         check_dataset_name(options.dataset_name)
-    check_tokenizer(options.tokenizer)
+    check_tokenizer(options.tokenizer, causal=options.objective == "clm")
     if create_output_dir:
         make_output_dir(options.output_dir)
     else:
@@ -104,7 +104,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
         check_same_model(resume, model_config, options.seq_len, options.objective)
         warnings += seed_warnings(resume, options.seed, options.data_seed)
     elif not options.tokenizer and options.vocab_size < SMALL_VOCAB:
-        warnings.append(f"--vocab_size {options.vocab_size} is tiny: the trained WordPiece vocabulary is then "
+        warnings.append(f"--vocab_size {options.vocab_size} is tiny: the trained vocabulary is then "
                         f"little more than the corpus's characters (BERT uses 30522; below {SMALL_VOCAB} is "
                         "likely a mistake)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
@@ -148,11 +148,19 @@ def check_ranges(options: PretrainOptions) -> None:
 
 
 def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfig:
-    presets = [*PRESETS, *FAMILY_PRESETS]
-    if options.model not in presets and not os.path.exists(options.model):
+    causal = options.objective == "clm"
+    presets = [*CAUSAL_PRESETS] if causal else [*PRESETS, *FAMILY_PRESETS]
+    if options.model not in [*PRESETS, *FAMILY_PRESETS, *CAUSAL_PRESETS] and not os.path.exists(options.model):
         raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(presets)}) nor an HF config path")
     config = model_config(options.model, vocab_size=options.vocab_size)
-    if config.model_type != "bert" and options.objective != "mlm":
+    if causal and not is_causal(config.model_type):
+        raise ValueError(f"--model {options.model}: model_type {config.model_type!r} is not a causal LM with a built-in "
+                         "early-exit adapter (llama, qwen2, qwen3, mistral, gpt2, gpt_neox); masked LMs train with "
+                         "launch/pretrain_bert.py")
+    if not causal and is_causal(config.model_type):
+        raise ValueError(f"--model {options.model}: model_type {config.model_type!r} is not a masked-LM model (a causal "
+                         "LM: train it with launch/pretrain_gpt.py)")
+    if config.model_type != "bert" and options.objective == "mlm+nsp":
         raise ValueError(f"--objective {options.objective} needs a BERT model (next-sentence head); --model "
                          f"{options.model} is a {config.model_type}")
     limit = max_sequence_length(config)
@@ -167,7 +175,7 @@ def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfi
     return config
 
 
-def check_tokenizer(name: Optional[str]) -> None:
+def check_tokenizer(name: Optional[str], causal: bool = False) -> None:
     """A local ``--tokenizer`` is loaded (cheap, no code of its own runs) so that a wrong one fails now."""
     if not name:
         return
@@ -176,7 +184,7 @@ def check_tokenizer(name: Optional[str]) -> None:
             raise ValueError(f"--tokenizer {name}: no such file or directory")
         return  # a hub name: loaded (with a network) at start-up
     try:
-        load_tokenizer(name)
+        load_tokenizer(name, causal)
     except ValueError as err:
         raise ValueError(f"--tokenizer {name}: {err}") from None
 

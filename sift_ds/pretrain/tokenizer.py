@@ -1,4 +1,5 @@
-"""The run's tokenizer: a given path / hub name, or a WordPiece vocabulary trained on the corpus.
+"""The run's tokenizer: a given path / hub name, or a vocabulary trained on the corpus (WordPiece
+for masked LMs, byte-level BPE with an EOS token for causal LMs).
 
 A trained vocabulary is saved with the run (``output_dir/tokenizer``) as a standard
 ``tokenizer.json`` + ``tokenizer_config.json`` that ``transformers.AutoTokenizer``,
@@ -10,10 +11,12 @@ import json
 import os
 from typing import Iterable, Iterator, List
 
-from tokenizers import BertWordPieceTokenizer, Tokenizer
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, Tokenizer
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"  # the causal tokenizer's; padding is apart from EOS, whose
+#                                                  embedding must train (an embedding's padding_idx gets no gradient)
 PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once (a fast tokenizer's encoding of
 #                        one long document costs ~250x its size in memory; pieces keep it bounded)
 
@@ -49,6 +52,15 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     return from_json(_canonical_ids(wordpiece._tokenizer.to_str()), lowercase=lowercase)
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
+    """A GPT-2-style byte-level BPE tokenizer trained on ``texts`` (a ``PreTrainedTokenizerFast``
+    whose EOS (also BOS and UNK) is ``<|endoftext|>`` and whose padding is ``<|pad|>``)."""
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False)
+    return from_json(bpe._tokenizer.to_str(), causal=True)
+
+
 def _canonical_ids(serialized: str) -> str:
     """Renumber the trained vocabulary: special tokens first (their trained ids), then the rest
     sorted. The trainer numbers tokens of equal frequency in hash-map order, which changes from
@@ -66,8 +78,12 @@ def _canonical_ids(serialized: str) -> str:
     return json.dumps(spec, ensure_ascii=False)
 
 
-def from_json(serialized: str, lowercase: bool = True):
-    """A ``BertTokenizerFast`` from a serialized ``tokenizers.Tokenizer`` (how rank 0 shares it)."""
+def from_json(serialized: str, lowercase: bool = True, causal: bool = False):
+    """A ``BertTokenizerFast`` (``causal``: a ``PreTrainedTokenizerFast`` with the BPE tokenizer's
+    special tokens) from a serialized ``tokenizers.Tokenizer`` (how rank 0 shares it)."""
+    if causal:
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(serialized), eos_token=EOS_TOKEN,
+                                       bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)
     return BertTokenizerFast(tokenizer_object=Tokenizer.from_str(serialized), do_lower_case=lowercase)
 
 
@@ -78,15 +94,17 @@ def to_json(tokenizer) -> str:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, causal: bool = False):
     """A fast tokenizer from a local directory / ``tokenizer.json`` or a hub name; it must have a
-    mask token (MLM) and CLS/SEP/PAD tokens (sequence packing). No code shipped with a tokenizer
+    mask token (MLM) and CLS/SEP/PAD tokens (sequence packing), or for a causal LM an EOS token. No code shipped with a tokenizer
     runs (``trust_remote_code=False``). A ValueError (one line) when it is not a usable tokenizer."""
     if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
         raise ValueError(f"no tokenizer in the directory (none of {', '.join(TOKENIZER_FILES)})")
     try:
         if os.path.isfile(name_or_path):
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=name_or_path)
+            if causal and EOS_TOKEN in tokenizer.get_vocab():
+                tokenizer.add_special_tokens({"eos_token": EOS_TOKEN})
             tokenizer.add_special_tokens(
                 {k: v for k, v in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"),
                                       BERT_SPECIAL_TOKENS) if v in tokenizer.get_vocab()})
@@ -95,11 +113,17 @@ def load_tokenizer(name_or_path: str):
     except Exception as err:  # noqa: BLE001 - tokenizers / transformers / json raise many kinds here
         first = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"cannot load a tokenizer from it ({type(err).__name__}: {first})") from None
-    check_tokenizer(tokenizer, name_or_path)
+    check_tokenizer(tokenizer, name_or_path, causal)
     return tokenizer
 
 
-def check_tokenizer(tokenizer, name: str) -> None:
+def check_tokenizer(tokenizer, name: str, causal: bool = False) -> None:
+    if causal:
+        if getattr(tokenizer, "eos_token_id", None) is None:
+            raise ValueError(f"tokenizer {name!r} has no eos_token; causal-LM packing needs one between documents")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"tokenizer {name!r} is not a fast (tokenizers-backed) tokenizer")
+        return
     missing = [t for t in ("mask_token", "cls_token", "sep_token", "pad_token") if getattr(tokenizer, t, None) is None]
     if missing:
         raise ValueError(f"tokenizer {name!r} has no {', '.join(missing)}; BERT pretraining needs [MASK], [CLS], [SEP], [PAD]")
