@@ -92,15 +92,32 @@ def test_two_arms_two_seeds_report_and_resume(tmp_path):
 
 
 def test_failing_run_names_its_log(tmp_path):
+    """A run that passes the up-front checks and fails while it runs (here: a corpus that is not
+    JSON Lines) stops the study with one line naming the run, the job's own error and its log."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
     out = tmp_path / "bad"
-    proc = compare(["--ds_config", CONFIG, "--arms", "loss:9,vanilla", "--seeds", 1, "--out", out,
+    proc = compare(["--ds_config", CONFIG, "--arms", "vanilla,loss:1", "--seeds", 1, "--out", out, "--data", bad,
                     "--", *job(tmp_path)])
     assert proc.returncode == 1, shown(proc)
-    log = out / "runs" / "loss-exit9" / "seed0" / "log.txt"
+    log = out / "runs" / "vanilla" / "seed0" / "log.txt"
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("compare.py: error: run loss-exit9/seed0 failed (exit 2): "), lines
-    assert lines[0].endswith(f"; log: {log}") and "exit_layer" in lines[0]  # with the job's own error line
-    assert log.exists() and not (out / "runs" / "vanilla").exists()
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: run vanilla/seed0 failed (exit "), lines
+    assert lines[0].endswith(f"; log: {log}") and "bad.jsonl" in lines[0]  # with the job's own error line
+    assert log.exists() and not (out / "runs" / "loss-exit1").exists()
+
+
+def test_every_arm_is_checked_by_the_job_before_the_first_run(tmp_path):
+    """An arm the job would refuse (an exit layer below the tiny model's depth of 2) stops the study
+    before any run starts, with the job's own one-line reason."""
+    out = tmp_path / "plan"
+    proc = compare(["--ds_config", CONFIG, "--arms", "vanilla,loss:9", "--seeds", 1, "--out", out,
+                    "--", *job(tmp_path)])
+    assert proc.returncode == 2, shown(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'loss-exit9': "), lines
+    assert "exit_layer=9 exceeds the model's depth" in lines[0]
+    assert not (out / "runs").exists()
 
 
 def load_compare():
