@@ -8,7 +8,7 @@ DeepSpeed. See docs/hf_trainer.md.
     deepspeed --num_gpus 2 launch/run_mlm_sift.py --config_name ds_configs/models/bert_L4_H128.json \\
         --tokenizer_name ds_configs/tokenizers/pydoc_wordpiece_4096 --train_file corpus.txt \\
         --output_dir runs/mlm_sift --per_device_train_batch_size 16 --max_steps 1000 \\
-        --deepspeed ds_configs/hf_zero2_sift.json
+        --deepspeed ds_configs/hf/zero2_sift.json
 
 Without ``--train_file`` it trains on the English documentation text shipped inside CPython.
 The model is built from its config (``AutoModelForMaskedLM.from_config``): nothing is downloaded.

@@ -94,3 +94,18 @@ def test_run_mlm_example_trains_with_sift(tmp_path):
     logs = [h for h in state["log_history"] if "loss" in h]
     assert [h["step"] for h in logs] == [1, 2] and all(h["sift/kept_fraction"] == 0.5 for h in logs)
     assert math.isfinite(json.load(open(tmp_path / "all_results.json"))["eval_loss"])
+
+
+def test_the_shipped_trainer_config_gives_its_sift_section_and_hides_it_from_deepspeed():
+    """ds_configs/hf/zero2_sift.json (Trainer fills its "auto" values): its "sift" section is what
+    sift_config_for reads, and the config DeepSpeed would get has none."""
+    from types import SimpleNamespace
+
+    from sift_ds.config import SiftConfig, load_ds_config
+    from sift_ds.hf import sift_config_for
+    path = os.path.join(REPO, "ds_configs", "hf", "zero2_sift.json")
+    shipped = load_ds_config(path)
+    handed = SimpleNamespace(config=dict(shipped))
+    cfg = sift_config_for(None, SimpleNamespace(deepspeed=path, hf_deepspeed_config=handed))
+    assert cfg == SiftConfig(**shipped["sift"]) and "sift" not in handed.config
+    assert shipped["train_micro_batch_size_per_gpu"] == "auto"  # Trainer's per_device_train_batch_size
