@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     }
     parts = ("positions", "prefix", "head", "vocab", "topk", "take")
     masked = float((labels != -100).float().mean())
-    flops = FlopsModel.for_bert(model, args.seq_len, args.exit_layer, masked_fraction=masked)
+    flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, masked_fraction=masked)
     select_flops = flops.select_per_token * gross * args.seq_len
     train_flops = flops.train_per_token * args.micro * args.seq_len
     measured = t["select"] / (t["select"] + t["train"])
