@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     gross, cfg_sift, adapter = engine.gross_batch_size, engine.sift_config, engine.adapter
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER)
+    if args.vocab_size < len(tokenizer):  # the masking draws random replacement tokens from the tokenizer
+        raise SystemExit(f"profile_selection.py: error: --vocab_size {args.vocab_size} is smaller than the "
+                         f"tokenizer's {len(tokenizer)} ({TOKENIZER})")
     g = torch.Generator().manual_seed(0)
     blocks = torch.randint(5, min(args.vocab_size, len(tokenizer)), (8 * gross, args.seq_len), generator=g)
     table = datasets.Dataset.from_dict({"input_ids": blocks.tolist(),
