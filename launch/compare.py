@@ -5,7 +5,8 @@ then a report: results.md, results.csv and plots/ in --out.
     python launch/compare.py --ds_config ds_configs/tiny_cpu_sift.json --arms vanilla,loss:1,entropy:1 \\
         --seeds 3 --out runs/compare -- --model mini --max_steps 300
 
-Everything after '--' goes verbatim to every run of launch/pretrain_bert.py. Arms: 'vanilla',
+Every run is launch/pretrain_bert.py, or launch/pretrain_gpt.py when the ds_config's "pretrain"
+section sets "objective": "clm"; everything after '--' goes verbatim to it. Arms: 'vanilla',
 CRITERION:EXIT_LAYER (loss:1, entropy:2), optionally with @key=value SIFT settings
 (loss:1@keep_ratio=0.25); or --arms_file FILE.json, {"label": ["--extra", "words"], ...}.
 Running the same command again skips the finished runs and resumes the others;
@@ -26,7 +27,7 @@ from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "launch", "pretrain_bert.py")
+SCRIPTS = {"mlm": os.path.join(REPO, "launch", "pretrain_bert.py"), "clm": os.path.join(REPO, "launch", "pretrain_gpt.py")}
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,6 +44,17 @@ def say(message: str) -> None:
     """One progress line, written whole (the runs report from several threads)."""
     sys.stdout.write(f"{PROG}: {message}\n")
     sys.stdout.flush()
+
+
+def job_script(ds_config: str) -> str:
+    """The job every run launches: the causal-LM job for a ds_config whose "pretrain" section sets
+    objective "clm", else the BERT job (which checks the objective itself)."""
+    try:
+        with open(ds_config, encoding="utf-8") as f:
+            section = json.load(f).get("pretrain") or {}
+    except (OSError, ValueError, AttributeError) as err:
+        fail(f"--ds_config {ds_config}: not a JSON object ({err})")
+    return SCRIPTS["clm" if section.get("objective") == "clm" else "mlm"]
 
 
 def seed_list(text: str) -> List[int]:
@@ -159,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             fail("--ds_config is required (unless --analyze_only)")
         if not os.path.isfile(args.ds_config):
             fail(f"--ds_config {args.ds_config}: no such file")
-        settings = runs.Settings(SCRIPT, os.path.abspath(args.ds_config), passthrough, args.data or [],
+        settings = runs.Settings(job_script(args.ds_config), os.path.abspath(args.ds_config), passthrough, args.data or [],
                                  args.num_gpus, args.parallel, pin_cores=args.pin_cores)
         try:
             preflight.check_pinning(settings)

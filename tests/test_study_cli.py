@@ -120,6 +120,19 @@ def test_every_arm_is_checked_by_the_job_before_the_first_run(tmp_path):
     assert not (out / "runs").exists()
 
 
+def test_a_causal_study_runs_the_causal_lm_job(tmp_path):
+    """A ds_config whose "pretrain" section sets objective "clm" makes every run launch/pretrain_gpt.py:
+    its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
+    out = tmp_path / "clm"
+    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift.json")
+    proc = compare(["--ds_config", config, "--arms", "vanilla,entropy:3", "--seeds", 1, "--out", out,
+                    "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
+    assert proc.returncode == 2, shown(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'entropy-exit3': pretrain_gpt.py: "), lines
+    assert "exit_layer=3 exceeds the model's depth" in lines[0] and not (out / "runs").exists()
+
+
 def load_compare():
     spec = importlib.util.spec_from_file_location("compare_cli", COMPARE)
     module = importlib.util.module_from_spec(spec)

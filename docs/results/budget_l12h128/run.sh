@@ -10,9 +10,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=${SIFT_CHECKOUT:-$(cd "$here/../../.." && pwd)}
 cd "$repo"
+data=$(realpath "${DATA:-$repo/../shared/data/linux_docs.jsonl.xz}")
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$repo/.venv/torch_extensions}
 arms=${ARMS:-entropy:1,entropy:1@anneal_start_step=450@anneal_end_step=600}
 exec nice -n "${NICE:-0}" .venv/bin/python launch/compare.py --ds_config ds_configs/l12h128_cpu_study.json \
   --arms "vanilla@max_steps=400,vanilla,vanilla@max_steps=900,$arms" \
-  --seeds 3 --data "$(realpath "${DATA:-$repo/../shared/data/linux_docs.jsonl.xz}")" --out "$here" \
+  --seeds 3 --data "$data" --out "$here" \
   --parallel 2 --pin_cores "${PIN_CORES:-0,1}" "$@"
