@@ -23,9 +23,15 @@ CRITERIA = ("loss", "entropy")
 # The reference materialises logits a chunk of rows at a time: fp32 logits and two temporaries of
 # that size stay under this many bytes whatever V is (~85 rows at V 128k, ~680 at V 30k).
 _LOGITS_BUDGET_BYTES = 128 * 2**20
+# On a CPU the chunk is sized to stay in a core's L2 cache instead (16 rows at V 8k): the softmax
+# passes over the logits then read the cache rather than memory, and the projection stays a GEMM.
+_CPU_LOGITS_BUDGET_BYTES = 2**20
+_CPU_MIN_ROWS = 8
 
 
-def _row_chunk(vocab_size: int) -> int:
+def _row_chunk(vocab_size: int, device: Optional[torch.device] = None) -> int:
+    if device is not None and torch.device(device).type == "cpu":
+        return max(_CPU_MIN_ROWS, _CPU_LOGITS_BUDGET_BYTES // (2 * 4 * max(vocab_size, 1)))
     return max(1, _LOGITS_BUDGET_BYTES // (3 * 4 * max(vocab_size, 1)))
 
 
@@ -113,26 +119,31 @@ def vocab_partial_stats(
     bias: Optional[torch.Tensor],
     targets: torch.Tensor,
     vocab_start: int = 0,
+    sumzexp: bool = True,
 ) -> VocabStats:
     """Statistics of ``z = rows @ weight.T + bias`` for the vocabulary slice ``weight`` [V_s, H].
 
     ``targets`` are global vocabulary ids; ``vocab_start`` is the id of ``weight[0]``.
+    ``sumzexp=False`` skips ``q`` (zeros), which only the entropy needs.
     """
     check_head(rows, weight, bias)
     n, v = rows.shape[0], weight.shape[0]
     outs = []
     w = weight.float()
     b = None if bias is None else bias.float()
-    chunk = _row_chunk(v)
+    chunk = _row_chunk(v, rows.device)
     for lo in range(0, max(n, 1), chunk):
         z = torch.nn.functional.linear(rows[lo : lo + chunk].float(), w, b)
-        m = z.max(dim=1).values
-        e = torch.exp(z - m[:, None])
-        s = e.sum(dim=1)
-        q = ((z - m[:, None]) * e).sum(dim=1)
+        m = z.amax(dim=1)
         local = targets[lo : lo + chunk].long() - vocab_start
         inside = (local >= 0) & (local < v)
         zt = torch.gather(z, 1, local.clamp(0, v - 1)[:, None]).squeeze(1)
+        z.sub_(m[:, None])  # z - m, in place: each pass below reads one chunk-sized buffer
+        if sumzexp:
+            e = torch.exp(z)
+            s, q = e.sum(dim=1), torch.linalg.vecdot(z, e)
+        else:
+            s, q = z.exp_().sum(dim=1), torch.zeros_like(m)
         outs.append((m, s, q, torch.where(inside, zt, torch.zeros_like(zt))))
     if n == 0:
         empty = rows.new_zeros(0, dtype=torch.float32)
@@ -186,7 +197,8 @@ def reduce_to_sequences(token_scores: torch.Tensor, seq_index: torch.Tensor, num
 def token_scores_torch(rows, weight, bias, targets, criterion: str = "loss") -> torch.Tensor:
     """Per-row CE or entropy through the vocab head, fp32, logits materialised."""
     check_criterion(criterion)
-    return finish_token_scores(vocab_partial_stats(rows, weight, bias, targets), criterion)
+    stats = vocab_partial_stats(rows, weight, bias, targets, sumzexp=criterion == "entropy")
+    return finish_token_scores(stats, criterion)
 
 
 def packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion="loss"):

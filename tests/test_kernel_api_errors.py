@@ -143,16 +143,20 @@ def test_scores_never_negative(backend):
 
 
 def test_torch_fallback_chunks_rows_to_a_memory_budget(monkeypatch):
-    """The reference materialises at most budget / (3 x 4 x V) rows of logits at once, and chunking
-    does not change the result (float64 reference)."""
+    """The reference materialises at most budget / (3 x 4 x V) rows of logits at once (on a CPU, a
+    chunk that stays in a core's L2 cache, at least 8 rows), and chunking does not change the result
+    (float64 reference)."""
     from sift_ds.kernels import reference
 
     assert reference._row_chunk(128256) * 3 * 4 * 128256 <= reference._LOGITS_BUDGET_BYTES
     assert reference._row_chunk(30522) < 8192  # the old fixed chunk cost ~3 GB at V 30k
+    assert reference._row_chunk(8192, torch.device("cpu")) * 2 * 4 * 8192 <= reference._CPU_LOGITS_BUDGET_BYTES
+    assert reference._row_chunk(128256, torch.device("cpu")) == reference._CPU_MIN_ROWS
     g = torch.Generator().manual_seed(2)
     rows, w, b = torch.randn(29, 8, generator=g), torch.randn(50, 8, generator=g), torch.randn(50, generator=g)
     t = torch.randint(0, 50, (29,), generator=g)
-    monkeypatch.setattr(reference, "_LOGITS_BUDGET_BYTES", 3 * 4 * 50 * 4)  # 4 rows per chunk
+    monkeypatch.setattr(reference, "_CPU_LOGITS_BUDGET_BYTES", 2 * 4 * 50 * 4)  # 4 rows per chunk
+    monkeypatch.setattr(reference, "_CPU_MIN_ROWS", 1)
     seen = []
     real_linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", lambda x, *a: seen.append(x.shape[0]) or real_linear(x, *a))
@@ -188,7 +192,7 @@ def test_torch_fallback_never_builds_n_by_v_logits_at_large_vocabularies():
 
     with Largest():
         got = {c: kernels.sequence_scores(hidden, w, None, labels, c, backend="torch") for c in ("loss", "entropy")}
-    chunk = reference._row_chunk(V)
+    chunk = reference._row_chunk(V, hidden.device)
     n = int((labels != -100).sum())
     assert chunk < n and max(largest) <= chunk * V < n * V
     for i in range(B):
