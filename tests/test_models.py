@@ -90,3 +90,18 @@ def test_flops_model_for_every_family(preset):
         layers = sum(p.numel() for p in model.model.layers.parameters())
         head = H + H * H + H + VOCAB * H + VOCAB
         assert flops.select_per_token == pytest.approx(2 * k * layers / L + 4 * k * H * T + f * 2 * head)
+
+
+def test_layer_norm_report_names_what_the_model_uses():
+    """The job's log names the norm it trains with: an RMSNorm model (Llama) keeps its own, a BERT's
+    nn.LayerNorm stays torch's when apex does not import (as here) and is left unchanged."""
+    from sift_ds.pretrain.fused import apex_module, fuse_layer_norms
+    from sift_ds.pretrain.models import CAUSAL_PRESETS
+
+    llama = build_model(model_config("tiny_llama", VOCAB), "clm")
+    assert fuse_layer_norms(llama) == (0, "the model's own (LlamaRMSNorm)")
+    assert "tiny_llama" in CAUSAL_PRESETS
+    if apex_module("normalization", "FusedLayerNorm") is None:
+        bert = build_bert("tiny", VOCAB)
+        assert fuse_layer_norms(bert) == (0, "torch.nn.LayerNorm (apex.normalization not available)")
+        assert any(type(m) is torch.nn.LayerNorm for m in bert.modules())

@@ -29,6 +29,9 @@ def apex_module(module: str, name: str):
 def fuse_layer_norms(model: nn.Module) -> Tuple[int, str]:
     """Replace every ``nn.LayerNorm`` by apex's ``FusedLayerNorm`` (weights copied); returns
     (count replaced, the class used)."""
+    if not any(type(m) is nn.LayerNorm for m in model.modules()):  # RMSNorm models (Llama, Qwen, ...)
+        norms = sorted({type(m).__name__ for m in model.modules() if "norm" in type(m).__name__.lower()})
+        return 0, f"the model's own ({', '.join(norms) or 'none'})"
     fused_cls = apex_module("normalization", "FusedLayerNorm")
     if fused_cls is None:
         return 0, "torch.nn.LayerNorm (apex.normalization not available)"
