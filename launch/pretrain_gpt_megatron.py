@@ -39,8 +39,10 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     config = config or core_transformer_config_from_args(args)
     spec_kwargs = dict(num_experts=args.num_experts, moe_grouped_gemm=args.moe_grouped_gemm,
                        qk_layernorm=args.qk_layernorm)
-    spec = (get_gpt_layer_local_spec(normalization=args.normalization, **spec_kwargs) if args.transformer_impl == "local"
-            else get_gpt_layer_with_transformer_engine_spec(**spec_kwargs))
+    if args.transformer_impl == "local":
+        spec = get_gpt_layer_local_spec(normalization=args.normalization, **spec_kwargs)
+    else:
+        spec = get_gpt_layer_with_transformer_engine_spec(**spec_kwargs)
     return GPTModel(config=config, transformer_layer_spec=spec, vocab_size=args.padded_vocab_size,
                     max_sequence_length=args.max_position_embeddings, pre_process=pre_process,
                     post_process=post_process, parallel_output=True,
@@ -89,7 +91,8 @@ def dataset_config(args) -> GPTDatasetConfig:
 def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for GPT ...")
-    return BlendedMegatronDatasetBuilder(MockGPTDataset if args.mock_data else GPTDataset, train_val_test_num_samples,
+    dataset_class = MockGPTDataset if args.mock_data else GPTDataset
+    return BlendedMegatronDatasetBuilder(dataset_class, train_val_test_num_samples,
                                          lambda: mpu.get_tensor_model_parallel_rank() == 0, dataset_config(args)).build()
 
 

@@ -104,7 +104,8 @@ def test_run_pretrain_before_core_v0_18(megatron_lm_parsing):
     args = call["extra_args_provider"](argparse.ArgumentParser()).parse_args(["--sift-keep-ratio", "0.25"])
     assert SiftConfig.from_megatron_args(args).keep_ratio == 0.25
     with pytest.raises(ValueError, match="model_provider"):
-        run_pretrain(Sift(SiftConfig()), provider, None, "encoder_or_decoder", forward_step, pretrain=pretrain_core_v0_17)
+        run_pretrain(Sift(SiftConfig()), provider, None, "encoder_or_decoder", forward_step,
+                     pretrain=pretrain_core_v0_17)
 
 
 @pytest.mark.parametrize("pretrain", [pretrain_core_v0_18, pretrain_core_v0_19])
