@@ -4,7 +4,9 @@
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider,
              ModelType.encoder_or_decoder, sift.forward_step(forward_step), extra_args_provider=add_arguments)
 
-``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
+(Megatron-LM from core_v0.18 takes ``pretrain(cfg_container, ...)`` with the same two arguments
+wrapped; ``entry.run_pretrain`` calls either form.) The early-exit adapter is found from the model's
+class (``detect_adapter``: megatron-core ``BertModel`` or ``GPTModel``). ``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
 the script's own ``forward_step`` (``forward_step.py``). The selection itself (warm-up subsets,
 scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
