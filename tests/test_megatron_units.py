@@ -183,3 +183,9 @@ def test_micro_steps_repeat_when_megatron_replays_an_iteration():
         assert seen == [(5, 0), (5, 1), (5, 0), (5, 1), (6, 0)]
     finally:
         nmc.destroy_num_microbatches_calculator()
+
+
+def test_adapter_is_found_from_the_model_class():
+    """BertModel / GPTModel get their adapters in the dist tests; another model is refused, naming both."""
+    with pytest.raises(TypeError, match="no built-in early-exit adapter for Linear .built in: BertModel, GPTModel"):
+        Sift(SiftConfig()).adapter(torch.nn.Linear(1, 1))
