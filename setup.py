@@ -26,10 +26,10 @@ setup(
         "triton": ["triton>=3.0"],
         "tensorboard": ["tensorboard"],
         "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "psutil", "triton>=3.0", "tensorboard",
-                 "scipy", "matplotlib", "megatron-core==0.16.*", "accelerate>=1.1"],
+                 "scipy", "matplotlib", "megatron-core>=0.16,<0.20", "accelerate>=1.1"],
         "study": ["matplotlib"],
         # sift_ds.hf.SiftTrainer: transformers' Trainer runs on accelerate.
         "hf": ["accelerate>=1.1"],
-        "megatron": ["megatron-core==0.16.*"],
+        "megatron": ["megatron-core>=0.16,<0.20"],
     },
 )

@@ -7,7 +7,10 @@
 
 Needs Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's
 ``pretrain`` is CUDA-only). ``--mock-data`` trains on random token blocks instead of an indexed
-corpus (with ``--tokenizer-type NullTokenizer --vocab-size N``). See docs/megatron.md.
+corpus (with ``--tokenizer-type NullTokenizer --vocab-size N``). Either entry point of Megatron-LM
+works: ``run_pretrain`` calls the old ``pretrain(datasets_provider, model_provider, ...)`` (up to
+core_v0.17) or parses the arguments first and calls ``pretrain(cfg_container, ...)`` (core_v0.18 on).
+See docs/megatron.md.
 """
 from functools import partial
 
@@ -20,12 +23,12 @@ from megatron.core.datasets.utils import get_blend_from_list
 from megatron.core.enums import ModelType
 from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 from megatron.core.models.bert.bert_model import BertModel
-from megatron.training import get_args, get_tokenizer, pretrain, print_rank_0
+from megatron.training import get_args, get_tokenizer, print_rank_0
 from megatron.training.arguments import core_transformer_config_from_args
 from megatron.training.utils import average_losses_across_data_parallel_group
 
 from sift_ds import SiftConfig
-from sift_ds.megatron import Sift, add_arguments
+from sift_ds.megatron import Sift, run_pretrain
 
 
 def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None, pg_collection=None):
@@ -105,10 +108,16 @@ def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None
                                          lambda: mpu.get_tensor_model_parallel_rank() == 0, config).build()
 
 
-if __name__ == "__main__":
+def main(pretrain=None):
+    """Megatron-LM's ``pretrain`` with SIFT's two wrappers (``pretrain``: another callable with its signature,
+    e.g. the one ``inprocess_restart`` wraps; default ``megatron.training.pretrain``)."""
     train_valid_test_datasets_provider.is_distributed = True
-    # The --sift-* flags are parsed by Megatron inside pretrain(): the config is read at its first use.
+    # The --sift-* flags are parsed by Megatron (inside pretrain, or before it from core_v0.18): the config
+    # is read at its first use.
     sift = Sift(lambda: SiftConfig.from_megatron_args(get_args()))
-    pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider,
-             ModelType.encoder_or_decoder, sift.forward_step(forward_step), extra_args_provider=add_arguments,
-             args_defaults={"tokenizer_type": "BertWordPieceLowerCase"})
+    return run_pretrain(sift, train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
+                        forward_step, args_defaults={"tokenizer_type": "BertWordPieceLowerCase"}, pretrain=pretrain)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,7 @@ ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 
 GPT-2, GPT-NeoX), found by ``config.model_type``.
 
 Optional hooks, for tensor-parallel models and other batch layouts (``sift_ds.scorer`` reads them
-where an adapter has them; ``sift_ds.megatron.MCoreBertAdapter`` has all four):
+where an adapter has them; ``sift_ds.megatron.MCoreAdapter``, the base of its BERT and GPT adapters, has all four):
 
         vocab_group                                       # process group the vocab head is split over
         vocab_start: int                                  # global id of row 0 of this rank's shard

@@ -1,6 +1,7 @@
-"""sift_ds.megatron on a real megatron-core BertModel over gloo: TP=2 on 2 ranks (with and without
-sequence parallelism; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
-runs the checks with collectives and writes per-rank records; this asserts them."""
+"""sift_ds.megatron on real megatron-core BertModel and GPTModel over gloo: TP=2 on 2 ranks (with and
+without sequence parallelism; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
+(and megatron_gpt.py, in the same ranks) runs the checks with collectives and writes per-rank records;
+this asserts them."""
 import json
 import os
 import subprocess
@@ -54,10 +55,29 @@ def check(results, tp, dp):
         assert all(l == l and abs(l) < 1e3 for l in losses)
         assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
     assert len({json.dumps(r["train_losses"]) for r in results[:tp]}) == 1  # one TP group: one loss curve
+    check_gpt(results)
+
+
+def check_gpt(results):
+    """GPTModel, untied output layer + RoPE and tied + learned positions (tests/dist_scripts/megatron_gpt.py)."""
+    for r in results:
+        assert set(r["gpt"]) == {"untied_rope", "tied_learned"}
+        for name, g in r["gpt"].items():
+            assert g["adapter"] == "MCoreGPTAdapter", name  # found from the model by Sift
+            # k = L: merged per-token CE == the model's own vocab-parallel loss on Megatron's shifted labels
+            assert g["full_loss_tokens"] > 0 and g["full_loss_max_err"] <= 1e-5, (name, g)
+            assert len(g["ref"]) == 4
+            for key, rec in g["ref"].items():  # float64 with the unsharded output weight
+                assert rec["err"] <= 2e-5 and rec["same_inf"] and rec["n_inf"] == 1 and rec["tp_identical"], \
+                    (name, key, rec)
+            sel = g["select"]
+            assert sel["score_err"] <= 2e-5 and sel["is_topk"] and sel["rows_match"] and sel["tp_identical"], sel
+            assert sel["kept_rows"] == 4 and sel["loss_finite"] and sel["count"] > 0
+            assert {"lm loss", "sift/kept_fraction", "sift/score_kept_mean"} <= set(sel["stat_keys"])
 
 
 def test_tp2_sequence_parallel_and_pipeline_refused(tmp_path):
-    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check")
+    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check", "--gpt_check")
     check(results, tp=2, dp=1)
     for r in results:
         assert len(r["pp_errors"]) == 2
@@ -75,7 +95,7 @@ def test_tp2_sequence_parallel_and_pipeline_refused(tmp_path):
 
 
 def test_tp2_dp2(tmp_path):
-    results = launch(tmp_path, 4, "--tp", "2")
+    results = launch(tmp_path, 4, "--tp", "2", "--gpt_check")
     check(results, tp=2, dp=2)
 
 

@@ -1,20 +1,29 @@
-"""``sift_ds.megatron``: SIFT as a drop-in for Megatron-style scripts (megatron-core ``BertModel``).
+"""``sift_ds.megatron``: SIFT as a drop-in for Megatron-style scripts (megatron-core ``BertModel`` and
+``GPTModel``).
 
     from sift_ds import SiftConfig
-    from sift_ds.megatron import Sift, MCoreBertAdapter, add_arguments
+    from sift_ds.megatron import Sift, add_arguments
     sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=20000, scope="global"))
+    # Megatron-LM up to core_v0.17:
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider, ModelType.encoder_or_decoder,
              sift.forward_step(forward_step), extra_args_provider=add_arguments)
+    # from core_v0.18: parse_and_validate_args(extra_args_provider=add_arguments), then
+    # pretrain(cfg_container, <the same two wrapped arguments>, ...); or, for either form,
+    run_pretrain(sift, train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)
 
-Modules: ``sift`` (``Sift``: the front-end over the shared selection core ``sift_ds.selection``),
-``forward_step`` (the wrapped forward step, TP broadcast, telemetry in the loss dict), ``datasets``
-(the gross training set), ``adapter`` (``MCoreBertAdapter``, with the adapter protocol's
-tensor-parallel hooks), ``arguments`` (``--sift-*``). This subpackage needs megatron-core;
-``import sift_ds`` alone never imports it. See docs/megatron.md.
+Modules: ``sift`` (``Sift``: the front-end over the shared selection core ``sift_ds.selection``,
+and ``detect_adapter``), ``forward_step`` (the wrapped forward step, TP broadcast, telemetry in the
+loss dict), ``datasets`` (the gross training set), ``adapter`` (``MCoreAdapter``, the adapter
+protocol's tensor-parallel hooks, and ``MCoreBertAdapter``), ``gpt_adapter`` (``MCoreGPTAdapter``),
+``arguments`` (``--sift-*``), ``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``).
+This subpackage needs megatron-core; ``import sift_ds`` alone never imports it. See docs/megatron.md.
 """
-from .adapter import MCoreBertAdapter, unwrap_model
+from .adapter import MCoreAdapter, MCoreBertAdapter, unwrap_model
 from .arguments import add_arguments
 from .datasets import GrossDataset
-from .sift import Sift
+from .entry import run_pretrain
+from .gpt_adapter import MCoreGPTAdapter
+from .sift import Sift, detect_adapter
 
-__all__ = ["GrossDataset", "MCoreBertAdapter", "Sift", "add_arguments", "unwrap_model"]
+__all__ = ["GrossDataset", "MCoreAdapter", "MCoreBertAdapter", "MCoreGPTAdapter", "Sift", "add_arguments",
+           "detect_adapter", "run_pretrain", "unwrap_model"]

@@ -1,18 +1,19 @@
-"""``MCoreBertAdapter``: the early-exit protocol (``sift_ds.EarlyExitAdapter``) on megatron-core's
-``BertModel``, and where a Megatron BERT batch keeps its labelled positions.
+"""The early-exit protocol (``sift_ds.EarlyExitAdapter``) on megatron-core models: what every
+megatron-core adapter shares (``MCoreAdapter``: the tensor-parallel vocabulary, the sequence-major
+layout, ``loss_mask``), and ``MCoreBertAdapter`` for ``BertModel`` (``MCoreGPTAdapter``, for
+``GPTModel``, lives in ``gpt_adapter.py``).
 
 Megatron's layout differs from HF's in three ways that matter here:
 
 * hidden states are ``[s, b, h]`` (``[s/tp, b, h]`` under sequence parallelism);
-* the encoder is pre-LN, so ``encoder.final_layernorm`` belongs in front of the MLM head (it is
-  what the full model applies after its last layer; at an early exit it normalises the residual
-  stream the same way);
-* the tied output weight and ``output_layer.bias`` are this tensor-parallel rank's vocabulary
+* the stack is pre-LN, so its ``final_layernorm`` belongs in front of the head (it is what the full
+  model applies after its last layer; at an early exit it normalises the residual stream the same way);
+* the output weight (tied or not) and its bias, if any, are this tensor-parallel rank's vocabulary
   shard ``[V/tp, H]``, ids ``vocab_start .. vocab_start + V/tp - 1`` of the padded vocabulary.
 
-Megatron BERT batches mark unmasked positions with label -1 and ``loss_mask`` 0 (not HF's -100):
-the labelled positions are where ``loss_mask`` is non-zero. The tensor-parallel vocabulary, the
-sequence-major layout and ``loss_mask`` reach the shared scorer (``sift_ds.scorer``) through the
+Megatron batches mark the positions that count with ``loss_mask`` (BERT's other labels are -1, not
+HF's -100): the scored positions are where ``loss_mask`` is non-zero. The tensor-parallel vocabulary,
+the sequence-major layout and ``loss_mask`` reach the shared scorer (``sift_ds.scorer``) through the
 adapter protocol's optional hooks ``vocab_group``, ``vocab_start``, ``rows_at`` and ``labelled_mask``.
 """
 from __future__ import annotations
@@ -34,43 +35,91 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-class MCoreBertAdapter:
-    """Early exit of a megatron-core ``BertModel`` (any wrapper with ``.module`` around it).
+class MCoreAdapter:
+    """The parts of a megatron-core adapter that do not depend on the model class: the checks, the
+    layer call, and the protocol's tensor-parallel hooks. A subclass sets ``model_class`` and
+    ``input_key`` (the batch key of the token ids) and fills ``layers`` and ``final_layernorm``."""
 
-    Batch keys are Megatron BERT's: ``text`` [b, s], ``padding_mask`` [b, s] (1 = token), ``types``
-    (used when the model has token-type embeddings), ``labels`` and ``loss_mask``.
-    """
+    model_class: type = nn.Module
+    input_key = "text"
 
     def __init__(self, model: nn.Module):
-        bert = unwrap_model(model)
-        if not isinstance(bert, BertModel):
-            raise TypeError(f"MCoreBertAdapter needs a megatron.core BertModel (optionally inside DDP / "
-                            f"Float16Module / a DeepSpeed engine), got {type(bert).__name__}")
-        if not (bert.pre_process and bert.post_process):
-            raise ValueError("MCoreBertAdapter needs the whole model on this rank (pre_process and post_process): "
+        inner = unwrap_model(model)
+        name = type(self).__name__
+        if not isinstance(inner, self.model_class):
+            raise TypeError(f"{name} needs a megatron.core {self.model_class.__name__} (optionally inside DDP / "
+                            f"Float16Module / a DeepSpeed engine), got {type(inner).__name__}")
+        if not (inner.pre_process and inner.post_process):
+            raise ValueError(f"{name} needs the whole model on this rank (pre_process and post_process): "
                              "pipeline parallelism is not supported")
-        self.model = bert
-        self.config = bert.config
-        self.layers = bert.encoder.layers
-        self.num_layers = len(self.layers)
-        self.final_layernorm = getattr(bert.encoder, "final_layernorm", None)
+        self.model = inner
+        self.config = inner.config
 
-    # ------------------------------------------------------------------ the protocol
-    def embed(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Any]:
-        bert = self.model
-        ids = batch["text"]
-        types = batch.get("types") if getattr(bert.embedding, "tokentype_embeddings", None) is not None else None
-        hidden = bert.embedding(input_ids=ids, position_ids=bert.bert_position_ids(ids), tokentype_ids=types)
-        rotary = None
-        if bert.position_embedding_type == "rope":
-            rotary = bert.rotary_pos_emb(bert.rotary_pos_emb.get_rotary_seq_len(None, bert.encoder, hidden,
-                                                                                 bert.config))
-        return hidden, (bert.bert_extended_attention_mask(batch["padding_mask"]), rotary)
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
 
     def layer(self, index: int, hidden: torch.Tensor, ctx: Any) -> torch.Tensor:
         mask, rotary = ctx
         out, _ = self.layers[index](hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
         return out
+
+    def rotary(self, hidden: torch.Tensor, stack: nn.Module):
+        """The model's rotary embeddings for this sequence length (None without RoPE)."""
+        model = self.model
+        if model.position_embedding_type != "rope" or getattr(model.config, "multi_latent_attention", False):
+            return None
+        return model.rotary_pos_emb(model.rotary_pos_emb.get_rotary_seq_len(None, stack, hidden, model.config, None))
+
+    # ------------------------------------------------------------------ the protocol's optional hooks
+    @property
+    def vocab_group(self):
+        """The tensor-parallel group the vocabulary is split over (None without model parallelism)."""
+        if not parallel_state.model_parallel_is_initialized():
+            return None
+        return parallel_state.get_tensor_model_parallel_group()
+
+    @property
+    def vocab_start(self) -> int:
+        """Global id of row 0 of this rank's vocabulary shard."""
+        return parallel_state.get_tensor_model_parallel_rank() * self.vocab_projection()[0].shape[0]
+
+    @staticmethod
+    def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The scored positions: Megatron marks them with ``loss_mask``."""
+        return batch["loss_mask"]
+
+    def rows_at(self, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[s, b, h]`` (``[s/tp, b, h]`` with sequence parallelism: gathered over s in
+        the tensor-parallel group first) at the flat ``[b*s]`` positions ``flat`` -> ``[N, h]``."""
+        if self.config.sequence_parallel and parallel_state.get_tensor_model_parallel_world_size() > 1:
+            hidden = gather_sequence(hidden, parallel_state.get_tensor_model_parallel_group())
+        return hidden.transpose(0, 1).reshape(-1, hidden.shape[-1]).index_select(0, flat.to(hidden.device))
+
+
+class MCoreBertAdapter(MCoreAdapter):
+    """Early exit of a megatron-core ``BertModel`` (any wrapper with ``.module`` around it).
+
+    Batch keys are Megatron BERT's: ``text`` [b, s], ``padding_mask`` [b, s] (1 = token), ``types``
+    (used when the model has token-type embeddings), ``labels`` (-1 where not masked) and ``loss_mask``.
+    The exit at layer k: ``encoder.final_layernorm``, the MLM head ``lm_head`` (dense, GeLU,
+    layernorm), then the output weight (the tied word embeddings, or ``output_layer.weight``) and bias.
+    """
+
+    model_class = BertModel
+    input_key = "text"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.layers = self.model.encoder.layers
+        self.final_layernorm = getattr(self.model.encoder, "final_layernorm", None)
+
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Any]:
+        bert = self.model
+        ids = batch["text"]
+        types = batch.get("types") if getattr(bert.embedding, "tokentype_embeddings", None) is not None else None
+        hidden = bert.embedding(input_ids=ids, position_ids=bert.bert_position_ids(ids), tokentype_ids=types)
+        return hidden, (bert.bert_extended_attention_mask(batch["padding_mask"]), self.rotary(hidden, bert.encoder))
 
     def head_transform(self, rows: torch.Tensor) -> torch.Tensor:
         if self.final_layernorm is not None:
@@ -88,31 +137,6 @@ class MCoreBertAdapter:
         bert = self.model
         tail = [m for m in (self.final_layernorm, bert.lm_head, bert.output_layer) if m is not None]
         return [bert.embedding, *self.layers[:exit_layer], *tail]
-
-    # ------------------------------------------------------------------ the protocol's optional hooks
-    @property
-    def vocab_group(self):
-        """The tensor-parallel group the vocabulary is split over (None without model parallelism)."""
-        if not parallel_state.model_parallel_is_initialized():
-            return None
-        return parallel_state.get_tensor_model_parallel_group()
-
-    @property
-    def vocab_start(self) -> int:
-        """Global id of row 0 of this rank's vocabulary shard."""
-        return parallel_state.get_tensor_model_parallel_rank() * self.vocab_projection()[0].shape[0]
-
-    @staticmethod
-    def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The scored positions: Megatron marks them with ``loss_mask`` (its labels elsewhere are -1)."""
-        return batch["loss_mask"]
-
-    def rows_at(self, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[s, b, h]`` (``[s/tp, b, h]`` with sequence parallelism: gathered over s in
-        the tensor-parallel group first) at the flat ``[b*s]`` positions ``flat`` -> ``[N, h]``."""
-        if self.config.sequence_parallel and parallel_state.get_tensor_model_parallel_world_size() > 1:
-            hidden = gather_sequence(hidden, parallel_state.get_tensor_model_parallel_group())
-        return hidden.transpose(0, 1).reshape(-1, hidden.shape[-1]).index_select(0, flat.to(hidden.device))
 
 
 def gather_sequence(hidden: torch.Tensor, group) -> torch.Tensor:

@@ -4,7 +4,9 @@
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider,
              ModelType.encoder_or_decoder, sift.forward_step(forward_step), extra_args_provider=add_arguments)
 
-``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
+(Megatron-LM from core_v0.18 takes ``pretrain(cfg_container, ...)`` with the same two arguments
+wrapped; ``entry.run_pretrain`` calls either form.) The early-exit adapter is found from the model's
+class (``detect_adapter``: megatron-core ``BertModel`` or ``GPTModel``). ``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
 the script's own ``forward_step`` (``forward_step.py``). The selection itself (warm-up subsets,
 scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
@@ -22,9 +24,13 @@ from .. import selection
 from ..config import SiftConfig
 from ..scorer import early_exit_scores
 from ..selection import Selection
-from .adapter import MCoreBertAdapter
+from ..batching import batch_rows
+from .adapter import MCoreBertAdapter, unwrap_model
 from .datasets import gross_datasets_provider
 from .forward_step import current_iteration, num_microbatches, telemetry, wrap_forward_step
+from .gpt_adapter import MCoreGPTAdapter
+
+ADAPTERS = (MCoreBertAdapter, MCoreGPTAdapter)  # found by the model class they name (``model_class``)
 
 
 def gross_factor(config: SiftConfig) -> int:
@@ -38,6 +44,17 @@ def gross_factor(config: SiftConfig) -> int:
     return factor
 
 
+def detect_adapter(model):
+    """The built-in adapter for a megatron-core model (inside any ``.module`` wrappers), by its class."""
+    inner = unwrap_model(model)
+    for factory in ADAPTERS:
+        if isinstance(inner, factory.model_class):
+            return factory(model)
+    raise TypeError(f"sift_ds.megatron has no built-in early-exit adapter for {type(inner).__name__} (built in: "
+                    f"{', '.join(a.model_class.__name__ for a in ADAPTERS)}); pass Sift(config, adapter=...) an object "
+                    "implementing sift_ds.EarlyExitAdapter with the tensor-parallel hooks (see MCoreAdapter)")
+
+
 def data_parallel_group():
     """The data-parallel group; None without model parallelism (a single-process model)."""
     return parallel_state.get_data_parallel_group() if parallel_state.model_parallel_is_initialized() else None
@@ -49,11 +66,12 @@ class Sift:
     ``iteration``: a callable giving the current training iteration (the optimizer step that
     warm-up, annealing and the seeded random choices follow). Default: Megatron's
     ``args.curr_iteration``, or a DeepSpeed engine's ``global_steps`` (Megatron-DeepSpeed).
-    ``adapter``: builds the early-exit adapter from the model (default ``MCoreBertAdapter``).
+    ``adapter``: builds the early-exit adapter from the model (default ``detect_adapter``: megatron-core's
+    ``BertModel`` or ``GPTModel``).
     """
 
     def __init__(self, config: Union[SiftConfig, Callable[[], SiftConfig]],
-                 iteration: Optional[Callable[[], int]] = None, adapter: Callable = MCoreBertAdapter):
+                 iteration: Optional[Callable[[], int]] = None, adapter: Callable = detect_adapter):
         self._config = config if isinstance(config, SiftConfig) else None
         self._config_source = config
         if self._config is not None:
@@ -125,7 +143,7 @@ class Sift:
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
         """(the kept rows, telemetry) of a gross batch ``[gross, ...]`` that every TP rank holds."""
         cfg, factor = self.config, self.factor
-        gross = batch["text"].shape[0]
+        gross = batch_rows(batch)
         if gross % factor:
             raise ValueError(f"a gross batch of {gross} rows is not a whole number of items of {factor} samples")
         adapter = self.adapter(model)

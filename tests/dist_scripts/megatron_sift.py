@@ -31,6 +31,7 @@ p.add_argument("--tp", type=int, default=2)
 p.add_argument("--out", required=True)
 p.add_argument("--pp_check", action="store_true")
 p.add_argument("--sp_check", action="store_true")
+p.add_argument("--gpt_check", action="store_true")
 p.add_argument("--train_steps", type=int, default=10)
 args = p.parse_args()
 
@@ -42,10 +43,7 @@ MICRO, FACTOR = 4, 2
 res = {"tp": ps.get_tensor_model_parallel_world_size(), "dp": DP_WORLD}
 
 
-def gather(obj, group):
-    out = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
+gather, max_err = mc.gather, mc.max_err
 
 
 def reference_scores(model, batch, k, criterion):
@@ -67,12 +65,6 @@ def reference_scores(model, batch, k, criterion):
     count = mask.sum(1)
     mean = (tok * mask).sum(1) / count.clamp(min=1)
     return torch.where(count > 0, mean, torch.full_like(mean, -math.inf))
-
-
-def max_err(got, ref):
-    finite = torch.isfinite(ref)
-    same_inf = bool(torch.equal(torch.isfinite(got), finite))
-    return float((got.double()[finite] - ref[finite]).abs().max()), same_inf
 
 
 model = mc.build_bert()
@@ -216,6 +208,11 @@ if args.sp_check:
     rec["loss_err"] = abs(trained["plain"][2] - trained["sp"][2])
     rec["grad_err"] = (trained["plain"][3] - trained["sp"][3]).abs().max().item()
     res["sp"] = rec
+
+# ---- megatron-core GPTModel (tests/dist_scripts/megatron_gpt.py): scores, references, selection
+if args.gpt_check:
+    from megatron_gpt import gpt_checks
+    res["gpt"] = gpt_checks(DP_RANK)
 
 # ---- pipeline parallelism is refused, with the reason
 if args.pp_check:
