@@ -12,7 +12,9 @@ Stages of one step (medians over ``--reps`` steps, after ``--warmup`` untimed on
   the library's own functions: ``positions`` (labelled positions and label check, on the host),
   ``prefix`` (embeddings + first k layers, no grad), ``head`` (gather of the labelled rows + head
   transform), ``vocab`` (vocab projection and per-row reduction), ``topk``, ``take`` (kept rows);
-* ``train``: forward, backward and AdamW step of the DeepSpeed engine on the kept micro-batch.
+* ``train``: forward, backward and AdamW step of the DeepSpeed engine on the kept micro-batch, with
+  the MLM head on the masked positions only, as the pretraining job trains (``--dense_head``: on
+  every position, as HF's ``BertForMaskedLM`` does).
 
 The selection share is select / (select + train), as ``sift/selection_share`` measures it; the
 model share is ``FlopsModel``'s selection FLOPs over selection + training FLOPs. The exchange of
@@ -72,6 +74,9 @@ def parse(argv=None):
     p.add_argument("--criterion", default="entropy", choices=("loss", "entropy"))
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--dense_head", action="store_true",
+                   help="train with the MLM head on every position (HF's BertForMaskedLM) rather than on the "
+                        "masked ones only (the pretraining job's default, --sparse_mlm_head)")
     p.add_argument("--json", help="also write the figures to this file")
     return p.parse_args(argv)
 
@@ -84,7 +89,8 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
     torch.manual_seed(0)
-    model = build_bert(args.model, vocab_size=args.vocab_size, max_position_embeddings=max(512, args.seq_len))
+    model = build_bert(args.model, vocab_size=args.vocab_size, max_position_embeddings=max(512, args.seq_len),
+                       sparse_head=not args.dense_head)
     cfg = {"train_micro_batch_size_per_gpu": args.micro, "gradient_accumulation_steps": 1,
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
            "zero_optimization": {"stage": 1}, "steps_per_print": 10 ** 9,
@@ -155,7 +161,8 @@ def main(argv=None) -> int:
     }
     parts = ("positions", "prefix", "head", "vocab", "topk", "take")
     masked = float((labels != -100).float().mean())
-    flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, masked_fraction=masked)
+    flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, masked_fraction=masked,
+                                     sparse_head=not args.dense_head)
     select_flops = flops.select_per_token * gross * args.seq_len
     train_flops = flops.train_per_token * args.micro * args.seq_len
     measured = t["select"] / (t["select"] + t["train"])
@@ -169,12 +176,14 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "model": f"L{cfg_model.num_hidden_layers}-H{cfg_model.hidden_size}", "vocab": cfg_model.vocab_size,
         "seq_len": args.seq_len, "gross": gross, "micro": args.micro, "exit_layer": args.exit_layer,
-        "criterion": args.criterion, "seconds": t, "unaccounted_select_s": t["select"] - sum(t[p] for p in parts),
+        "criterion": args.criterion, "training_head": "dense" if args.dense_head else "sparse",
+        "seconds": t, "unaccounted_select_s": t["select"] - sum(t[p] for p in parts),
         "selection_share": measured, "model_share": modelled, "measured_over_model": measured / modelled,
         "overhead_share": overhead,
     }
     print(f"\n{result['model']} seq {args.seq_len}, gross {gross} -> {args.micro}, exit {args.exit_layer}, "
-          f"{args.criterion}; torch {torch.__version__}, {result['threads']} thread(s), cores {result['cores']}")
+          f"{args.criterion}, {result['training_head']} MLM head in training; torch {torch.__version__}, "
+          f"{result['threads']} thread(s), cores {result['cores']}")
     print("| stage | median ms | share of select |")
     print("|---|---|---|")
     for name in parts:

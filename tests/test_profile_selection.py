@@ -17,7 +17,7 @@ def test_profile_selection_runs_and_its_figures_are_consistent(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
     t = r["seconds"]
-    assert r["gross"] == 4 and r["micro"] == 2 and r["model"] == "L2-H64"
+    assert r["gross"] == 4 and r["micro"] == 2 and r["model"] == "L2-H64" and r["training_head"] == "sparse"
     assert all(v > 0 for v in t.values())
     assert r["selection_share"] == t["select"] / (t["select"] + t["train"])
     assert 0 < r["model_share"] < 1 and r["measured_over_model"] == r["selection_share"] / r["model_share"]
