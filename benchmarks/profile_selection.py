@@ -4,7 +4,8 @@
     taskset -c 1 env OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu python benchmarks/profile_selection.py \\
         --model ds_configs/models/bert_L4_H128.json --vocab_size 8192 --seq_len 128 --micro 16 --exit_layer 1
 
-Stages of one step (medians over ``--reps`` steps, after ``--warmup`` untimed ones):
+Stages of one step (medians over ``--reps`` steps, after ``--warmup`` untimed ones; the selection
+and the training step alternate, as in a run):
 
 * ``data``: reading and masking a gross batch (``GrossBatchLoader``, prefetch off) against a
   micro-batch: the data SIFT adds is their difference;
@@ -52,15 +53,21 @@ TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "pydoc_wordpiece_4096")
 
 
-def median_seconds(fn, reps: int, warmup: int) -> float:
+def median_seconds(*fns, reps: int, warmup: int):
+    """Median wall time of each of ``fns``, called in turn ``reps`` times (after ``warmup`` untimed
+    rounds): interleaved, so that slow drifts of the machine reach every one alike, and each runs
+    with the caches the one before it left, as selection and training alternate in a run."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    medians = [statistics.median(spent) for spent in times]
+    return medians[0] if len(fns) == 1 else medians
 
 
 def parse(argv=None):
@@ -145,20 +152,19 @@ def main(argv=None) -> int:
         engine.backward(loss)
         engine.step()
 
-    t = {
-        "data_gross": median_seconds(loaders[gross].next_batch, args.reps, args.warmup),
-        "data_micro": median_seconds(loaders[args.micro].next_batch, args.reps, args.warmup),
-        "select": median_seconds(lambda: engine.select(batch), args.reps, args.warmup),
-        "positions": median_seconds(lambda: check_labels(adapter, labels, labelled_positions(adapter, batch)),
-                                    args.reps, args.warmup),
-        "prefix": median_seconds(prefix, args.reps, args.warmup),
-        "head": median_seconds(head, args.reps, args.warmup),
-        "vocab": median_seconds(vocab, args.reps, args.warmup),
-        "topk": median_seconds(lambda: selector.select_by_score(scores, args.micro, cfg_sift, step, 0), args.reps,
-                               args.warmup),
-        "take": median_seconds(lambda: take_rows(batch, kept_idx), args.reps, args.warmup),
-        "train": median_seconds(train, max(5, args.reps // 3), 2),
-    }
+    r, w = args.reps, args.warmup
+    t = {"data_gross": median_seconds(loaders[gross].next_batch, reps=r, warmup=w),
+         "data_micro": median_seconds(loaders[args.micro].next_batch, reps=r, warmup=w),
+         "positions": median_seconds(lambda: check_labels(adapter, labels, labelled_positions(adapter, batch)),
+                                     reps=r, warmup=w),
+         "prefix": median_seconds(prefix, reps=r, warmup=w),
+         "head": median_seconds(head, reps=r, warmup=w),
+         "vocab": median_seconds(vocab, reps=r, warmup=w),
+         "topk": median_seconds(lambda: selector.select_by_score(scores, args.micro, cfg_sift, step, 0), reps=r,
+                                warmup=w),
+         "take": median_seconds(lambda: take_rows(batch, kept_idx), reps=r, warmup=w)}
+    # The share's two terms alternate, as in a run: select, train step, select, ...
+    t["select"], t["train"] = median_seconds(lambda: engine.select(batch), train, reps=r, warmup=w)
     parts = ("positions", "prefix", "head", "vocab", "topk", "take")
     masked = float((labels != -100).float().mean())
     flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, masked_fraction=masked,
