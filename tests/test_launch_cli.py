@@ -93,8 +93,10 @@ def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
             config.pop("sift"), config["tensorboard"].pop("job_name"), config["pretrain"].pop("output_dir")
         assert twin == mine
     elif "_study" in path:  # the study configs: the study's best setting (docs/results.md); arms override it
-        assert plan.sift.enabled and plan.sift.criterion == "entropy" and plan.sift.plain_topk
+        assert plan.sift.enabled and plan.sift.criterion == "entropy" and plan.sift.sampling == "topk"
         assert plan.gross_batch == 2 * plan.batch.micro and plan.world_size == 2
+        if plan.sift.anneal_end_step:  # annealed to full data over the second half of the schedule
+            assert 2 * plan.sift.anneal_start_step == plan.sift.anneal_end_step == plan.max_steps
     else:
         assert not plan.sift.enabled and plan.gross_batch == plan.batch.micro
     if "bert_base" in path:
