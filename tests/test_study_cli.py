@@ -125,7 +125,7 @@ def test_a_causal_study_runs_the_causal_lm_job(tmp_path):
     its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
     out = tmp_path / "clm"
     config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift.json")
-    proc = compare(["--ds_config", config, "--arms", "vanilla,entropy:3", "--seeds", 1, "--out", out,
+    proc = compare(["--ds_config", config, "--arms", "entropy:3,vanilla", "--seeds", 1, "--out", out,
                     "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
     assert proc.returncode == 2, shown(proc)
     lines = proc.stderr.strip().splitlines()
