@@ -51,6 +51,15 @@ def metrics(output_dir) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def records_written(output_dir) -> int:
+    """How many whole records a running job has logged so far (a line still being written is not one)."""
+    try:
+        with open(os.path.join(output_dir, "metrics.jsonl"), "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 def small_config(tmp_path, base: str = "tiny_cpu_sift.json", name: str = "cfg.json", **pretrain) -> str:
     """The tiny CPU config, shrunk for tests (seq 64, small vocab, schedule from --max_steps)."""
     config = read_config(base)

@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 if not os.path.exists(DEEPSPEED):  # DeepSpeed installed apart from this Python (pip --target): its launcher on PATH
     DEEPSPEED = shutil.which("deepspeed") or DEEPSPEED
+CHILD_SITE = os.path.join(REPO, "tests", "child_site")  # sitecustomize.py: children skip the exit-time GC walk
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (DeepSpeed refuses fp16 on CPU)")
@@ -31,9 +32,11 @@ def free_port() -> int:
 
 def clean_env(**extra) -> dict:
     """Environment for a child run: CPU accelerator unless a GPU is present, one thread per rank, no
-    torch.distributed variables left over from in-process tests, and the mark by which the process
-    guard (tests/conftest.py) kills whatever of the run is still alive when the test ends."""
+    torch.distributed variables left over from in-process tests, the mark by which the process
+    guard (tests/conftest.py) kills whatever of the run is still alive when the test ends, and
+    tests/child_site first on PYTHONPATH (see its sitecustomize.py)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{MARKER: "1"}, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (CHILD_SITE, env.get("PYTHONPATH")) if p)
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     for key in DIST_VARS:

@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from launch_helpers import SCRIPT, metrics, small_config
+from launch_helpers import SCRIPT, metrics, records_written, small_config
 from launcher import DEEPSPEED, REPO, clean_env, free_port, run_deepspeed
 from sift_ds.pretrain import manifest
 
@@ -104,6 +104,14 @@ exit "$status"
 """
 
 
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie; a process that ends between two questions is not running."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -122,7 +130,7 @@ def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not (out / "metrics.jsonl").exists() or len(metrics(out)) < 2:
+        while records_written(out) < 2:
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
             time.sleep(0.2)
         ranks = [p for p in psutil.process_iter(["cmdline"]) if str(out) in (p.info["cmdline"] or [])
@@ -130,7 +138,7 @@ def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp
         assert len(ranks) == 2
         proc.send_signal(signal.SIGTERM)  # what `#SBATCH --signal=B:TERM@300` does
         output, _ = proc.communicate(timeout=120)
-        alive = [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in ranks if running(p)]
         assert not alive, f"orphaned ranks {alive}\n{output[-3000:]}"
     finally:
         if proc.poll() is None:

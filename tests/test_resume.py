@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, small_config, write_config
+from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, records_written, small_config, write_config
 from sift_ds.pretrain import manifest
 from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.resume import find_resume
@@ -111,7 +111,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
                             env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
-        while not (out / "metrics.jsonl").exists() or len(metrics(out)) < 2:
+        while records_written(out) < 2:
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)

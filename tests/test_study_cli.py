@@ -1,6 +1,7 @@
-"""launch/compare.py end to end with the real pretraining job on the tiny preset: 2 arms x 2 seeds,
-the report (results.md, results.csv, 4 plots), a second invocation that skips the finished runs,
---analyze_only, refused settings changes, a failing run and one-line input errors."""
+"""launch/compare.py end to end with the real pretraining job on the tiny preset: one budget-matched
+study (vanilla at two budgets and a SIFT arm, 2 seeds, pinned cores) shared by the tests that read its
+report (results.md, results.csv, 4 plots) and then re-invoke it (finished runs skipped, an unfinished
+one resumed, --analyze_only, refused settings changes); a failing run and one-line input errors."""
 import csv
 import importlib.util
 import json
@@ -24,9 +25,10 @@ def compare(args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def job(tmp_path, steps=30):
+def job(tmp_path, steps=30, eval_interval=10):
     """Passthrough of a tiny run: 30 steps, evaluations every 10, SIFT selecting from step 6."""
-    return ["--model", "tiny", "--max_steps", steps, "--eval_interval", 10, "--log_interval", 5, "--save_interval", 0,
+    return ["--model", "tiny", "--max_steps", steps, "--eval_interval", eval_interval, "--log_interval", 5,
+            "--save_interval", 0,
             "--vocab_size", 1024, "--seq_len", 64, "--sift_warmup_steps", 5, "--cache_dir", tmp_path / "cache"]
 
 
@@ -34,48 +36,117 @@ def shown(proc):
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
 
 
-def test_two_arms_two_seeds_report_and_resume(tmp_path):
-    out = tmp_path / "cmp"
-    args = ["--ds_config", CONFIG, "--arms", "vanilla,loss:1", "--seeds", 2, "--parallel", 2, "--out", out,
-            "--", *job(tmp_path)]
+ARMS = "vanilla@max_steps=20,vanilla,loss:1"  # vanilla at two budgets (the frontier) and one SIFT arm
+LABELS = ["vanilla_max_steps-20", "vanilla", "loss-exit1"]
+
+
+def study_args(tmp_path, ds_config, **job_args):
+    return ["--ds_config", ds_config, "--arms", ARMS, "--seeds", 2, "--parallel", 2, "--pin_cores", "0,1",
+            "--bootstrap", 100, "--out", tmp_path / "cmp", "--", *job(tmp_path, **job_args)]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One budget-matched study that the tests below read and then re-invoke: 3 arms x 2 seeds, two
+    runs at a time, pinned to cores 0 and 1. Each schedule warms up for 4 steps and decays to 0 at its
+    own end."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    tmp_path = tmp_path_factory.mktemp("study")
+    config = json.loads(open(CONFIG).read())
+    config["scheduler"]["params"]["warmup_num_steps"] = 4
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    args = study_args(tmp_path, tmp_path / "ds.json")
     proc = compare(args)
     assert proc.returncode == 0, shown(proc)
-    assert "0 of 4 runs already finished" in proc.stdout
+    return tmp_path, args, proc
 
+
+def csv_report(out):
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_report_has_every_arm_and_seed(study):
+    tmp_path, args, proc = study
+    out = tmp_path / "cmp"
+    assert "0 of 6 runs already finished" in proc.stdout
     md = (out / "results.md").read_text()
-    assert "--arms vanilla,loss:1" in md and "| loss-exit1 | 0,1 |" in md and "**Legend.**" in md
+    assert f"--arms {ARMS}" in md and "| loss-exit1 | 0,1 |" in md and "**Legend.**" in md
     for name in PLOTS:
         assert (out / "plots" / name).stat().st_size > 5000
-    with open(out / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["arm"] for r in rows] == ["vanilla", "loss-exit1"]
-    for row in rows:
-        values = {k: float(v) for k, v in row.items() if k != "arm"}  # every other column is a number
+    rows = csv_report(out)
+    assert [r["arm"] for r in rows] == LABELS
+    for row in rows:  # every column but the budget-matched ones (empty for vanilla arms) is a number
+        values = {k: float(v) for k, v in row.items() if k != "arm" and not k.startswith("budget_matched")}
         assert values["seeds"] == 2 and 0 < values["final_val_acc_mean"] < 1
         assert not math.isnan(values["final_val_loss_std"])
-    vanilla, sift = ({k: float(v) for k, v in r.items() if k != "arm"} for r in rows)
+    vanilla, sift = ({k: float(v) for k, v in r.items() if k != "arm" and not k.startswith("budget_matched")}
+                     for r in rows[1:])
     assert vanilla["speedup_loss_samples"] == 1.0 and vanilla["loss_target_samples"] <= 30 * 16
     assert vanilla["selection_share_mean"] == 0.0 < sift["selection_share_mean"] < 1
     assert sift["speedup_acc_samples_ci_lo"] <= sift["speedup_acc_samples_ci_hi"]
 
     # One tokenizer for all: the first run trains it, the others load it.
-    first = out / "runs" / "vanilla" / "seed0"
-    for arm, seed in [("vanilla", 1), ("loss-exit1", 0), ("loss-exit1", 1)]:
+    first = out / "runs" / LABELS[0] / "seed0"
+    for arm, seed in [(arm, seed) for arm in LABELS for seed in (0, 1)][1:]:
         run = out / "runs" / arm / f"seed{seed}"
         words = json.loads((run / "command.json").read_text())["args"]
         assert words[words.index("--tokenizer") + 1] == str(first / "tokenizer")
         assert words[words.index("--seed") + 1] == str(seed) and (run / "DONE").exists()
     assert "--tokenizer" not in json.loads((first / "command.json").read_text())["args"]
 
-    # Again: every run is skipped, the report is rewritten.
+
+def test_budget_matched_mode_with_pinned_cores(study):
+    """Vanilla at two budgets (its own --max_steps each, schedule decayed at its own end) is the
+    frontier; the SIFT arm gets budget-matched speed-ups in samples and wall-clock; runs are pinned."""
+    tmp_path, args, proc = study
+    out = tmp_path / "cmp"
+    assert "vanilla_max_steps-20/seed0: starting, cores 0" in proc.stdout and ", cores 1 (" in proc.stdout
+    short = out / "runs" / "vanilla_max_steps-20" / "seed0"
+    words = json.loads((short / "command.json").read_text())["args"]
+    assert words[words.index("--max_steps") + 1] == "20" and words.count("--max_steps") == 1
+    records = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
+    last = max(records, key=lambda r: r["step"])
+    # Its schedule is its own: linear decay from step 4 that reaches 0 right after its step 20 (lr of the
+    # last step = 1/16 of the peak), where the 30-step run is still at 11/26 of it.
+    assert last["step"] == 20 and last["max_steps"] == 20 and last["lr"] == pytest.approx(3e-3 / 16)
+    assert last["val_loss"] is not None  # evaluated at its own end
+    full = [json.loads(line) for line in (out / "runs" / "vanilla" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert next(r["lr"] for r in full if r["step"] == 20) == pytest.approx(3e-3 * 11 / 26)
+
+    md = (out / "results.md").read_text()
+    assert "## Budget-matched speed-up (the vanilla frontier)" in md and "| vanilla_max_steps-20 | 320 |" in md
+    rows = {r["arm"]: r for r in csv_report(out)}
+    sift = rows["loss-exit1"]
+    for metric in ("loss", "acc"):
+        for axis in ("samples", "time"):
+            key = f"budget_matched_{metric}_{axis}"
+            assert float(sift[key]) > 0 and sift[f"{key}_bound"] in ("", ">", "<")
+            assert float(sift[f"{key}_ci_lo"]) <= float(sift[f"{key}_ci_hi"])
+    assert rows["vanilla"]["budget_matched_loss_samples"] == ""  # the frontier is not compared with itself
+    assert "loss-exit1: budget-matched at equal final val_loss: samples x" in proc.stdout
+    # What SIFT adds outside the step is counted: selection plus the data of the dropped rows.
+    for seed in (0, 1):
+        metrics = out / "runs" / "loss-exit1" / f"seed{seed}" / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        selecting = [r for r in records if r.get("sift/warmup") == 0.0 and r.get("sift/overhead_share") is not None]
+        assert selecting and all(0 < r["sift/overhead_share"] < 1 and 0 <= r["data/wait_share"] < 1 for r in selecting)
+    assert 0 < float(sift["overhead_share_mean"]) < 1
+
+
+def test_a_second_invocation_skips_resumes_and_refuses(study):
+    """Again: every run is skipped and the report rewritten; an unfinished run is resumed;
+    --analyze_only reads the runs without starting any; other settings in the same --out are refused."""
+    tmp_path, args, _ = study
+    out = tmp_path / "cmp"
     logs = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/log.txt")}
     start = time.time()
     again = compare(args)
     assert again.returncode == 0, shown(again)
-    assert "4 of 4 runs already finished" in again.stdout and "starting" not in again.stdout
+    assert "6 of 6 runs already finished" in again.stdout and "starting" not in again.stdout
     assert time.time() - start < 60 and logs == {p: p.stat().st_mtime for p in logs}
 
-    # An unfinished run is resumed; --analyze_only reads the runs without starting any.
     (out / "runs" / "loss-exit1" / "seed1" / "DONE").unlink()
     only = compare(["--analyze_only", "--out", out])
     assert only.returncode == 0, shown(only)
@@ -83,12 +154,12 @@ def test_two_arms_two_seeds_report_and_resume(tmp_path):
     assert "| loss-exit1 | 0 |" in (out / "results.md").read_text()
     resumed = compare(args)
     assert resumed.returncode == 0, shown(resumed)
-    assert "loss-exit1/seed1: resuming" in resumed.stdout and "3 of 4 runs already finished" in resumed.stdout
+    assert "loss-exit1/seed1: resuming" in resumed.stdout and "5 of 6 runs already finished" in resumed.stdout
 
     # Other settings in the same --out are refused, finished runs included.
-    changed = compare([*args[:-len(job(tmp_path))], *job(tmp_path, steps=40)])
+    changed = compare(study_args(tmp_path, tmp_path / "ds.json", eval_interval=5))
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, shown(changed)
-    assert "compare.py: error: run vanilla/seed0 was started with other settings" in changed.stderr
+    assert "compare.py: error: run vanilla_max_steps-20/seed0 was started with other settings" in changed.stderr
 
 
 def test_failing_run_names_its_log(tmp_path):
@@ -164,50 +235,6 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, message):
         load_compare().main(["--ds_config", CONFIG, "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith(f"compare.py: error: {message}") and err.count("\n") == 1, err
-
-
-def test_budget_matched_mode_with_pinned_cores(tmp_path):
-    """Vanilla at two budgets (its own --max_steps each, schedule decayed at its own end) is the
-    frontier; the SIFT arm gets budget-matched speed-ups in samples and wall-clock; runs are pinned."""
-    out = tmp_path / "budget"
-    config = json.loads(open(CONFIG).read())
-    config["scheduler"]["params"]["warmup_num_steps"] = 4  # each schedule decays to 0 at its own end
-    (tmp_path / "ds.json").write_text(json.dumps(config))
-    proc = compare(["--ds_config", tmp_path / "ds.json", "--arms", "vanilla@max_steps=20,vanilla,loss:1", "--seeds", 1,
-                    "--parallel", 2, "--pin_cores", "0,1", "--bootstrap", 100, "--out", out, "--", *job(tmp_path)])
-    assert proc.returncode == 0, shown(proc)
-    assert "vanilla_max_steps-20/seed0: starting, cores 0" in proc.stdout and ", cores 1 (" in proc.stdout
-    short = out / "runs" / "vanilla_max_steps-20" / "seed0"
-    words = json.loads((short / "command.json").read_text())["args"]
-    assert words[words.index("--max_steps") + 1] == "20" and words.count("--max_steps") == 1
-    records = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
-    last = max(records, key=lambda r: r["step"])
-    # Its schedule is its own: linear decay from step 4 that reaches 0 right after its step 20 (lr of the
-    # last step = 1/16 of the peak), where the 30-step run is still at 11/26 of it.
-    assert last["step"] == 20 and last["max_steps"] == 20 and last["lr"] == pytest.approx(3e-3 / 16)
-    assert last["val_loss"] is not None  # evaluated at its own end
-    full = [json.loads(line) for line in (out / "runs" / "vanilla" / "seed0" / "metrics.jsonl").read_text().splitlines()]
-    assert next(r["lr"] for r in full if r["step"] == 20) == pytest.approx(3e-3 * 11 / 26)
-
-    md = (out / "results.md").read_text()
-    assert "## Budget-matched speed-up (the vanilla frontier)" in md and "| vanilla_max_steps-20 | 320 |" in md
-    with open(out / "results.csv", newline="") as f:
-        rows = {r["arm"]: r for r in csv.DictReader(f)}
-    sift = rows["loss-exit1"]
-    for metric in ("loss", "acc"):
-        for axis in ("samples", "time"):
-            key = f"budget_matched_{metric}_{axis}"
-            assert float(sift[key]) > 0 and sift[f"{key}_bound"] in ("", ">", "<")
-            assert float(sift[f"{key}_ci_lo"]) <= float(sift[f"{key}_ci_hi"])
-    assert rows["vanilla"]["budget_matched_loss_samples"] == ""  # the frontier is not compared with itself
-    assert "loss-exit1: budget-matched at equal final val_loss: samples x" in proc.stdout
-    # What SIFT adds outside the step is counted: selection plus the data of the dropped rows.
-    records = [json.loads(line) for line in (out / "runs" / "loss-exit1" / "seed0" / "metrics.jsonl").read_text().splitlines()]
-    selecting = [r for r in records if r.get("sift/warmup") == 0.0 and r.get("sift/overhead_share") is not None]
-    assert selecting and all(0 < r["sift/overhead_share"] < 1 and 0 <= r["data/wait_share"] < 1 for r in selecting)
-    assert 0 < float(sift["overhead_share_mean"]) < 1
-    for name in PLOTS:
-        assert (out / "plots" / name).stat().st_size > 5000
 
 
 def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_path):
