@@ -34,9 +34,10 @@ def clean_env(**extra) -> dict:
     """Environment for a child run: CPU accelerator unless a GPU is present, one thread per rank, no
     torch.distributed variables left over from in-process tests, the mark by which the process
     guard (tests/conftest.py) kills whatever of the run is still alive when the test ends, and
-    tests/child_site first on PYTHONPATH (see its sitecustomize.py)."""
+    tests/child_site last on PYTHONPATH (see its sitecustomize.py; a test's own sitecustomize.py in a
+    folder before it wins)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{MARKER: "1"}, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (CHILD_SITE, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), CHILD_SITE) if p)
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     for key in DIST_VARS:

@@ -1,5 +1,6 @@
 """Imported at start-up by every Python process a test starts (``launcher.clean_env`` puts this folder
-first on PYTHONPATH): the deepspeed runner, its launcher, compare.py, and the ranks.
+last on PYTHONPATH, so a test's own sitecustomize.py before it wins): the deepspeed runner, its
+launcher, compare.py, and the ranks.
 
 At exit CPython's last garbage collection walks the whole heap that torch and DeepSpeed built, 1-2 s
 per process for memory the OS reclaims anyway; a 2-rank run has four such processes. Freezing the
