@@ -48,6 +48,14 @@ def _marked(proc: psutil.Process) -> bool:
         return False
 
 
+def is_live(proc: psutil.Process) -> bool:
+    """Running and not a zombie; a process that ends (or hides) between two questions is not live."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 def kill_marked_descendants(timeout: float = 10.0) -> list:
     """SIGKILL and reap the marked descendants of this process; returns ``"pid cmdline"`` of the live ones."""
     try:
@@ -57,7 +65,7 @@ def kill_marked_descendants(timeout: float = 10.0) -> list:
     live = []
     for proc in procs:
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            if is_live(proc):
                 live.append(f"{proc.pid} {' '.join(proc.cmdline())[:200]}")
             proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -19,6 +19,7 @@ import psutil
 
 from launch_helpers import SCRIPT, metrics, records_written, small_config
 from launcher import DEEPSPEED, REPO, clean_env, free_port, run_deepspeed
+from process_guard import is_live
 from sift_ds.pretrain import manifest
 
 KILLER = '''
@@ -104,14 +105,6 @@ exit "$status"
 """
 
 
-def running(process: psutil.Process) -> bool:
-    """Alive and not a zombie; a process that ends between two questions is not running."""
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -138,7 +131,7 @@ def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp
         assert len(ranks) == 2
         proc.send_signal(signal.SIGTERM)  # what `#SBATCH --signal=B:TERM@300` does
         output, _ = proc.communicate(timeout=120)
-        alive = [p for p in ranks if running(p)]
+        alive = [p for p in ranks if is_live(p)]
         assert not alive, f"orphaned ranks {alive}\n{output[-3000:]}"
     finally:
         if proc.poll() is None:
