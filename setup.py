@@ -9,9 +9,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    # kernels/ is installed as the subpackage sift_ds.kernels, never as a top-level `kernels`.
-    packages=["sift_ds", "sift_ds.kernels", "sift_ds.pretrain", "sift_ds.study", "sift_ds.megatron", "sift_ds.families"],
-    package_dir={"sift_ds": "sift_ds", "sift_ds.kernels": "kernels"},
+    # The Triton kernels (the top-level kernels/ops) are installed as the subpackage sift_ds.kernels.ops.
+    # kernels/ has no __init__.py: no checkout, editable install or wheel provides a top-level `kernels`
+    # (Hugging Face's package of that name, which transformers imports).
+    packages=["sift_ds", "sift_ds.kernels", "sift_ds.kernels.ops", "sift_ds.pretrain", "sift_ds.study",
+              "sift_ds.megatron", "sift_ds.families"],
+    package_dir={"sift_ds": "sift_ds", "sift_ds.kernels.ops": "kernels/ops"},
     install_requires=[
         "torch>=2.1",
         "deepspeed>=0.14",

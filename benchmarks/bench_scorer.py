@@ -182,7 +182,7 @@ def scorer(impl: str, x):
     if impl == "liger":
         pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install liger-kernel)")
         return lambda: liger_scores(*args[:-1])
-    from sift_ds.kernels.triton_scorer import packed_sequence_scores_triton, sequence_scores_triton
+    from sift_ds.kernels.ops.triton_scorer import packed_sequence_scores_triton, sequence_scores_triton
 
     if impl == "triton":  # the same compacted rows as the references
         return lambda: packed_sequence_scores_triton(*args)
@@ -230,7 +230,7 @@ def test_scorer(benchmark, shape, impl):
         if datasheet:
             info.update(datasheet_bf16_tflops=datasheet, fraction_of_datasheet_peak=round(tflops / datasheet, 3))
         if impl.startswith("triton"):
-            from sift_ds.kernels.triton_scorer import last_config
+            from sift_ds.kernels.ops.triton_scorer import last_config
 
             mm = matmul_tflops(shape)
             info.update(matmul_tflops=round(mm, 2), fraction_of_matmul=round(tflops / mm, 3),

@@ -7,7 +7,9 @@ Phases, each in its own process with its own time budget (a phase that fails or 
 recorded, and the others still run):
 
 1. ``wheels``  -- installs the wheels of ``.whl/`` (if present) into /tmp/site with
-   ``pip install --no-index --no-deps --target``: nothing is fetched. /tmp/site and the checkout go on
+   ``pip install --no-index --no-deps --target``: nothing is fetched. It also installs sift_ds itself,
+   built from a copy of the checkout, into ``<out>/.package`` (setup.py puts the Triton kernels of
+   ``kernels/ops`` there as ``sift_ds.kernels.ops``; no checkout on ``PYTHONPATH`` does). Both go on
    the PYTHONPATH of every later phase, /tmp/site/bin on their PATH. DeepSpeed's FusedAdam then
    starts its JIT build in the background (1-2 minutes of nvcc), while the next phase runs.
 2. ``scorer``  -- the fused Triton scorer (loss and entropy) against bf16 eager PyTorch,
@@ -23,7 +25,7 @@ recorded, and the others still run):
    (micro-batch 32) and SIFT (gross 64 -> 32, exit layer 1, loss) with the fused and the torch
    scorer: step time, selection time and share (CUDA events), trained tokens/s.
 
-It prints one short table last and writes gpu_check.json and the phases' logs to --out (7 files).
+It prints one short table last and writes gpu_check.json and the phases' logs to --out (8 files).
 
 ``--dry`` runs the same phases on the CPU at tiny shapes (the Triton kernels under
 TRITON_INTERPRET=1, ``torch.compile`` with the eager backend, the tests collected but not run, no
@@ -70,8 +72,9 @@ FUSED_ADAM_WAIT = 60  # of the tests' budget, the most spent waiting for the bac
 # Score tolerance against the fp32 reference (max |difference| over sequences): fp32 accumulation
 # (Triton), logits rounded to bf16 (eager bf16, compile, Liger, CCE: |z| / 256 per logit).
 TOL = {"triton": 2e-3, "bf16-eager": 5e-2, "bf16-compile": 5e-2, "liger": 5e-2, "cce": 5e-2}
-FILES = ("gpu_check.json", "gpu_check.log", "wheels.log", "fused_adam_build.log", "scorer.log", "tests.log",
-         "step.log")
+FILES = ("gpu_check.json", "gpu_check.log", "wheels.log", "package.log", "fused_adam_build.log", "scorer.log",
+         "tests.log", "step.log")
+PACKAGE_SOURCES = ("setup.py", "README.md", "sift_ds", "kernels")  # what setup.py builds sift_ds from
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +199,10 @@ def run_tests(dry, env, out, budget, log, build):
         except subprocess.TimeoutExpired:
             log("[tests] the FusedAdam build is still running; the tests that need it wait for it")
     remaining = max(int(budget - (time.monotonic() - start)), 10)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *CUDA_TESTS]
+    # Run from --out, not the checkout: ``python -m`` puts its working directory first on sys.path, and the
+    # checkout's sift_ds/ lacks the kernels that the installed package has.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "--rootdir", REPO,
+           "-c", os.path.join(REPO, "pytest.ini"), *(os.path.join(REPO, t) for t in CUDA_TESTS)]
     if dry:
         cmd.append("--collect-only")
     else:
@@ -204,7 +210,7 @@ def run_tests(dry, env, out, budget, log, build):
         if has_module(env, "xdist"):
             cmd += ["-n", str(min(8, os.cpu_count() or 1))]
     log(f"[tests] {' '.join(cmd[2:])} (budget {remaining} s)")
-    rc, seconds = run_bounded(cmd, remaining, os.path.join(out, "tests.log"), env)
+    rc, seconds = run_bounded(cmd, remaining, os.path.join(out, "tests.log"), env, cwd=out)
     summary = last_pytest_summary(os.path.join(out, "tests.log"))
     status = phase_status(rc, seconds, remaining)
     rec = {"status": status, "seconds": round(time.monotonic() - start, 1),
@@ -244,9 +250,29 @@ def host_info():
     return info
 
 
-def phase_env(dry, site_ok):
+def install_package(env, out, budget, log):
+    """sift_ds as setup.py installs it, into ``<out>/.package``: pip builds it offline, without its
+    dependencies, from a copy of the checkout (so that the build leaves nothing in the checkout)."""
+    target, source = os.path.join(out, ".package"), os.path.join(out, ".package_source")
+    for path in (target, source):
+        shutil.rmtree(path, ignore_errors=True)
+    for part in PACKAGE_SOURCES:
+        copy = shutil.copytree if os.path.isdir(os.path.join(REPO, part)) else shutil.copy
+        copy(os.path.join(REPO, part), os.path.join(source, part), **(
+            {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
+           "--no-cache-dir", "--target", target, source]
+    log(f"[wheels] installing sift_ds into {target}")
+    env = {k: v for k, v in env.items() if k != "PIP_CONSTRAINT"}
+    rc, seconds = run_bounded(cmd, budget, os.path.join(out, "package.log"), env)
+    shutil.rmtree(source, ignore_errors=True)
+    return {"status": phase_status(rc, seconds, budget), "seconds": round(seconds, 1)}, (target if rc == 0 else None)
+
+
+def phase_env(dry, site_ok, package=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    paths = ([SITE] if site_ok else []) + [REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = (([SITE] if site_ok else []) + ([package] if package else [])
+             + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     if site_ok:
         env["PATH"] = os.path.join(SITE, "bin") + os.pathsep + env.get("PATH", "")
@@ -274,7 +300,9 @@ def main_driver(args):
     report = {"dry": args.dry, "budgets_s": budgets}
     report["wheels"], site_ok = install_wheels(args.dry, phase_env(args.dry, False), out, budgets["wheels"], log)
     log(f"[wheels] {report['wheels']['status']}")
-    env = phase_env(args.dry, site_ok)
+    report["package"], package = install_package(phase_env(args.dry, site_ok), out, budgets["wheels"], log)
+    log(f"[wheels] sift_ds: {report['package']['status']}")
+    env = phase_env(args.dry, site_ok, package)
     report["env"] = host_info()
     build = start_fused_adam_build(args.dry, env, out)
     try:
@@ -294,7 +322,7 @@ def main_driver(args):
     write_json(os.path.join(out, "gpu_check.json"), report)
     for line in table(report):
         log(line)
-    failed = [p for p in ("wheels", "scorer", "tests", "step")
+    failed = [p for p in ("wheels", "package", "scorer", "tests", "step")
               if not str(report[p].get("status", "")).startswith(("ok", "skipped"))]
     failed += ["scorer checks"] if any(r.get("check", "ok") != "ok" for r in report["scorer"].get("rows", [])) else []
     failed += ["step check"] if not report["step"].get("score_check", "ok").endswith("ok") else []
@@ -450,7 +478,7 @@ def phase_scorer(args):
         if impl == "matmul":
             return lambda: x["rows"] @ x["w"].T
         if impl == "triton":
-            from sift_ds.kernels.triton_scorer import packed_sequence_scores_triton
+            from sift_ds.kernels.ops.triton_scorer import packed_sequence_scores_triton
 
             return lambda: packed_sequence_scores_triton(*args6, criterion)
         if impl == "bf16-eager":
@@ -518,7 +546,7 @@ def phase_scorer(args):
         if d["datasheet_tflops"]:
             row["fraction_of_datasheet"] = round(tflops / d["datasheet_tflops"], 3)
         if impl == "triton":
-            from sift_ds.kernels.triton_scorer import last_config
+            from sift_ds.kernels.ops.triton_scorer import last_config
 
             cfg = last_config(device)
             row["config"] = None if cfg is None else str(cfg)

@@ -25,9 +25,8 @@ import datasets
 from transformers import (AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling,
                           HfArgumentParser, TrainingArguments, set_seed)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without install
-from sift_ds.hf import SiftTrainer  # noqa: E402  (run_mlm.py: from transformers import Trainer)
-from sift_ds.pretrain.corpus import default_corpus  # noqa: E402
+from sift_ds.hf import SiftTrainer  # (run_mlm.py: from transformers import Trainer)
+from sift_ds.pretrain.corpus import default_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class ModelArguments:
 @dataclass
 class DataTrainingArguments:
     train_file: Optional[str] = field(default=None, metadata={"help": "a text file, one document per line"})
-    validation_split_percentage: int = field(default=5, metadata={"help": "share of the data held out (%)"})
+    validation_split_percentage: int = field(default=5, metadata={"help": "share of the data held out, in percent"})
     max_seq_length: int = field(default=128, metadata={"help": "tokens per training sequence"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of tokens masked"})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "evaluate on at most this many blocks"})

@@ -9,17 +9,13 @@ The library is this package and ``sift_ds.kernels`` (the Triton / torch scorer):
 application is ``sift_ds.pretrain``, the study tooling ``sift_ds.study``. docs/design.md has the
 table of every module.
 """
-from ._kernels_path import register_checkout_kernels
-
-register_checkout_kernels()
-
-from . import kernels  # noqa: E402
-from .adapters import BertAdapter, EarlyExitAdapter, detect_adapter  # noqa: E402
-from .config import SiftConfig, load_ds_config, split_ds_config  # noqa: E402
-from .engine import SiftEngine  # noqa: E402
-from .initialize import initialize  # noqa: E402
-from .scorer import early_exit_scores  # noqa: E402
-from .selection import Selection  # noqa: E402
+from . import kernels
+from .adapters import BertAdapter, EarlyExitAdapter, detect_adapter
+from .config import SiftConfig, load_ds_config, split_ds_config
+from .engine import SiftEngine
+from .initialize import initialize
+from .scorer import early_exit_scores
+from .selection import Selection
 
 __version__ = "0.1.0"
 

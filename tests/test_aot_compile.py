@@ -1,6 +1,6 @@
 """Hardware checks without hardware: every autotune config of the scorer kernels compiled ahead of time
 for sm_80 (A100) and sm_90 (H100) by Triton's own compiler, with the runtime's argument specialisation
-(``sift_ds.kernels.aot``), then inspected with ``ptxas -v``, ``cuobjdump`` and ``nvdisasm`` from the
+(``sift_ds.kernels.ops.aot``), then inspected with ``ptxas -v``, ``cuobjdump`` and ``nvdisasm`` from the
 triton wheel. Shapes: BERT-base (tied head with bias), Llama 3 (V 128,256, H 4,096) and Qwen2
 (V 151,936, H 3,584), the last two untied without bias.
 
@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from sift_ds.kernels import aot  # noqa: E402
-from sift_ds.kernels import triton_scorer as ts  # noqa: E402
+from sift_ds.kernels.ops import aot  # noqa: E402
+from sift_ds.kernels.ops import triton_scorer as ts  # noqa: E402
 
 PROBLEM = aot.compile_api_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"ahead-of-time compile unavailable: {PROBLEM}")

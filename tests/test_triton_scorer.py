@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("triton")
 
 from sift_ds import kernels  # noqa: E402
-from sift_ds.kernels import triton_scorer as ts  # noqa: E402
+from sift_ds.kernels.ops import triton_scorer as ts  # noqa: E402
 from sift_ds.kernels.reference import finish_token_scores, merge_vocab_stats  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from sift_ds import kernels  # noqa: E402
-from sift_ds.kernels.triton_topk import select_topk_triton  # noqa: E402
+from sift_ds.kernels.ops.triton_topk import select_topk_triton  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import check_k
+from ..reference import check_k
 from .triton_scorer import _device_guard, _interpreting
 
 _BLOCK_I, _BLOCK_J = 64, 64

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import IGNORE_INDEX, VocabStats, check_criterion, check_head
+from ..reference import IGNORE_INDEX, VocabStats, check_criterion, check_head
 
 # ----------------------------------------------------------------------------------------------
 # Kernels (plain functions; made into JIT or interpreted kernels by ``_kernels``)

@@ -11,7 +11,7 @@ runtime binder). The tools in the triton wheel then report on the result:
   (wgmma) on sm_90);
 * the TTGIR: whether the shared-memory pipeline drains (``async_wait {num = 0}``) inside a loop.
 
-Used by tests/test_aot_compile.py (the CI checks) and ``python -m sift_ds.kernels.aot`` (the table of
+Used by tests/test_aot_compile.py (the CI checks) and ``python -m sift_ds.kernels.ops.aot`` (the table of
 docs/kernels.md). Everything here reaches into Triton internals (``ASTSource``, ``make_backend``,
 ``create_function_from_signature``, ``JITFunction._pack_args``): ``compile_api_problem`` says why not,
 when the installed Triton differs.
@@ -327,7 +327,7 @@ def condensed_table(reports: List[Report]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m sift_ds.kernels.aot [--full]  -> the table of docs/kernels.md
+if __name__ == "__main__":  # python -m sift_ds.kernels.ops.aot [--full]  -> the table of docs/kernels.md
     import sys
 
     problem = compile_api_problem()

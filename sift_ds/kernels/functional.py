@@ -96,7 +96,7 @@ def packed_sequence_scores(
     check_criterion(criterion)
     _check(rows, weight, bias, targets, check_targets)
     if resolve_backend(backend, rows.device) == "triton":
-        from .triton_scorer import packed_sequence_scores_triton
+        from .ops.triton_scorer import packed_sequence_scores_triton
 
         return packed_sequence_scores_triton(rows, weight, bias, targets, seq_index, num_seqs, criterion)
     return packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion)
@@ -121,7 +121,7 @@ def sequence_scores(
         )
     _check(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels, check_targets)
     if resolve_backend(backend, hidden.device) == "triton":
-        from .triton_scorer import sequence_scores_triton
+        from .ops.triton_scorer import sequence_scores_triton
 
         return sequence_scores_triton(hidden, weight, bias, labels, criterion)
     flat, seq = compact_labelled(labels)
@@ -137,7 +137,7 @@ def select_topk(scores: torch.Tensor, k: int, backend: str = "auto") -> torch.Te
         raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores).__name__)}")
     k = check_k(k, scores.numel())
     if resolve_backend(backend, scores.device) == "triton":
-        from .triton_topk import select_topk_triton
+        from .ops.triton_topk import select_topk_triton
 
         return select_topk_triton(scores, k)
     return select_topk_torch(scores, k)
@@ -149,7 +149,7 @@ def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: 
     check_criterion(criterion)
     _check(rows, weight, bias, targets, check_targets)
     if resolve_backend(backend, rows.device) == "triton":
-        from .triton_scorer import token_scores_triton
+        from .ops.triton_scorer import token_scores_triton
 
         return token_scores_triton(rows, weight, bias, targets, criterion)
     return token_scores_torch(rows, weight, bias, targets, criterion)
@@ -166,7 +166,7 @@ def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int 
     check_head(rows, weight_shard, bias_shard)
     check_target_ids(targets, None)
     if resolve_backend(backend, rows.device) == "triton":
-        from .triton_scorer import vocab_partial_stats_triton
+        from .ops.triton_scorer import vocab_partial_stats_triton
 
         return vocab_partial_stats_triton(rows, weight_shard, bias_shard, targets, vocab_start)
     return vocab_partial_stats(rows, weight_shard, bias_shard, targets, vocab_start)
