@@ -4,15 +4,20 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
-TORCH_PIN   ?= torch==2.13.0
-DEEPSPEED   ?= deepspeed==0.19.8
+# The tested environment: every package at one exact version (docs/usage.md, "The environment").
+LOCK        ?= requirements/lock.txt
+# Where torch comes from: empty = pip's default index (PyPI: on Linux x86_64 a CUDA build, which also runs
+# on a CPU-only machine); https://download.pytorch.org/whl/cpu for the CPU build, .../whl/cu128 for CUDA 12.8.
+TORCH_INDEX ?=
+# make test-latest: a second venv with the newest releases setup.py allows (plus Hugging Face's kernels).
+LATEST_VENV ?= .venv-latest
 NUM_GPUS    ?= 2
 DS_CONFIG   ?= ds_configs/tiny_cpu_sift.json
 RUN_DIR     ?= runs/tiny_sift
 # WordPiece training breaks frequency ties in hash-map order, which changes from process to process;
 # the main job uses this tokenizer, trained once on the embedded corpus, so that its figures repeat.
 TOKENIZER   ?= ds_configs/tokenizers/pydoc_wordpiece_4096
-export PIP_CONSTRAINT := $(CURDIR)/.ci/constraints.txt
+export PIP_CONSTRAINT := $(CURDIR)/$(LOCK)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed's JIT-built ops (shm comm, CPU Adam) go inside the venv, not the shared ~/.cache: a build
 # killed there (by another checkout's run or test) leaves a lock that hangs every later start.
@@ -25,19 +30,18 @@ DS_ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.
 GPU_PYTHON  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_OUT     ?= runs/gpu_check
 
-.PHONY: setup train test bench gpu-check clean
+.PHONY: setup train test test-latest lock bench gpu-check clean
 
 setup: $(VENV)/.installed
 
-# torch first, pinned (the CPU wheel here; constraints stop any package from pulling another build),
-# then DeepSpeed's source archive built against that torch, then this project and its test extras.
-$(VENV)/.installed: setup.py .ci/constraints.txt
+# Everything at the lock's version (PIP_CONSTRAINT): pip's own tools, torch (from TORCH_INDEX), then
+# DeepSpeed's source archive built against that torch, this project and its test extras in one resolve.
+$(VENV)/.installed: setup.py $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q --no-build-isolation $(DEEPSPEED)
-	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/python -c "import torch, deepspeed, transformers, sift_ds; print('torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__)"
+	$(BIN)/pip install -q torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	cd / && $(abspath $(BIN))/python -c "import torch, deepspeed, transformers, sift_ds; print('torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
 train: setup
@@ -48,6 +52,28 @@ train: setup
 test: setup
 	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q tests benchmarks
 
+# The newest releases setup.py allows, not the lock: torch first (its range read from setup.py), then the
+# rest in one resolve, plus Hugging Face's kernels; then the smoke set from the repository root. Its last
+# line names the package and version that broke, when something did.
+test-latest: $(LATEST_VENV)/.installed
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(LATEST_VENV))/torch_extensions \
+	$(LATEST_VENV)/bin/python .ci/smoke_latest.py --lock $(LOCK)
+
+$(LATEST_VENV)/.installed: setup.py
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	env -u PIP_CONSTRAINT $(LATEST_VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	env -u PIP_CONSTRAINT $(LATEST_VENV)/bin/pip install -q --upgrade \
+		"$$($(PYTHON) .ci/requirement.py setup.py torch)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	env -u PIP_CONSTRAINT $(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager \
+		--no-build-isolation -e ".[test]" kernels
+	touch $@
+
+# Refresh the lock from the newest-releases venv once `make test-latest` passed there; then
+# `make clean test` installs from the new lock and must pass before it is committed (docs/usage.md).
+lock: $(LATEST_VENV)/.installed
+	$(LATEST_VENV)/bin/python .ci/write_lock.py --lock $(LOCK)
+
 bench: setup
 	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest benchmarks --benchmark-only
 
@@ -55,4 +81,4 @@ gpu-check:
 	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(if $(DRY),--dry) --out $(GPU_OUT)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .benchmarks
+	rm -rf $(VENV) $(LATEST_VENV) runs .pytest_cache .benchmarks

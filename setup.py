@@ -15,24 +15,27 @@ setup(
     packages=["sift_ds", "sift_ds.kernels", "sift_ds.kernels.ops", "sift_ds.pretrain", "sift_ds.study",
               "sift_ds.megatron", "sift_ds.families"],
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels.ops": "kernels/ops"},
+    # Ranges for library users, each capped below the next major release, which nothing here has been
+    # tested with; requirements/lock.txt holds the one tested set (what `make setup` installs), and
+    # `make test-latest` runs the smoke set with the newest releases these ranges allow.
     install_requires=[
-        "torch>=2.1",
-        "deepspeed>=0.14",
-        "transformers>=4.40",
-        "datasets>=2.18",
-        "tokenizers>=0.15",
-        "tqdm",
-        "numpy",
+        "torch>=2.1,<3",
+        "deepspeed>=0.14,<1",
+        "transformers>=4.40,<6",
+        "datasets>=2.18,<6",
+        "tokenizers>=0.15,<1",
+        "tqdm<5",
+        "numpy<3",
     ],
     extras_require={
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
-        "triton": ["triton>=3.0"],
-        "tensorboard": ["tensorboard"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "psutil", "triton>=3.0", "tensorboard",
-                 "scipy", "matplotlib", "megatron-core>=0.16,<0.20", "accelerate>=1.1"],
-        "study": ["matplotlib"],
+        "triton": ["triton>=3.0,<4"],
+        "tensorboard": ["tensorboard<3"],
+        "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "psutil<8", "triton>=3.0,<4",
+                 "tensorboard<3", "scipy<2", "matplotlib<4", "megatron-core>=0.16,<0.20", "accelerate>=1.1,<2"],
+        "study": ["matplotlib<4"],
         # sift_ds.hf.SiftTrainer: transformers' Trainer runs on accelerate.
-        "hf": ["accelerate>=1.1"],
+        "hf": ["accelerate>=1.1,<2"],
         "megatron": ["megatron-core>=0.16,<0.20"],
     },
 )

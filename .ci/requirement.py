@@ -1,0 +1,20 @@
+"""Print setup.py's requirement for one package, range included: `python .ci/requirement.py setup.py torch`
+prints `torch>=2.1,<3`. make test-latest installs torch from it before the rest (DeepSpeed's source
+archive builds against the installed torch), so that the range has one home, setup.py."""
+import ast
+import re
+import sys
+
+
+def requirement(setup_py: str, package: str) -> str:
+    tree = ast.parse(open(setup_py, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            for item in ast.literal_eval(node.value):
+                if re.split(r"[<>=!~;\[ ]", item, maxsplit=1)[0].lower() == package.lower():
+                    return item
+    raise SystemExit(f"{setup_py}: install_requires names no {package!r}")
+
+
+if __name__ == "__main__":
+    print(requirement(*sys.argv[1:3]))
