@@ -9,8 +9,8 @@ setup.py allows (plus Hugging Face's kernels):
 5. the Triton kernel tests under TRITON_INTERPRET=1.
 
 It prints which installed versions differ from the lock. When a part fails, its last line names the
-package and version that broke: the first package newer than the lock whose files appear in the
-failure's traceback, else every package newer than the lock.
+package and version that broke: the first package that differs from the lock whose files appear in the
+failure's traceback, else every package that differs from the lock.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--lock", default="requirements/lock.txt")
     args = parser.parse_args()
     changed = differences(read_lock(os.path.join(REPO, args.lock)), installed())
-    print("newer than the lock:" if changed else "every installed version is the lock's")
+    print("differ from the lock:" if changed else "every installed version is the lock's")
     for name, version, locked in changed:
         print(f"  {name} {version} (lock {locked or 'none'})")
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
