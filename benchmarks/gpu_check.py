@@ -8,7 +8,7 @@ recorded, and the others still run):
 
 1. ``wheels``  -- installs the wheels of ``.whl/`` (if present) into /tmp/site with
    ``pip install --no-index --no-deps --target``: nothing is fetched. It also installs sift_ds itself,
-   built from a copy of the checkout, into ``<out>/.package`` (setup.py puts the Triton kernels of
+   built from a copy of the checkout, into /tmp/gpu_check_package (setup.py puts the Triton kernels of
    ``kernels/ops`` there as ``sift_ds.kernels.ops``; no checkout on ``PYTHONPATH`` does). Both go on
    the PYTHONPATH of every later phase, /tmp/site/bin on their PATH. DeepSpeed's FusedAdam then
    starts its JIT build in the background (1-2 minutes of nvcc), while the next phase runs.
@@ -52,7 +52,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 SITE = "/tmp/site"
 WHEELS = os.path.join(REPO, ".whl")
-EXTENSIONS = "/tmp/gpu_check_torch_extensions"  # a fresh JIT-build folder: no stale lock from another run
+EXTENSIONS = "/tmp/gpu_check_torch_extensions"
+PACKAGE = "/tmp/gpu_check_package"  # sift_ds installed from the checkout (outside --out: it does not come back)  # a fresh JIT-build folder: no stale lock from another run
 CUDA_TESTS = (
     "tests/test_triton_scorer.py",
     "tests/test_triton_topk.py",
@@ -251,15 +252,18 @@ def host_info():
 
 
 def install_package(env, out, budget, log):
-    """sift_ds as setup.py installs it, into ``<out>/.package``: pip builds it offline, without its
-    dependencies, from a copy of the checkout (so that the build leaves nothing in the checkout)."""
-    target, source = os.path.join(out, ".package"), os.path.join(out, ".package_source")
+    """sift_ds as setup.py installs it, into PACKAGE: pip builds it offline, without its dependencies,
+    from a copy of the checkout (so that the build leaves nothing in the checkout)."""
+    target, source = PACKAGE, PACKAGE + "_source"
     for path in (target, source):
         shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(source)
     for part in PACKAGE_SOURCES:
-        copy = shutil.copytree if os.path.isdir(os.path.join(REPO, part)) else shutil.copy
-        copy(os.path.join(REPO, part), os.path.join(source, part), **(
-            {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        if os.path.isdir(os.path.join(REPO, part)):
+            shutil.copytree(os.path.join(REPO, part), os.path.join(source, part),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(os.path.join(REPO, part), os.path.join(source, part))
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
            "--no-cache-dir", "--target", target, source]
     log(f"[wheels] installing sift_ds into {target}")
@@ -440,8 +444,10 @@ def phase_scorer(args):
     d = phase.data
     import triton
 
+    import sift_ds
+
     d["env"] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                "triton": triton.__version__, "capability": list(torch.cuda.get_device_capability()) if cuda else None}
+                "triton": triton.__version__, "sift_ds": os.path.dirname(sift_ds.__file__), "capability": list(torch.cuda.get_device_capability()) if cuda else None}
     d.update(rows=[], dtype=str(dtype))
     d["datasheet_tflops"] = bs.datasheet_peak(d["env"]["device"]) if cuda else None
 

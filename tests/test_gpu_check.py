@@ -41,6 +41,8 @@ def test_scorer_rows_are_checked_and_timed(dry_run):
     assert rows[("triton", "loss")]["max_abs_err"] < 1e-4  # fp32 under the interpreter
     assert rows[("liger", "loss")]["status"] == "skipped: needs CUDA"
     assert report["scorer"]["peak_tflops"] > 0
+    # the phases import sift_ds as installed from the checkout (with its Triton kernels), not the checkout
+    assert report["env"]["sift_ds"] == os.path.join(load_script().PACKAGE, "sift_ds"), report["env"]
 
 
 def test_cuda_only_tests_still_exist(dry_run):
