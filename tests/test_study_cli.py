@@ -195,7 +195,7 @@ def test_a_causal_study_runs_the_causal_lm_job(tmp_path):
     """A ds_config whose "pretrain" section sets objective "clm" makes every run launch/pretrain_gpt.py:
     its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
     out = tmp_path / "clm"
-    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift.json")
+    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift_experiment.json")
     proc = compare(["--ds_config", config, "--arms", "entropy:3,vanilla", "--seeds", 1, "--out", out,
                     "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
     assert proc.returncode == 2, shown(proc)
