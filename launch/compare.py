@@ -161,11 +161,11 @@ def make_portable(out: str, plan: List[runs.Run], command: str, data: List[str])
     if os.path.exists(state):
         with open(state, encoding="utf-8") as f:
             saved = json.load(f)
-        saved["command"] = identity.relocate(saved["command"], out, checkout, data)
+        saved["command"] = identity.relocate(saved["command"], "\0", checkout, data)  # --out: checkout-relative
         with open(state, "w", encoding="utf-8") as f:
             json.dump(saved, f, indent=1)
         return saved["command"]
-    return identity.relocate(command, out, checkout, data)
+    return identity.relocate(command, "\0", checkout, data)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

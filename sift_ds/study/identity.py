@@ -57,10 +57,10 @@ def portable(stamp: dict) -> dict:
 
 
 def relocate(text: str, out: str, checkout: str, data: Iterable[str]) -> str:
-    """``text`` with every machine path rewritten: the data files become ``<data>``; paths in any
-    checkout of this repository (from the first component that is a top-level entry of ``checkout``:
-    docs, ds_configs, .venv, ...) become relative to it; other paths in the study directory
-    ``<out>/...``; anything else ``<path>``."""
+    """``text`` with every machine path rewritten: the data files become ``<data>``, paths in the study
+    directory ``<out>/...``, paths in any checkout of this repository (from the first component that
+    is a top-level entry of ``checkout``: docs, ds_configs, .venv, ...) relative to it, anything else
+    ``<path>``."""
     top = set(os.listdir(checkout))
     data = {os.path.normpath(d) for d in data}
     out = os.path.normpath(out)
@@ -71,12 +71,12 @@ def relocate(text: str, out: str, checkout: str, data: Iterable[str]) -> str:
         tail = path[len(path.rstrip(".:;")):]
         if bare in data:
             return "<data>" + tail
+        if bare == out or bare.startswith(out + os.sep):
+            return "<out>" + bare[len(out):] + tail
         parts = bare.strip("/").split("/")
         for i, part in enumerate(parts):
             if part in top:
                 return "/".join(parts[i:]) + tail
-        if bare == out or bare.startswith(out + os.sep):
-            return "<out>" + bare[len(out):] + tail
         return "<path>" + tail
     return MACHINE_PATH.sub(one, text)
 
