@@ -51,6 +51,9 @@ def test_the_library_default_is_the_recommended_criterion():
     assert (SiftConfig().criterion, SiftConfig().exit_layer) == (criterion, exit_layer)
     # the Trainer front-end without a sift= or a "sift" section falls back to the same default
     assert sift_config_for(None, SimpleNamespace(deepspeed=None)) == SiftConfig()
+    with open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8") as f:  # the keys' table
+        row = next(line for line in f if line.startswith("| `criterion` |"))
+    assert re.split(r"(?<!\\)\|", row)[3].strip() == f'`"{criterion}"`', row
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=name)
