@@ -22,7 +22,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from sift_ds.pretrain.plan import make_output_dir
-from sift_ds.study import analysis, frontier, preflight, report, runs
+from sift_ds.study import analysis, frontier, identity, preflight, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=positive, default=2000, help="bootstrap resamples of the speed-up intervals")
     p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--analyze_only", action="store_true", help="no runs: rewrite the report from the finished runs")
+    p.add_argument("--portable", action="store_true",
+                   help="after the report, rewrite study.json and the finished runs' files without this machine's "
+                        "paths (data as <data>, known by its sha256; checkout paths relative): before committing a study")
     return p
 
 
@@ -145,6 +148,24 @@ def collect(plan: List[runs.Run]) -> Tuple[Dict[str, List[analysis.Curve]], Dict
         curves.setdefault(run.label, []).append(curve)
         seeds.setdefault(run.label, []).append(run.seed)
     return curves, seeds, missing
+
+
+def make_portable(out: str, plan: List[runs.Run], command: str, data: List[str]) -> str:
+    """The finished runs' files and study.json without machine paths; returns the rewritten command."""
+    if not data and os.path.exists(os.path.join(out, "study.json")):  # --analyze_only: the data of the study
+        words = shlex.split(command)
+        data = [w for i, w in enumerate(words) if i and words[i - 1] == "--data"]
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    identity.make_portable(out, checkout, data, [r.directory for r in plan if runs.is_done(r)])
+    state = os.path.join(out, "study.json")
+    if os.path.exists(state):
+        with open(state, encoding="utf-8") as f:
+            saved = json.load(f)
+        saved["command"] = identity.relocate(saved["command"], "\0", checkout, data)  # --out: checkout-relative
+        with open(state, "w", encoding="utf-8") as f:
+            json.dump(saved, f, indent=1)
+        return saved["command"]
+    return identity.relocate(command, "\0", checkout, data)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -199,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         budget = frontier.analyze(curves, [a.label for a in arms if a.vanilla], args.bootstrap, args.bootstrap_seed)
     except ValueError as err:
         fail(err)
+    if args.portable:
+        command = make_portable(out, plan, command, args.data or [])
     paths = report.write(out, study, curves, arms, done_seeds, command, budget)
     for a in study.arms:
         t = a.to_target[("acc", "samples")]

@@ -3,7 +3,7 @@
 ``pretrain_bert.py`` layout, with two arguments of ``pretrain(...)`` wrapped by ``sift_ds.megatron``.
 
     torchrun --nproc_per_node 8 launch/pretrain_bert_megatron.py <Megatron-LM's BERT arguments> \\
-        --spec local --sift-criterion entropy --sift-exit-layer 1 --sift-keep-ratio 0.5 --sift-warmup-steps 20000
+        --spec local --sift-criterion entropy --sift-exit-layer 1 --sift-keep-ratio 0.5 --sift-warmup-steps 480
 
 Needs Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's
 ``pretrain`` is CUDA-only). ``--mock-data`` trains on random token blocks instead of an indexed

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pretrain a causal LM (Llama, Qwen2/3, Mistral, GPT-2, GPT-NeoX) from scratch with SIFT on DeepSpeed.
 
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/pretrain_gpt.py --ds_config ds_configs/tiny_llama_cpu_sift.json
-    deepspeed launch/pretrain_gpt.py --ds_config ds_configs/llama_1b_zero2_bf16_sift.json \\
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/pretrain_gpt.py --ds_config ds_configs/tiny_llama_cpu_sift_experiment.json
+    deepspeed launch/pretrain_gpt.py --ds_config ds_configs/llama_1b_zero2_bf16_sift_experiment.json \\
         --data 'corpus/*.jsonl' --tokenizer my_tokenizer/ --output_dir runs/llama_1b
 
 The same application as ``launch/pretrain_bert.py`` (options, ds_config "pretrain" section, data,

@@ -2,7 +2,7 @@
 
     from sift_ds.hf import SiftTrainer
     trainer = SiftTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
-                          sift={"criterion": "loss", "exit_layer": 1, "keep_ratio": 0.5})
+                          sift={"criterion": "entropy", "exit_layer": 1, "keep_ratio": 0.5})
     trainer.train()
 
 ``sift=`` takes a ``SiftConfig``, a dict (the ``"sift"`` section's keys) or None: then the ``"sift"``

@@ -53,7 +53,7 @@ def warmup_global_indices(gross, keep, seed, step, micro_step, world) -> torch.T
 
 def select_by_score(scores: torch.Tensor, keep: int, cfg: SiftConfig, step: int, micro_step: int) -> torch.Tensor:
     """Ascending indices of ``keep`` rows of ``scores`` (one rank's, or all ranks' concatenated) under
-    the knobs of ``cfg``; with the defaults this is exactly ``local_topk`` (the paper's rule).
+    the knobs of ``cfg``; with the defaults this is exactly ``local_topk`` (the paper's strict top-k).
 
     1. outlier guard: the top ``outlier_fraction`` of the scores are not eligible;
     2. annealing: only a random pool of ``keep / keep_ratio_at(step)`` eligible rows competes;

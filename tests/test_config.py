@@ -7,9 +7,11 @@ import sift_ds
 from tiny import ds_config, tiny_bert
 
 
-def test_defaults_match_the_paper():
+def test_defaults_are_the_measured_best_criterion_with_the_papers_selection():
+    """Entropy at exit 1 (docs/results.md, "Choosing a criterion"), keep half, strict top-k."""
     cfg = sift_ds.SiftConfig()
-    assert (cfg.enabled, cfg.criterion, cfg.exit_layer, cfg.keep_ratio, cfg.scope) == (True, "loss", 1, 0.5, "global")
+    assert (cfg.enabled, cfg.criterion, cfg.exit_layer, cfg.keep_ratio, cfg.scope) == (True, "entropy", 1, 0.5, "global")
+    assert cfg.plain_topk
     assert cfg.gross_batch_size(32) == 64
 
 

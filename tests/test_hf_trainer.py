@@ -16,6 +16,8 @@ from launcher import REPO, clean_env, run_deepspeed
 pytest.importorskip("accelerate", reason="SiftTrainer needs the hf extra (accelerate)")
 
 SCRIPT = os.path.join(REPO, "tests", "dist_scripts", "hf_trainer.py")
+with open(os.path.join(REPO, "ds_configs", "hf", "zero2_sift.json"), encoding="utf-8") as _f:
+    SHIPPED_SIFT = json.load(_f)["sift"]
 STEPS, GAS, RANKS = 6, 2, 2
 
 
@@ -81,13 +83,14 @@ def test_deepspeed_never_sees_the_sift_section(run):
 
 
 def test_run_mlm_example_trains_with_sift(tmp_path):
-    """launch/run_mlm_sift.py (one process, no DeepSpeed): 2 steps, the sift/* keys in its logs."""
+    """launch/run_mlm_sift.py (one process, no DeepSpeed) with the "sift" section of the shipped
+    ds_configs/hf/zero2_sift.json (selection from step 2): 2 steps, the sift/* keys in its logs."""
     cmd = [sys.executable, os.path.join(REPO, "launch", "run_mlm_sift.py"), "--config_name",
            os.path.join(REPO, "ds_configs", "models", "bert_L4_H128.json"), "--tokenizer_name",
            os.path.join(REPO, "ds_configs", "tokenizers", "pydoc_wordpiece_4096"), "--output_dir", str(tmp_path),
            "--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--max_seq_length", "64",
            "--use_cpu", "--report_to", "none", "--max_eval_samples", "8",
-           "--sift_config", '{"exit_layer": 1, "keep_ratio": 0.5, "kernel": "torch"}']
+           "--sift_config", json.dumps(dict(SHIPPED_SIFT, warmup_steps=1, kernel="torch"))]
     proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = json.load(open(tmp_path / "checkpoint-2" / "trainer_state.json"))

@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpt")
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(30)) for i in range(120)))
-    config = read_config("tiny_llama_cpu_sift.json")
+    config = read_config("tiny_llama_cpu_sift_experiment.json")
     config["train_micro_batch_size_per_gpu"] = 4
     config["scheduler"]["params"].update(warmup_num_steps=2)
     config["sift"]["warmup_steps"] = 2

@@ -195,7 +195,7 @@ def test_a_causal_study_runs_the_causal_lm_job(tmp_path):
     """A ds_config whose "pretrain" section sets objective "clm" makes every run launch/pretrain_gpt.py:
     its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
     out = tmp_path / "clm"
-    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift.json")
+    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift_experiment.json")
     proc = compare(["--ds_config", config, "--arms", "entropy:3,vanilla", "--seeds", 1, "--out", out,
                     "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
     assert proc.returncode == 2, shown(proc)
@@ -258,3 +258,22 @@ def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_pa
     run = runs.Run("vanilla", 0, ("--sift_enabled", "false"), str(tmp_path / "r"))
     runs.launch(run, [run], settings, say=lambda _: None, cores=(1,))
     assert (tmp_path / "r" / "affinity.txt").read_text() == "[1] [1]" and (tmp_path / "r" / "DONE").exists()
+
+
+def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study):
+    """--analyze_only --portable rewrites the finished runs' files and study.json without the
+    study directory's path (<out>, or a checkout-relative path); a re-invocation then still finds
+    every run finished."""
+    tmp_path, args, _ = study
+    out = tmp_path / "cmp"
+    proc = compare(["--analyze_only", "--portable", "--out", out])
+    assert proc.returncode == 0, shown(proc)
+    files = [out / "study.json", out / "results.md", *(out / "runs").glob("*/*/command.json"),
+             *(out / "runs").glob("*/*/run_config.json"), *(out / "runs").glob("*/*/log.txt")]
+    assert len(files) == 2 + 3 * 6
+    assert not [f for f in files if str(out) in f.read_text(errors="replace")]
+    words = json.loads((out / "runs" / "vanilla" / "seed1" / "command.json").read_text())["args"]
+    assert words[words.index("--tokenizer") + 1] == f"<out>/runs/{LABELS[0]}/seed0/tokenizer"
+    again = compare(args)
+    assert again.returncode == 0, shown(again)
+    assert "6 of 6 runs already finished" in again.stdout and "starting" not in again.stdout

@@ -3,7 +3,7 @@
 
     from sift_ds import SiftConfig
     from sift_ds.megatron import Sift, add_arguments
-    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=20000, scope="global"))
+    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=480, scope="global"))
     # Megatron-LM up to core_v0.17:
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider, ModelType.encoder_or_decoder,
              sift.forward_step(forward_step), extra_args_provider=add_arguments)

@@ -1,6 +1,6 @@
 """``Sift``: SIFT for a Megatron-style script, adopted by wrapping two arguments of ``pretrain``.
 
-    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=20000))
+    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=480))
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider,
              ModelType.encoder_or_decoder, sift.forward_step(forward_step), extra_args_provider=add_arguments)
 

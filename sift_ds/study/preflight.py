@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from .arms import Arm, flags
+from .identity import portable
 from .runs import RESERVED, Run, RunFailed, Settings, environment, is_done, job_args, record
 
 def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:
@@ -80,21 +81,6 @@ def check_plan(run: Run, s: Settings) -> None:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and "[WARNING]" not in ln]
         raise ValueError(f"arm {run.label!r}: {lines[-1] if lines else f'the job refused it (exit {proc.returncode})'}")
-
-
-def portable(stamp: dict) -> dict:
-    """A ``command.json`` record that survives moving the study: the study directory (where it was
-    when the record was written) becomes ``<out>`` and the ds_config is known by its content (its
-    sha256), not its path."""
-    words = list(stamp.get("args", []))
-    run_dir = words[words.index("--output_dir") + 1] if "--output_dir" in words[:-1] else ""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(run_dir))) or "\0"  # OUT of OUT/runs/<label>/seed<S>
-    for i, word in enumerate(words):
-        if i and words[i - 1] == "--ds_config":
-            words[i] = "<ds_config>" if stamp.get("ds_config_sha256") else word
-        elif word == root or word.startswith(root + os.sep):
-            words[i] = "<out>" + word[len(root):]
-    return dict(stamp, args=words)
 
 
 def check_settings(runs: Sequence[Run], s: Settings) -> None:

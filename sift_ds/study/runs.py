@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .arms import Arm, flags
+from .identity import data_digest
 
 # Options the study sets itself for every run; the passthrough must not repeat them.
 RESERVED = ("--seed", "--output_dir", "--resume", "--ds_config", "--deepspeed_config", "--deepspeed", "--local_rank")
@@ -167,7 +168,8 @@ def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
     tokenizer = first.path("tokenizer") if run != first and shares_tokenizer(s) else None
     with open(s.ds_config, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    return {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": digest}
+    stamp = {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": digest}
+    return dict(stamp, data_sha256=data_digest(s.data)) if s.data else stamp
 
 
 def _job_error(log: str, offset: int) -> str:
