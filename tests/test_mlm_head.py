@@ -135,9 +135,11 @@ def train(model, kind, tmp_path, data, sparse_mlm_head=None):
     else:
         trainer = SiftTrainer(**kwargs, sift={"enabled": kind == "sift", "keep_ratio": 0.5, "kernel": "torch"},
                               **({} if sparse_mlm_head is None else {"sparse_mlm_head": sparse_mlm_head}))
+    dims = []  # logits [N, V] (sparse) or [B, S, V] (dense) of each training forward
+    trainer.model.register_forward_hook(lambda m, i, out: dims.append(out.logits.dim()) if m.training else None)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return losses, trainer.evaluate(), trainer.model
+    return losses, trainer.evaluate(), trainer.model, set(dims)
 
 
 @pytest.mark.parametrize("kind", ["trainer", "sift_off", "sift"])
@@ -157,6 +159,7 @@ def test_trainer_trains_and_evaluates_as_the_dense_model(kind, tmp_path):
         ref = train(dense, "trainer" if kind == "sift_off" else kind, tmp_path / "dense", data, sparse_mlm_head=False)
         got = train(dense_init, kind, tmp_path / "sparse", data)
         assert is_patched(got[2]) and not is_patched(ref[2])
+    assert ref[3] == {3} and got[3] == {2}
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-9)
     for (name, p_ref), p_got in zip(ref[2].named_parameters(), got[2].parameters()):
         torch.testing.assert_close(p_got, p_ref, rtol=1e-9, atol=1e-12, msg=name)
