@@ -46,6 +46,9 @@ class DataTrainingArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "evaluate on at most this many blocks"})
     sift_config: Optional[str] = field(
         default=None, metadata={"help": "SIFT settings as a JSON object (without --deepspeed; with it, its 'sift' section)"})
+    sparse_mlm_head: bool = field(
+        default=True, metadata={"help": "the training forward runs the MLM head on the masked positions only (the same "
+                                        "loss and gradients); false: the dense head at every position"})
 
 
 def main():
@@ -87,6 +90,7 @@ def main():
         processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability),
         sift=json.loads(data_args.sift_config) if data_args.sift_config else None,
+        sparse_mlm_head=data_args.sparse_mlm_head,  # (not in run_mlm.py: SiftTrainer's default is True)
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -14,6 +14,10 @@ Optional: ``align_labels(labels [B,S]) -> [B,S]``, the target of each hidden pos
 whose position i predicts another label (causal LMs: ``labels[:, i + 1]``, HF's unshifted labels);
 without it position i is scored against ``labels[:, i]``.
 
+Optional: ``output_head``, the module that the full model's forward hands its final hidden states
+``[B, S, H]`` to (first argument); the masked-positions-only MLM head (``sift_ds.mlm_head``) gathers
+the labelled rows there. The built-in masked-LM adapters have it.
+
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
 their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
 ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 / Qwen3, Mistral,

@@ -18,6 +18,10 @@ statistics are summed over the logging window and the ranks, like the loss, and 
 (``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is unchanged. The
 selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, so a
 run resumed from a Trainer checkpoint selects what the uninterrupted run selected.
+
+The training forward runs the MLM head on the labelled positions only (``sparse_mlm_head=True``, the
+default, with SIFT on or off; ``sift_ds.mlm_head``): the loss and gradients are the dense head's, and
+evaluation runs the dense forward. ``apply_sparse_mlm_head(model)`` gives a plain ``Trainer`` the same.
 """
 from __future__ import annotations
 
@@ -30,8 +34,11 @@ from . import kernels, selection
 from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import batch_rows
 from .config import SECTION, SiftConfig, load_ds_config
+from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
 from .telemetry import SelectionTelemetry
+
+__all__ = ["SiftTrainer", "apply_sparse_mlm_head", "sift_config_for"]
 
 
 def sift_config_for(sift: Union[SiftConfig, Mapping[str, Any], None], args) -> SiftConfig:
@@ -58,12 +65,16 @@ class SiftTrainer(Trainer):
     """``transformers.Trainer`` with SIFT's selection before each training micro-step (module docstring).
 
     ``sift``: SiftConfig, dict or None; ``adapter``: the early-exit adapter (default: detected from the
-    model, ``sift_ds.detect_adapter``). Every other argument is Trainer's.
+    model, ``sift_ds.detect_adapter``); ``sparse_mlm_head``: give the model (and one that ``model_init``
+    makes) the masked-positions-only MLM head in training. Every other argument is Trainer's.
     """
 
     def __init__(self, model=None, args=None, *trainer_args, sift: Union[SiftConfig, Mapping[str, Any], None] = None,
-                 adapter: Optional[EarlyExitAdapter] = None, **kwargs):
+                 adapter: Optional[EarlyExitAdapter] = None, sparse_mlm_head: bool = True, **kwargs):
         self.sift_config = sift_config_for(sift, args)
+        self.sparse_mlm_head = sparse_mlm_head
+        if sparse_mlm_head and model is not None:
+            apply_sparse_mlm_head(model)  # before Trainer inspects its forward and wraps it
         super().__init__(model, args, *trainer_args, **kwargs)
         self._given_adapter, self._detected = adapter, (None, None)  # (model id, its detected adapter)
         cfg = self.sift_config
@@ -105,6 +116,11 @@ class SiftTrainer(Trainer):
                                 keep if cfg.enabled else rows, None, device=self.args.device)
 
     # ------------------------------------------------------------------ Trainer hooks
+    def call_model_init(self, trial=None):
+        """Trainer's ``model_init`` call, the model it makes with the sparse head (``sparse_mlm_head``)."""
+        model = super().call_model_init(trial)
+        return apply_sparse_mlm_head(model) if self.sparse_mlm_head else model
+
     def get_train_dataloader(self):
         """Trainer's training dataloader with gross batches, left on the host: the selection finds the
         labelled positions on the host copy (no device sync) and moves the batch itself."""

@@ -1,5 +1,6 @@
 """sift_ds.megatron on real megatron-core BertModel and GPTModel over gloo: TP=2 on 2 ranks (with and
-without sequence parallelism; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
+without sequence parallelism; the masked-positions-only MLM head against the dense vocab-parallel
+loss; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
 (and megatron_gpt.py, in the same ranks) runs the checks with collectives and writes per-rank records;
 this asserts them."""
 import json
@@ -77,8 +78,16 @@ def check_gpt(results):
 
 
 def test_tp2_sequence_parallel_and_pipeline_refused(tmp_path):
-    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check", "--gpt_check")
+    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check", "--gpt_check", "--sparse_check")
     check(results, tp=2, dp=1)
+    for r in results:  # the masked-positions-only MLM head: the dense vocab-parallel loss and gradients
+        sparse = r["sparse"]
+        assert not sparse["dense_patched"]
+        for name in ("patched", "wrapped"):  # apply_sparse_mlm_head, and Sift's forward_step with SIFT off
+            rec = sparse[name]
+            assert rec["patched"] and rec["shape"] == [8, 16], (name, rec)
+            assert rec["loss_err"] <= 1e-6 and rec["token_err"] <= 1e-5 and rec["grad_err"] <= 1e-6, (name, rec)
+            assert rec["zero_elsewhere"] and rec["eval_identical"], (name, rec)
     for r in results:
         assert len(r["pp_errors"]) == 2
         for err in r["pp_errors"]:

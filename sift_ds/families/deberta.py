@@ -24,6 +24,7 @@ class DebertaV2Adapter:
         self.legacy = model.config.legacy
         self.head = model.cls.predictions if self.legacy else model.lm_predictions.lm_head
         self.head_modules = [self.head]
+        self.output_head = self.head
 
     def embed(self, batch):
         input_ids = batch["input_ids"]

@@ -35,7 +35,8 @@ def bidirectional_mask(base: nn.Module, hidden: torch.Tensor, attention_mask: Op
 
 class EncoderAdapter:
     """The shared early-exit steps; a family names its base model, layers, embedding modules and head
-    modules (every module of the head, the decoder included, so that ZeRO-3 gathers all of it)."""
+    modules (every module of the head, the decoder included, so that ZeRO-3 gathers all of it; the
+    first is the one the model's forward calls on its last hidden states)."""
 
     family = "encoder"
 
@@ -45,6 +46,7 @@ class EncoderAdapter:
         self.embedding_modules, self.head_modules, self.decoder = embedding_modules, head_modules, decoder
         self.bias = decoder.bias if getattr(decoder, "bias", None) is not None else bias
         self.num_layers = len(layers)
+        self.output_head = head_modules[0]  # what the model's forward hands its last hidden states to
 
     def embeddings(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -21,6 +21,7 @@ class ModernBertAdapter:
         self.layers = self.base.layers
         self.num_layers = len(self.layers)
         self.head_modules = [self.base.final_norm, model.head, model.decoder]
+        self.output_head = model.head  # the base model's output is already final-normed
 
     def embed(self, batch):
         input_ids = batch["input_ids"]

@@ -15,7 +15,8 @@ Modules: ``sift`` (``Sift``: the front-end over the shared selection core ``sift
 and ``detect_adapter``), ``forward_step`` (the wrapped forward step, TP broadcast, telemetry in the
 loss dict), ``datasets`` (the gross training set), ``adapter`` (``MCoreAdapter``, the adapter
 protocol's tensor-parallel hooks, and ``MCoreBertAdapter``), ``gpt_adapter`` (``MCoreGPTAdapter``),
-``arguments`` (``--sift-*``), ``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``).
+``mlm_head`` (the masked-positions-only MLM head for ``BertModel``), ``arguments`` (``--sift-*``),
+``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``).
 This subpackage needs megatron-core; ``import sift_ds`` alone never imports it. See docs/megatron.md.
 """
 from .adapter import MCoreAdapter, MCoreBertAdapter, unwrap_model
@@ -23,7 +24,8 @@ from .arguments import add_arguments
 from .datasets import GrossDataset
 from .entry import run_pretrain
 from .gpt_adapter import MCoreGPTAdapter
+from .mlm_head import apply_sparse_mlm_head
 from .sift import Sift, detect_adapter
 
 __all__ = ["GrossDataset", "MCoreAdapter", "MCoreBertAdapter", "MCoreGPTAdapter", "Sift", "add_arguments",
-           "detect_adapter", "run_pretrain", "unwrap_model"]
+           "apply_sparse_mlm_head", "detect_adapter", "run_pretrain", "unwrap_model"]

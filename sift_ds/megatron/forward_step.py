@@ -21,14 +21,19 @@ from megatron.core.num_microbatches_calculator import get_num_microbatches
 from ..row_exchange import pack_rows, unpack_rows
 from ..telemetry import SCORE_KEYS, selection_stats
 from .adapter import unwrap_model
+from .mlm_head import apply_sparse_mlm_head
 from .datasets import unstack_rows
 
 
 def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
-    """See the module docstring; evaluation (the model in eval mode) passes through untouched."""
+    """See the module docstring; evaluation (the model in eval mode) passes through untouched. With
+    ``sift.sparse_mlm_head`` the model gets the masked-positions-only MLM head (``mlm_head.py``; a
+    ``BertModel`` only), SIFT on or off."""
 
     @functools.wraps(forward_step_func)  # Megatron inspects the signature: show the script's own
     def forward_step(data_iterator, model, *args, **kwargs):
+        if sift.sparse_mlm_head:
+            apply_sparse_mlm_head(model)  # once per model: a patched forward is left as it is
         # The innermost module's flag: a DeepSpeed engine's eval() sets its module's only.
         if not sift.config.enabled or not unwrap_model(model).training:
             return forward_step_func(data_iterator, model, *args, **kwargs)

@@ -67,17 +67,20 @@ class Sift:
     warm-up, annealing and the seeded random choices follow). Default: Megatron's
     ``args.curr_iteration``, or a DeepSpeed engine's ``global_steps`` (Megatron-DeepSpeed).
     ``adapter``: builds the early-exit adapter from the model (default ``detect_adapter``: megatron-core's
-    ``BertModel`` or ``GPTModel``).
+    ``BertModel`` or ``GPTModel``). ``sparse_mlm_head``: the wrapped ``forward_step`` gives a ``BertModel``
+    the masked-positions-only MLM head in training (``mlm_head.py``), SIFT on or off; False keeps the dense head.
     """
 
     def __init__(self, config: Union[SiftConfig, Callable[[], SiftConfig]],
-                 iteration: Optional[Callable[[], int]] = None, adapter: Callable = detect_adapter):
+                 iteration: Optional[Callable[[], int]] = None, adapter: Callable = detect_adapter,
+                 sparse_mlm_head: bool = True):
         self._config = config if isinstance(config, SiftConfig) else None
         self._config_source = config
         if self._config is not None:
             gross_factor(self.config)  # fail at construction, not at the first step
         self.iteration = iteration
         self.adapter_factory = adapter
+        self.sparse_mlm_head = sparse_mlm_head
         self.last: Optional[Selection] = None  # the last selection on this rank (for inspection and tests)
         self._adapters: Dict[int, object] = {}
         self._micro = (None, 0)  # (iteration, forward_step calls in it)

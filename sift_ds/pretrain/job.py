@@ -233,13 +233,5 @@ def export_model(engine, tokenizer, out_dir: str) -> None:
         if dist.get_rank() == 0:
             module.save_pretrained(out_dir, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
-            architecture = getattr(module, "hf_architecture", None)
-            if architecture:
-                path = os.path.join(out_dir, "config.json")
-                with open(path, encoding="utf-8") as f:
-                    config = json.load(f)
-                config["architectures"] = [architecture]
-                with open(path, "w", encoding="utf-8") as f:
-                    json.dump(config, f, indent=2)
     if dist.is_initialized():
         dist.barrier()

@@ -1,9 +1,9 @@
 """The pretraining job's models: BERT size presets (a debug-size ``tiny`` up to ``large``) as HF
 ``BertConfig``s, a tiny preset per supported family (``tiny_roberta``, ``tiny_modernbert``, ...), any
-HF masked-LM config file or directory, and BERT models whose training forward runs the MLM head on
-the masked positions only. Causal LMs (objective "clm"): a debug-size Llama (``tiny_llama``) and any
-HF causal-LM config whose family has a built-in early-exit adapter (Llama, Qwen2/3, Mistral, GPT-2,
-GPT-NeoX)."""
+HF masked-LM config file or directory, with the masked-positions-only MLM head in training
+(``sift_ds.mlm_head``) unless asked for the dense one. Causal LMs (objective "clm"): a debug-size
+Llama (``tiny_llama``) and any HF causal-LM config whose family has a built-in early-exit adapter
+(Llama, Qwen2/3, Mistral, GPT-2, GPT-NeoX)."""
 from __future__ import annotations
 
 import inspect
@@ -11,18 +11,14 @@ import json
 import os
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertForPreTraining
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-from transformers.modeling_outputs import MaskedLMOutput
-from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
 
 from ..families import MODEL_TYPE_TO_ADAPTER, CausalAdapter
-from ..kernels import IGNORE_INDEX
+from ..mlm_head import apply_sparse_mlm_head
 
 PRESETS = {
     # name: (layers, hidden, heads, intermediate)
@@ -154,77 +150,22 @@ def bert_config(preset: str, vocab_size: int, max_position_embeddings: int = 512
     return cfg
 
 
-def sparse_mlm_loss(predictions, sequence_output: torch.Tensor, labels: torch.Tensor):
-    """(mean MLM cross-entropy, logits of the labelled rows) with the vocab head applied to the
-    labelled positions only (~15% of tokens), as MosaicBERT and academic-budget-bert do. The loss
-    equals HF's dense one; the head's FLOPs and the [B, S, V] logits are not spent on the rest.
-    (Finding the positions is one host sync on a GPU.)"""
-    flat_labels = labels.reshape(-1)
-    positions = torch.nonzero(flat_labels != IGNORE_INDEX, as_tuple=False).squeeze(1)
-    rows = sequence_output.reshape(-1, sequence_output.shape[-1]).index_select(0, positions)
-    logits = predictions(rows)
-    return F.cross_entropy(_upcast(logits), flat_labels.index_select(0, positions)), logits
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 -> fp32 for the softmax; fp32/fp64 as they are."""
-    return t.float() if t.element_size() < 4 else t
-
-
-def _encoder_kwargs(input_ids, attention_mask, token_type_ids, position_ids, kwargs):
-    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                position_ids=position_ids, **kwargs)
-
-
-class SparseBertForMaskedLM(BertForMaskedLM):
-    """``BertForMaskedLM`` whose forward with ``labels`` runs the head on labelled positions only
-    (``logits`` are then [N_labelled, V]); without labels it is exactly the HF forward. Same
-    weights and state dict: the export loads as ``BertForMaskedLM``."""
-
-    hf_architecture = "BertForMaskedLM"  # what the exported config.json names (job.export_model)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, **kwargs):
-        encoder = _encoder_kwargs(input_ids, attention_mask, token_type_ids, position_ids, kwargs)
-        if labels is None:
-            return super().forward(**encoder)
-        sequence_output = self.bert(**encoder).last_hidden_state
-        loss, logits = sparse_mlm_loss(self.cls.predictions, sequence_output, labels)
-        return MaskedLMOutput(loss=loss, logits=logits)
-
-
-class SparseBertForPreTraining(BertForPreTraining):
-    """``BertForPreTraining`` (MLM + NSP, loss = mean MLM CE + mean NSP CE as in HF) with the MLM
-    head on labelled positions only when both label tensors are given."""
-
-    hf_architecture = "BertForPreTraining"
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, next_sentence_label=None, **kwargs):
-        encoder = _encoder_kwargs(input_ids, attention_mask, token_type_ids, position_ids, kwargs)
-        if labels is None or next_sentence_label is None:
-            return super().forward(labels=labels, next_sentence_label=next_sentence_label, **encoder)
-        out = self.bert(**encoder)
-        mlm_loss, logits = sparse_mlm_loss(self.cls.predictions, out.last_hidden_state, labels)
-        nsp_logits = self.cls.seq_relationship(out.pooler_output)
-        loss = mlm_loss + F.cross_entropy(_upcast(nsp_logits), next_sentence_label.reshape(-1))
-        return BertForPreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits)
-
-
 def build_bert(preset: str, vocab_size: int, objective: str = "mlm", max_position_embeddings: int = 512,
                dropout: float = 0.1, attn_implementation: Optional[str] = None, sparse_head: bool = False,
                **overrides):
     """``BertForMaskedLM`` ("mlm") or ``BertForPreTraining`` ("mlm+nsp") of a BERT preset, randomly
-    initialised; ``sparse_head`` picks the subclasses whose training forward scores masked positions only."""
+    initialised; ``sparse_head``: with the masked-positions-only MLM head in training (``build_model``)."""
     cfg = bert_config(preset, vocab_size, max_position_embeddings, dropout, **overrides)
     return build_model(cfg, objective, attn_implementation, sparse_head)
 
 
 def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implementation: Optional[str] = None,
                 sparse_head: bool = False) -> nn.Module:
-    """A randomly initialised masked LM for ``config``: BERT as ``build_bert`` describes, any other
-    family as its ``AutoModelForMaskedLM`` class (objective "mlm"; the dense HF head); for objective
-    "clm", the config's ``AutoModelForCausalLM`` class (its own next-token loss)."""
+    """A randomly initialised masked LM for ``config``: ``BertForMaskedLM`` ("mlm") or
+    ``BertForPreTraining`` ("mlm+nsp") for BERT, any other family's ``AutoModelForMaskedLM`` class
+    (objective "mlm"); with ``sparse_head``, its training forward runs the MLM head on the labelled
+    positions only (``sift_ds.mlm_head``: the same loss and gradients). For objective "clm", the
+    config's ``AutoModelForCausalLM`` class (its own next-token loss)."""
     if attn_implementation:
         config._attn_implementation = attn_implementation
     if objective == "clm":
@@ -236,7 +177,7 @@ def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implement
     if config.model_type != "bert":
         if objective != "mlm":
             raise ValueError(f"objective 'mlm+nsp' needs a BERT model, got model_type {config.model_type!r}")
-        return AutoModelForMaskedLM.from_config(config)
-    sparse_mlm, sparse_pretraining = (SparseBertForMaskedLM, SparseBertForPreTraining) if sparse_head else (
-        BertForMaskedLM, BertForPreTraining)
-    return sparse_mlm(config) if objective == "mlm" else sparse_pretraining(config)
+        model = AutoModelForMaskedLM.from_config(config)
+    else:
+        model = BertForMaskedLM(config) if objective == "mlm" else BertForPreTraining(config)
+    return apply_sparse_mlm_head(model) if sparse_head else model

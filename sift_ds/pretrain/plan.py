@@ -80,9 +80,6 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
-    if options.sparse_mlm_head and model_config.model_type != "bert" and options.objective != "clm":
-        notes.append(f"--sparse_mlm_head applies to BERT models; this {model_config.model_type} model trains with its "
-                     "HF head on every position")
     if sift.enabled and sift.warmup_steps >= max_steps:
         warnings.append(f"sift.warmup_steps={sift.warmup_steps} >= max_steps={max_steps}: SIFT never selects in "
                         "this run (every step trains on a random subset, as the warm-up does)")

@@ -32,6 +32,7 @@ p.add_argument("--out", required=True)
 p.add_argument("--pp_check", action="store_true")
 p.add_argument("--sp_check", action="store_true")
 p.add_argument("--gpt_check", action="store_true")
+p.add_argument("--sparse_check", action="store_true")
 p.add_argument("--train_steps", type=int, default=10)
 args = p.parse_args()
 
@@ -208,6 +209,40 @@ if args.sp_check:
     rec["loss_err"] = abs(trained["plain"][2] - trained["sp"][2])
     rec["grad_err"] = (trained["plain"][3] - trained["sp"][3]).abs().max().item()
     res["sp"] = rec
+
+# ---- the masked-positions-only MLM head against the dense model's own vocab-parallel loss (same weights)
+if args.sparse_check:
+    from sift_ds.megatron import apply_sparse_mlm_head
+    from sift_ds.mlm_head import is_patched
+    got = {}
+    for name in ("dense", "patched", "wrapped"):
+        net = mc.build_bert(seed=9, dropout=0.0)
+        if name == "patched":
+            apply_sparse_mlm_head(net)
+        step = mc.forward_step
+        if name == "wrapped":  # SIFT off: the wrapped forward_step still gives the sparse head
+            step = Sift(SiftConfig(enabled=False, kernel="torch"), iteration=lambda: 0).forward_step(mc.forward_step)
+        net.train()
+        out, lf = step(iter([batch]), net)
+        loss, _ = lf(out)
+        loss.backward()
+        net.eval()
+        with torch.no_grad():
+            evaluated = mc.forward_step(iter([batch]), net)[0][0]
+        got[name] = (out[0].detach(), loss.item(), [q.grad.clone() for q in net.parameters()], evaluated,
+                     is_patched(net))
+    rec = {}
+    mask = batch["loss_mask"] != 0
+    for name in ("patched", "wrapped"):
+        tokens, loss, grads, evaluated, patched = got[name]
+        ref = got["dense"]
+        rec[name] = {"patched": patched, "loss_err": abs(loss - ref[1]),
+                     "token_err": float((tokens - ref[0])[mask].abs().max()),
+                     "zero_elsewhere": bool((tokens[~mask] == 0).all()),
+                     "grad_err": max(float((g - r).abs().max()) for g, r in zip(grads, ref[2])),
+                     "eval_identical": bool(torch.equal(evaluated, ref[3])), "shape": list(tokens.shape)}
+    rec["dense_patched"] = got["dense"][4]
+    res["sparse"] = rec
 
 # ---- megatron-core GPTModel (tests/dist_scripts/megatron_gpt.py): scores, references, selection
 if args.gpt_check:
