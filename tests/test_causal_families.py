@@ -135,7 +135,7 @@ def test_engine_selects_top_rows_of_the_subset_scores(single_rank_dist):
     """Through sift_ds.initialize: host-side positions of the shifted, subset labels; the kept rows
     are the top-k of the float64 reference on the same subset."""
     model = build("llama").float()
-    engine = sift_ds.initialize(model=model, config=ds_config(micro=2, exit_layer=1, keep_ratio=0.5, scope="local",
+    engine = sift_ds.initialize(model=model, config=ds_config(micro=2, criterion="loss", exit_layer=1, keep_ratio=0.5, scope="local",
                                                               max_positions=5, kernel="torch"))[0]
     batch = {k: v[[0, 1, 2, 4]] for k, v in right_padded_batch().items()}
     seed = position_seed(engine.sift_config, engine.global_steps, 0, 0)
