@@ -50,7 +50,7 @@ def test_family_preset_trains_and_exports(runs, preset):
     assert f"model: {preset}, " in log
     records = metrics(outs[preset])
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert all(math.isfinite(r["train_loss"]) and 0 < r["mfu"] < 1 for r in records)
+    assert all(math.isfinite(r["train_loss"]) and r["mfu"] is None for r in records)  # CPU: no MFU
     assert all(r["sift/nonfinite_scores"] == 0 for r in records)
     assert [r["sift/warmup"] for r in records] == [1.0] + [0.0] * (STEPS - 1)
     assert math.isfinite(records[-1]["val_loss"])

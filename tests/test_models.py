@@ -70,6 +70,15 @@ def test_flops_model_by_hand(sparse):
     assert flops.select_per_token == pytest.approx(select)
 
 
+def test_mfu_is_against_a_gpu_peak_and_left_out_elsewhere():
+    from sift_ds.pretrain.metrics import mfu
+
+    # 2 devices of 100 TFLOP/s peak doing 50e12 FLOPs in 1 s: a quarter of their peak
+    assert mfu(50e12, 1.0, 100.0, 2, "cuda") == pytest.approx(0.25)
+    assert mfu(50e12, 0.0, 100.0, 2, "cuda") == 0.0
+    assert mfu(50e12, 1.0, 100.0, 2, "cpu") is None  # --peak_tflops is a GPU's peak
+
+
 @pytest.mark.parametrize("preset", sorted(FAMILY_PRESETS))
 def test_flops_model_for_every_family(preset):
     """Dense head: 6 N + 12 L H T with N = parameters less the learned position table (none for the

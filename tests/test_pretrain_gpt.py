@@ -53,7 +53,7 @@ def test_tiny_llama_trains_validates_and_exports(setup, whole):
     assert "model: tiny_llama, " in log and "byte-level BPE trained on the corpus" in log
     records = metrics(whole)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert all(math.isfinite(r["train_loss"]) and 0 < r["mfu"] < 1 for r in records)
+    assert all(math.isfinite(r["train_loss"]) and r["mfu"] is None for r in records)  # CPU: no MFU
     assert all(r["sift/nonfinite_scores"] == 0 for r in records)
     assert [r["sift/warmup"] for r in records] == [1.0, 1.0] + [0.0] * (STEPS - 2)
     assert records[-1]["sift/score_kept_mean"] > records[-1]["sift/score_dropped_mean"]  # kept = highest entropy

@@ -39,7 +39,7 @@ def test_two_rank_tiny_sift_run(tmp_path):
     assert last["val_loss"] < first["val_loss"] < math.log(4096)
     for r in records:
         assert r["samples"] == r["step"] * 32 and r["gross_samples"] == r["step"] * 64
-        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["train_loss"] > 0
+        assert r["tokens_per_s"] > 0 and r["mfu"] is None and r["train_loss"] > 0  # no GPU peak on the CPU
         assert r["sift/nonfinite_scores"] == 0
         # rank 0's share of its 32 gross rows among the globally kept ones: exactly half in warm-up
         assert (r["sift/kept_fraction"] * 32).is_integer()

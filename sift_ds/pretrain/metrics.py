@@ -84,8 +84,11 @@ def _numel(*modules, extra=()) -> int:
     return total
 
 
-def mfu(flops: float, seconds: float, peak_tflops: float, devices: int) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s over ``devices x peak_tflops``."""
+def mfu(flops: float, seconds: float, peak_tflops: float, devices: int, device_type: str = "cuda") -> Optional[float]:
+    """Model FLOPs utilisation: achieved FLOP/s over ``devices x peak_tflops``. ``peak_tflops`` is a
+    GPU's peak (``--peak_tflops``); on another device (the CPU) there is no peak to divide by: None."""
+    if device_type != "cuda":
+        return None
     if seconds <= 0:
         return 0.0
     return flops / seconds / (peak_tflops * 1e12 * devices)

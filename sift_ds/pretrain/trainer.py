@@ -174,7 +174,8 @@ class Trainer:
             "val_loss": None,
             "val_acc": None,
             "tokens_per_s": window.steps * tokens_per_step / seconds if seconds > 0 else 0.0,
-            "mfu": mfu(window.flops, seconds, opts.peak_tflops, dist.get_world_size() if dist.is_initialized() else 1),
+            "mfu": mfu(window.flops, seconds, opts.peak_tflops, dist.get_world_size() if dist.is_initialized() else 1,
+                       torch.device(engine.device).type),
         }
         if do_eval:
             self.last_eval = evaluate(engine, self.eval_batches)
