@@ -136,7 +136,7 @@ def test_zero3_gathers_what_the_exit_touches(single_rank_dist, name):
     with torch.no_grad():
         hidden = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states[2]
         expected = reference(head_logits(model, hidden), batch["labels"], "loss")
-    config = ds_config(micro=2, stage=3, exit_layer=2, keep_ratio=0.5, scope="local", kernel="torch")
+    config = ds_config(micro=2, stage=3, criterion="loss", exit_layer=2, keep_ratio=0.5, scope="local", kernel="torch")
     engine = sift_ds.initialize(model=model.float(), config=config)[0]
     got = engine.select(batch).scores
     finite = torch.isfinite(expected)
