@@ -84,10 +84,10 @@ def crafted_batch(x):
 
 def test_crafted_model_known_values():
     x = [-3.0, -1.0, 0.5, 2.0, 4.0, 7.0]
-    reversed_ = fidelity(MirrorAdapter(lambda h: -h), crafted_batch(x), SiftConfig(exit_layer=1, kernel="torch"))
+    reversed_ = fidelity(MirrorAdapter(lambda h: -h), crafted_batch(x), SiftConfig(criterion="loss", exit_layer=1, kernel="torch"))
     assert reversed_ == {"probe/spearman": pytest.approx(-1.0), "probe/top_half_overlap": 0.0}
     # f(x) = x^2: full-loss order by |x|: ranks of |x| = [4, 1, 0, 2, 3, 5] vs x ranks [0..5]
-    squared = fidelity(MirrorAdapter(lambda h: h * h), crafted_batch(x), SiftConfig(exit_layer=1, kernel="torch"))
+    squared = fidelity(MirrorAdapter(lambda h: h * h), crafted_batch(x), SiftConfig(criterion="loss", exit_layer=1, kernel="torch"))
     expected = scipy.stats.spearmanr(x, np.abs(x))[0]
     assert squared["probe/spearman"] == pytest.approx(expected)
     assert squared["probe/top_half_overlap"] == pytest.approx(2 / 3)  # top 3 by x {3,4,5}; by |x| {0,4,5}
@@ -96,8 +96,8 @@ def test_crafted_model_known_values():
 def test_rows_without_labels_are_left_out():
     batch = crafted_batch([1.0, 2.0, 3.0, 4.0])
     batch["labels"][1] = -100
-    out = fidelity(MirrorAdapter(lambda h: 2 * h), batch, SiftConfig(exit_layer=1, kernel="torch"))
+    out = fidelity(MirrorAdapter(lambda h: 2 * h), batch, SiftConfig(criterion="loss", exit_layer=1, kernel="torch"))
     assert out["probe/spearman"] == pytest.approx(1.0)
     batch["labels"][:] = -100
     assert all(math.isnan(v) for v in fidelity(MirrorAdapter(lambda h: h), batch,
-                                                 SiftConfig(exit_layer=1, kernel="torch")).values())
+                                                 SiftConfig(criterion="loss", exit_layer=1, kernel="torch")).values())
