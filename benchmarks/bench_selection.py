@@ -106,9 +106,11 @@ def _naive_select(engine, batch):
     return out, keep
 
 
-def _reference_scores(engine, batch, exit_layer=None):
-    """Each row's masked-LM loss from Hugging Face's own forward, one row at a time in float64: after
-    ``exit_layer`` encoder layers through the model's MLM head, or (None) the full model's ``.loss``."""
+def _reference_scores(engine, batch, exit_layer=None, criterion="loss"):
+    """Each row's score from Hugging Face's own forward, one row at a time in float64: after
+    ``exit_layer`` encoder layers through the model's MLM head, the mean over the labelled positions
+    of the cross-entropy (``loss``) or of the predictive entropy (``entropy``); or (None) the full
+    model's ``.loss``."""
     model = engine.module
     model.eval()
     scores = []
@@ -120,8 +122,13 @@ def _reference_scores(engine, batch, exit_layer=None):
                 continue
             hidden = model.bert(input_ids=one["input_ids"], attention_mask=one["attention_mask"],
                                 token_type_ids=one["token_type_ids"], output_hidden_states=True).hidden_states
-            logits = model.cls(hidden[exit_layer]).double()
-            scores.append(torch.nn.functional.cross_entropy(logits[0], one["labels"][0], ignore_index=-100).item())
+            logits = model.cls(hidden[exit_layer]).double()[0]
+            labels = one["labels"][0]
+            if criterion == "loss":
+                scores.append(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100).item())
+            else:
+                logp = torch.log_softmax(logits[labels != -100], dim=-1)
+                scores.append(-(logp.exp() * logp).sum(-1).mean().item())
     model.train()
     return torch.tensor(scores, dtype=torch.float64)
 
@@ -129,7 +136,7 @@ def _reference_scores(engine, batch, exit_layer=None):
 def _check_against_reference(engine, batch, variant):
     """The benchmarked selection keeps the rows an independent reference ranks highest."""
     exit_layer = SHAPE[4] if variant == "sift" else None
-    reference = _reference_scores(engine, batch, exit_layer)
+    reference = _reference_scores(engine, batch, exit_layer, engine.sift_config.criterion)
     want = sorted(torch.topk(reference, engine.micro_batch_size).indices.tolist())
     if variant == "sift":
         selection = engine.select(batch)

@@ -162,6 +162,10 @@ def test_trainer_trains_and_evaluates_as_the_dense_model(kind, tmp_path):
     assert ref[3] == {3} and got[3] == {2}
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-9)
     for (name, p_ref), p_got in zip(ref[2].named_parameters(), got[2].parameters()):
-        torch.testing.assert_close(p_got, p_ref, rtol=1e-9, atol=1e-12, msg=name)
+        # An attention key bias adds one constant to each query's scores, which the softmax ignores: its
+        # gradient is 0 up to rounding (~1e-17), and AdamW turns that rounding into steps of lr * g / eps
+        # (~1e-11) whose sign depends on the summation order of the run's thread count.
+        atol = 1e-9 if name.endswith("attention.self.key.bias") else 1e-12
+        torch.testing.assert_close(p_got, p_ref, rtol=1e-9, atol=atol, msg=name)
     assert got[1]["eval_accuracy"] == ref[1]["eval_accuracy"] and got[1]["eval_n"] == ref[1]["eval_n"] > 0
     assert got[1]["eval_loss"] == pytest.approx(ref[1]["eval_loss"], rel=1e-12)

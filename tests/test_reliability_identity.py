@@ -282,7 +282,7 @@ def test_bad_inputs_are_one_line_naming_the_flag_key_or_file(tmp_path, capsys, a
 
 
 def test_likely_mistakes_are_warnings(tmp_path):
-    config = config_file(tmp_path)
+    config = config_file(tmp_path, set_key(("sift", "warmup_steps"), 40))
     plan = cli.resolve(["--ds_config", config, "--output_dir", str(tmp_path / "o"), "--max_steps", "30",
                         "--vocab_size", "50"])
     assert any(w.startswith("sift.warmup_steps=40 >= max_steps=30: SIFT never selects") for w in plan.warnings)
@@ -292,7 +292,7 @@ def test_likely_mistakes_are_warnings(tmp_path):
 # ---------------------------------------------------------------------------------------- --check_only
 def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path, capsys):
     """In process (``main`` returns: exit status 0); the command line is the same function."""
-    config = config_file(tmp_path)
+    config = config_file(tmp_path, set_key(("sift", "warmup_steps"), 40))
     out = tmp_path / "never_created"
     common = ["--ds_config", config, "--output_dir", str(out), "--check_only"]
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from sift_ds.study.arms import Arm, parse_arm
 
 # Paths the project's own tools create on the machine they run on (benchmarks/gpu_check.py), not
 # paths of the machine that wrote the file.
-TOOL_PATHS = ("/tmp/site", "/tmp/gpu_check_torch_extensions")
+TOOL_PATHS = ("/tmp/site", "/tmp/gpu_check_torch_extensions", "/tmp/gpu_check_package")
 MACHINE = re.compile(r"(?<![\w.<>-])/(?:work|root|home|tmp)/[^\s'\"`),\]]*")
 CORPUS = os.path.join(os.path.dirname(REPO), "shared", "data", "linux_docs.jsonl.xz")
 
