@@ -201,6 +201,26 @@ def token_scores_torch(rows, weight, bias, targets, criterion: str = "loss") -> 
     return finish_token_scores(stats, criterion)
 
 
+def gradient_norm_bounds_torch(rows, weight, bias, targets) -> torch.Tensor:
+    """float32 [N]: ``||softmax(z) - onehot(target)||_2`` per row, the norm of the cross-entropy's
+    gradient with respect to the logits (Katharopoulos & Fleuret 2018's bound on the per-sample
+    gradient norm), from ``sum p^2 - 2 p_target + 1``: one pass over each chunk of logits, which
+    needs ``sum exp(2 (z - m))`` besides the softmax statistics. Logits materialised a chunk at a time."""
+    check_head(rows, weight, bias)
+    n, v = rows.shape[0], weight.shape[0]
+    w = weight.float()
+    b = None if bias is None else bias.float()
+    out, chunk = [], _row_chunk(v, rows.device)
+    for lo in range(0, n, chunk):
+        z = torch.nn.functional.linear(rows[lo : lo + chunk].float(), w, b)
+        z = z.sub_(z.amax(dim=1, keepdim=True)).exp_()  # e = exp(z - m)
+        s = z.sum(dim=1)
+        target = targets[lo : lo + z.shape[0]].long()
+        p_target = torch.gather(z, 1, target.clamp(0, v - 1)[:, None]).squeeze(1) / s
+        out.append((torch.linalg.vecdot(z, z) / (s * s) - 2.0 * p_target + 1.0).clamp_min(0.0).sqrt())
+    return torch.cat(out) if out else rows.new_zeros(0, dtype=torch.float32)
+
+
 def packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion="loss"):
     return reduce_to_sequences(token_scores_torch(rows, weight, bias, targets, criterion), seq_index, num_seqs)
 

@@ -12,7 +12,7 @@ from deepspeed.accelerator import get_accelerator
 from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
-from ..config import SECTION, SiftConfig, load_ds_config
+from ..config import FREQUENCY_LOSS, SECTION, SiftConfig, load_ds_config
 from . import checkpoint, ds_check, ds_policy
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
@@ -65,7 +65,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
         raise ValueError("--ds_config is required (a DeepSpeed JSON config with a 'sift' section; see ds_configs/)")
     ds_config = load_ds_config(options.ds_config)
     ds_config.pop(PRETRAIN_SECTION, None)
-    sift = resolve_sift(ds_config.get(SECTION), options.sift)
+    sift = resolve_sift(ds_config.get(SECTION), options.sift, options.output_dir)
     ds_config[SECTION] = sift.to_dict()
     batch = resolve_batch_sizes(ds_config, world_size)
     ds_config.update(batch.as_ds_config())
@@ -108,12 +108,26 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                    decision.identity, notes, warnings)
 
 
-def resolve_sift(section, overrides) -> SiftConfig:
-    """The "sift" section with the ``--sift_*`` overrides applied; an error names the flag that set it."""
+# The unigram counts table the job writes from its training split (``job.write_unigram_counts``) when
+# freq_loss's unigram baseline is chosen without a sift.frequency_table.
+UNIGRAM_COUNTS_FILE = "unigram_counts.npy"
+
+
+def job_unigram_table(output_dir: str) -> str:
+    return os.path.join(output_dir, UNIGRAM_COUNTS_FILE)
+
+
+def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
+    """The "sift" section with the ``--sift_*`` overrides applied; an error names the flag that set it.
+    freq_loss's unigram baseline without a table gets the one the job computes in ``output_dir``."""
     if section is not None and not isinstance(section, dict):
         raise ValueError("ds_config key 'sift' must be a JSON object")
+    merged = {**(section or {}), **overrides}
+    if (merged.get("criterion") == FREQUENCY_LOSS and merged.get("frequency_baseline") == "unigram"
+            and not merged.get("frequency_table") and output_dir):
+        merged["frequency_table"] = job_unigram_table(output_dir)
     try:
-        return SiftConfig.from_dict({**(section or {}), **overrides})
+        return SiftConfig.from_dict(merged)
     except ValueError as err:
         flags = [f"--sift_{key}" for key in overrides if f"sift.{key}" in str(err)]
         raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None
