@@ -1,0 +1,163 @@
+"""The frequency-corrected loss (``sift.criterion="freq_loss"``): per masked token, the exit loss
+minus a per-id baseline (the corpus unigram -log p, or a running mean of the exit loss per id),
+averaged per row. Scores against a float64 direct HF forward with a float64 baseline kept by a plain
+loop; the running mean's update against a float64 loop; the counts table against collections.Counter."""
+import collections
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sift_ds
+from sift_ds import criteria
+from sift_ds.config import SiftConfig
+from tiny import VOCAB, ds_config, mlm_batch, spread_weights, tiny_bert
+
+TOL = 1e-4  # the scorer works in float32 on logits of a few units
+
+
+def f64_exit_token_losses(model, batch, exit_layer):
+    """(float64 per-token CE at the labelled positions after ``exit_layer`` layers, their targets,
+    their rows), in row-major order, from a float64 copy of the model (a direct HF forward)."""
+    ref = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        out = ref.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], output_hidden_states=True)
+        logits = ref.cls.predictions(out.hidden_states[exit_layer])
+    labels = batch["labels"]
+    rows, cols = torch.nonzero(labels != -100, as_tuple=True)
+    targets = labels[rows, cols]
+    losses = -torch.log_softmax(logits[rows, cols], -1).gather(1, targets[:, None]).squeeze(1)
+    return losses, targets, rows
+
+
+def row_means(values, rows, num_rows):
+    out = []
+    for r in range(num_rows):
+        picked = [float(v) for v, row in zip(values, rows) if int(row) == r]
+        out.append(sum(picked) / len(picked) if picked else -math.inf)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def assert_scores(got, want):
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got), finite)
+    torch.testing.assert_close(got[finite].double(), want[finite], atol=TOL, rtol=TOL)
+
+
+class Float64RunningMean:
+    """The running baseline as a plain per-id loop in float64."""
+
+    def __init__(self, decay):
+        self.decay, self.mean = decay, {}
+
+    def excess(self, losses, targets):
+        return [float(l) - self.mean.get(int(t), float(l)) for l, t in zip(losses, targets)]
+
+    def update(self, losses, targets):
+        by_id = collections.defaultdict(list)
+        for l, t in zip(losses, targets):
+            by_id[int(t)].append(float(l))
+        for t, values in by_id.items():
+            batch_mean = sum(values) / len(values)
+            self.mean[t] = self.decay * self.mean[t] + (1 - self.decay) * batch_mean if t in self.mean else batch_mean
+
+
+def test_per_id_sums_match_a_loop():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 13, (200,), generator=g)
+    values = torch.rand(200, generator=g, dtype=torch.float64) * 5
+    sums, counts = criteria.per_id_sums(targets, values.float(), 15)
+    for v in range(15):
+        picked = values[targets == v]
+        assert counts[v].item() == picked.numel()
+        assert sums[v].item() == pytest.approx(float(picked.float().double().sum()), abs=1e-9)
+
+
+def test_running_mean_update_matches_a_float64_loop():
+    g = torch.Generator().manual_seed(1)
+    decay = 0.8
+    baseline = criteria.RunningLossBaseline(20, decay, "cpu")
+    loop = Float64RunningMean(decay)
+    for _ in range(6):
+        targets = torch.randint(0, 20, (int(torch.randint(1, 40, (1,), generator=g)),), generator=g)
+        losses = torch.rand(targets.numel(), generator=g) * 6
+        got = baseline.excess(targets, losses)
+        torch.testing.assert_close(got.double(), torch.tensor(loop.excess(losses, targets), dtype=torch.float64),
+                                   atol=1e-5, rtol=1e-6)
+        baseline.update(targets, losses)
+        loop.update(losses, targets)
+    for t in range(20):
+        assert bool(baseline.seen[t]) == (t in loop.mean)
+        if t in loop.mean:
+            assert baseline.mean[t].item() == pytest.approx(loop.mean[t], rel=1e-6)
+    restored = criteria.RunningLossBaseline(20, decay, "cpu")
+    restored.load_state_dict(baseline.state_dict())
+    assert torch.equal(restored.mean, baseline.mean) and torch.equal(restored.seen, baseline.seen)
+
+
+def test_unigram_counts_and_neg_log_probs(tmp_path):
+    ids = [[5, 6, 6, 9], np.array([6, 0, 9]), []]
+    counts = criteria.unigram_counts(ids, 12)
+    want = collections.Counter(t for row in ids for t in list(row))
+    assert counts.tolist() == [want.get(v, 0) for v in range(12)]
+    path = str(tmp_path / "counts.npy")
+    criteria.save_unigram_counts(path, counts)
+    assert criteria.load_unigram_counts(path, 12).tolist() == counts.tolist()
+    total = sum(want.values())
+    expected = [-math.log((want.get(v, 0) + 1) / (total + 12)) for v in range(12)]
+    torch.testing.assert_close(criteria.unigram_neg_log_probs(counts).double(), torch.tensor(expected,
+                                                                                             dtype=torch.float64))
+    with pytest.raises(ValueError, match="sift.frequency_table .*expected 13"):
+        criteria.load_unigram_counts(path, 13)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        criteria.unigram_counts([[12]], 12)
+
+
+def test_freq_loss_with_the_running_baseline_matches_a_float64_forward(single_rank_dist):
+    decay = 0.7
+    model = spread_weights(tiny_bert(layers=3), seed=3)
+    cfg = ds_config(micro=4, criterion="freq_loss", exit_layer=2, scope="local", baseline_decay=decay)
+    engine = sift_ds.initialize(model=model, config=cfg)[0]
+    loop = Float64RunningMean(decay)
+    for seed in range(4):  # the selections move the baseline; the tiny vocabulary makes ids repeat
+        batch = mlm_batch(engine.gross_batch_size, seed=seed, p_mask=0.5)
+        losses, targets, rows = f64_exit_token_losses(engine.module, batch, 2)
+        want = row_means(loop.excess(losses, targets), rows, engine.gross_batch_size)
+        sel = engine.select(batch)
+        assert_scores(sel.scores, want)
+        loop.update(losses, targets)
+        assert sel.weights is None
+    assert sum(1 for v in loop.mean.values()) > 20  # the baseline held many ids by the last selection
+
+
+def test_freq_loss_with_the_unigram_baseline_matches_a_float64_forward(single_rank_dist, tmp_path):
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 50, (VOCAB,), generator=g).numpy()
+    path = str(tmp_path / "counts.npy")
+    criteria.save_unigram_counts(path, counts)
+    model = spread_weights(tiny_bert(layers=2), seed=4)
+    cfg = ds_config(micro=4, criterion="freq_loss", frequency_baseline="unigram", frequency_table=path, scope="local")
+    engine = sift_ds.initialize(model=model, config=cfg)[0]
+    batch = mlm_batch(engine.gross_batch_size, seed=9)
+    losses, targets, rows = f64_exit_token_losses(engine.module, batch, 1)
+    total = float(counts.sum())
+    excess = [float(l) + math.log((counts[int(t)] + 1) / (total + VOCAB)) for l, t in zip(losses, targets)]
+    want = row_means(excess, rows, engine.gross_batch_size)
+    for _ in range(2):  # a fixed table: the same scores every time
+        sel = engine.select(batch)
+        assert_scores(sel.scores, want)
+    order = sorted(range(len(want)), key=lambda i: (want[i].item(), -i), reverse=True)
+    assert sel.indices.tolist() == sorted(order[:4])
+
+
+def test_config_keys_are_checked():
+    with pytest.raises(ValueError, match="sift.frequency_table must name"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "frequency_baseline": "unigram"})
+    with pytest.raises(ValueError, match="sift.baseline_decay must be in"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "baseline_decay": 1.0})
+    with pytest.raises(ValueError, match="sift.frequency_baseline must be one of"):
+        SiftConfig.from_dict({"frequency_baseline": "zipf"})
+    assert SiftConfig().criterion == "entropy"  # the library default stays
