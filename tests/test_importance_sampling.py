@@ -53,15 +53,26 @@ def f64_token_losses(logits, labels):
     return ce.sum(1), masked.sum(1)
 
 
+def uniform_loss_and_probabilities(model, batch, mix):
+    """(float64 full-model logits, masked tokens per row, the uniform token-mean loss of the batch,
+    float64 sampling probabilities from the exit-1 gradient-norm bounds), all from direct forwards."""
+    logits = f64_forward(model, batch)
+    sums, counts = f64_token_losses(logits, batch["labels"])
+    g = f64_row_gradient_norms(f64_forward(model, batch, 1), batch["labels"])
+    return logits, counts, float(sums.sum() / counts.sum()), importance.sampling_probabilities(g, mix)
+
+
 def test_gradient_norm_bound_matches_float64_across_chunks():
     g = torch.Generator().manual_seed(0)
     rows, weight, bias = (torch.randn(60, 16, generator=g) * 2, torch.randn(5000, 16, generator=g),
                           torch.randn(5000, generator=g))
+    logits = rows.double() @ weight.double().T + bias.double()
     targets = torch.randint(0, 5000, (60,), generator=g)  # 60 rows: several chunks of the CPU reference
+    targets[::2] = logits[::2].argmax(-1)  # half the rows predicted right
     got = kernels.token_gradient_norms(rows, weight, bias, targets)
-    want = f64_gradient_norms(rows.double() @ weight.double().T + bias.double(), targets)
+    want = f64_gradient_norms(logits, targets)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
-    assert float(want.min()) < 0.5 < float(want.max())  # confident-right and confident-wrong rows alike
+    assert float(want.min()) < 1.0 < float(want.max())  # right and wrong predictions alike
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +99,7 @@ def test_the_weighted_loss_is_unbiased_by_enumeration(engine):
     """E over every ordered triple of i.i.d. draws of the weighted loss = the uniform token-mean loss
     of the gross batch, to float64 rounding (1e-12: the identity is exact)."""
     batch = mlm_batch(8, seed=2)
-    logits = f64_forward(engine.module, batch)
-    sums, counts = f64_token_losses(logits, batch["labels"])
-    uniform = float(sums.sum() / counts.sum())
-    p = importance.sampling_probabilities(f64_row_gradient_norms(f64_forward(engine.module, batch, 1),
-                                                                 batch["labels"]), 0.3)
+    logits, counts, uniform, p = uniform_loss_and_probabilities(engine.module, batch, 0.3)
     expectation = 0.0
     for draw in itertools.product(range(8), repeat=3):
         rows = torch.tensor(sorted(draw))
@@ -107,11 +114,7 @@ def test_the_real_draws_are_unbiased_over_many_steps(engine):
     is the uniform loss within 4 standard errors (the errors' spread measured on the same draws),
     and each row's draw frequency is p within 4 binomial standard errors."""
     batch = mlm_batch(16, seed=3)
-    logits = f64_forward(engine.module, batch)
-    sums, counts = f64_token_losses(logits, batch["labels"])
-    uniform = float(sums.sum() / counts.sum())
-    p = importance.sampling_probabilities(f64_row_gradient_norms(f64_forward(engine.module, batch, 1),
-                                                                 batch["labels"]), 0.2)
+    logits, counts, uniform, p = uniform_loss_and_probabilities(engine.module, batch, 0.2)
     steps, k = 3000, 4
     estimates, hits = [], torch.zeros(16, dtype=torch.float64)
     for step in range(steps):

@@ -159,7 +159,7 @@ def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: 
 def token_gradient_norms(rows, weight, bias, targets, *, check_targets: bool = True) -> torch.Tensor:
     """float32 [N]: ``||softmax(z) - onehot(target)||_2`` of each row through the vocab head (the
     importance-sampling criterion's per-token statistic). The torch twin on every device: the fused
-    kernel keeps no ``sum exp(2 (z - m))`` (docs/kernels.md)."""
+    kernel keeps no sum of squared probabilities (docs/kernels.md)."""
     _check(rows, weight, bias, targets, check_targets)
     return gradient_norm_bounds_torch(rows, weight, bias, targets)
 
