@@ -161,3 +161,21 @@ def test_config_keys_are_checked():
     with pytest.raises(ValueError, match="sift.frequency_baseline must be one of"):
         SiftConfig.from_dict({"frequency_baseline": "zipf"})
     assert SiftConfig().criterion == "entropy"  # the library default stays
+
+
+def test_the_new_criteria_as_study_arms_and_job_flags(tmp_path):
+    from launch_helpers import load_cli, small_config
+    from sift_ds.pretrain.plan import job_unigram_table
+    from sift_ds.study.arms import parse_arms
+
+    freq, running, imp = parse_arms("freq_loss:1@frequency_baseline=unigram, freq_loss:2@baseline_decay=0.95, "
+                                    "importance:1@importance_mix=0.5")
+    assert freq.label == "freq_loss-exit1_frequency_baseline-unigram"
+    assert imp.overrides == ("--sift_enabled", "true", "--sift_criterion", "importance", "--sift_exit_layer", "1",
+                             "--sift_importance_mix", "0.5")
+    config, out, cli = small_config(tmp_path), str(tmp_path / "out"), load_cli()  # launch/pretrain_bert.py
+    plans = [cli.resolve(["--ds_config", config, "--output_dir", out, *arm.overrides]) for arm in (freq, running, imp)]
+    # The job's unigram baseline without a table: the counts file it writes from its training split.
+    assert (plans[0].sift.criterion, plans[0].sift.frequency_table) == ("freq_loss", job_unigram_table(out))
+    assert (plans[1].sift.exit_layer, plans[1].sift.baseline_decay, plans[1].sift.frequency_table) == (2, 0.95, "")
+    assert (plans[2].sift.criterion, plans[2].sift.importance_mix) == ("importance", 0.5)
