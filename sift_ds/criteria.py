@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import kernels
 from .adapters import EarlyExitAdapter
 from .config import FREQUENCY_LOSS, IMPORTANCE, SiftConfig
 from .scorer import GRADIENT_NORM, early_exit_scores, early_exit_token_statistic, vocab_size
@@ -177,6 +176,13 @@ def load_state_dict(adapter: EarlyExitAdapter, config: SiftConfig, state: Option
 
 
 # ------------------------------------------------------------------------------------- scoring
+def row_means(token: torch.Tensor, seq: torch.Tensor, rows: int) -> torch.Tensor:
+    """float32 [rows]: the mean of ``token`` per row (``-inf`` for a row with none), summed in a fixed
+    order on every device (``per_id_sums``: no atomics, so a resumed CUDA run sums as the first did)."""
+    sums, counts = per_id_sums(seq, token, rows)
+    return torch.where(counts > 0, sums / counts.clamp_min(1.0), torch.full_like(sums, float("-inf"))).float()
+
+
 @torch.no_grad()
 def sequence_scores(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, torch.Tensor],
                     positions: Optional[tuple] = None, labels_key: str = "labels", check_targets: bool = True,
@@ -192,10 +198,10 @@ def sequence_scores(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mappin
     if config.criterion == IMPORTANCE:
         token, _, seq = early_exit_token_statistic(adapter, batch, config.exit_layer, GRADIENT_NORM, config.kernel,
                                                    **common)
-        return kernels.reduce_to_sequences(token, seq, rows)
+        return row_means(token, seq, rows)
     loss, targets, seq = early_exit_token_statistic(adapter, batch, config.exit_layer, "loss", config.kernel, **common)
     baseline = baseline_of(adapter, config, loss.device)
-    scores = kernels.reduce_to_sequences(baseline.excess(targets, loss), seq, rows)
+    scores = row_means(baseline.excess(targets, loss), seq, rows)
     if update:
         baseline.update(targets, loss, group)
     return scores

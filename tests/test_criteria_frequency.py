@@ -142,15 +142,33 @@ def test_freq_loss_with_the_unigram_baseline_matches_a_float64_forward(single_ra
     cfg = ds_config(micro=4, criterion="freq_loss", frequency_baseline="unigram", frequency_table=path, scope="local")
     engine = sift_ds.initialize(model=model, config=cfg)[0]
     batch = mlm_batch(engine.gross_batch_size, seed=9)
-    losses, targets, rows = f64_exit_token_losses(engine.module, batch, 1)
-    total = float(counts.sum())
-    excess = [float(l) + math.log((counts[int(t)] + 1) / (total + VOCAB)) for l, t in zip(losses, targets)]
-    want = row_means(excess, rows, engine.gross_batch_size)
+    want = unigram_excess_reference(engine.module, batch, counts, 1, engine.gross_batch_size)
     for _ in range(2):  # a fixed table: the same scores every time
         sel = engine.select(batch)
         assert_scores(sel.scores, want)
     order = sorted(range(len(want)), key=lambda i: (want[i].item(), -i), reverse=True)
     assert sel.indices.tolist() == sorted(order[:4])
+
+
+def unigram_excess_reference(model, batch, counts, exit_layer, rows):
+    losses, targets, token_rows = f64_exit_token_losses(model, batch, exit_layer)
+    total = float(counts.sum())
+    excess = [float(l) + math.log((counts[int(t)] + 1) / (total + VOCAB)) for l, t in zip(losses, targets)]
+    return row_means(excess, token_rows, rows)
+
+
+def test_freq_loss_reads_the_fused_kernels_token_losses(monkeypatch, tmp_path):
+    """The Triton path (interpreted on the CPU) gives the float64 forward's scores too."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    counts = np.arange(VOCAB) % 7
+    path = str(tmp_path / "counts.npy")
+    criteria.save_unigram_counts(path, counts)
+    model = spread_weights(tiny_bert(layers=2), seed=6)
+    cfg = SiftConfig(criterion="freq_loss", frequency_baseline="unigram", frequency_table=path, kernel="triton")
+    batch = mlm_batch(6, seed=11)
+    got = criteria.sequence_scores(sift_ds.detect_adapter(model), cfg, batch)
+    assert_scores(got, unigram_excess_reference(model, batch, counts, 1, 6))
 
 
 def test_config_keys_are_checked():
