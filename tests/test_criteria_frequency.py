@@ -183,7 +183,7 @@ def test_config_keys_are_checked():
 
 def test_the_new_criteria_as_study_arms_and_job_flags(tmp_path):
     from launch_helpers import load_cli, small_config
-    from sift_ds.pretrain.plan import job_unigram_table
+    from sift_ds.pretrain.unigram import job_unigram_table
     from sift_ds.study.arms import parse_arms
 
     freq, running, imp = parse_arms("freq_loss:1@frequency_baseline=unigram, freq_loss:2@baseline_decay=0.95, "

@@ -13,8 +13,7 @@ from typing import Any, Dict, Optional
 import torch.distributed as dist
 from transformers import set_seed
 
-from .. import criteria, initialize
-from ..config import FREQUENCY_LOSS
+from .. import initialize
 from ..zero import full_parameters
 from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
 from .fused import fuse_layer_norms
@@ -24,10 +23,11 @@ from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
 from .metrics import FlopsModel, MetricsLogger
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
-from .plan import RunPlan, job_unigram_table
+from .plan import RunPlan
 from .resume import MODEL_KEYS
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
+from .unigram import write_unigram_counts
 
 logger = logging.getLogger("sift_ds.pretrain")
 
@@ -155,22 +155,6 @@ def obtain_tokenizer(plan: RunPlan, corpus):
     kind = "byte-level BPE" if causal else "WordPiece"
     source = f"{kind} trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
     return tok.from_json(payload[0], causal=causal), source
-
-
-def write_unigram_counts(plan: RunPlan, data, vocab_size: int) -> None:
-    """freq_loss's unigram baseline from this job's training split: rank 0 counts the token ids of the
-    training blocks into the table the plan named (``plan.job_unigram_table``), the others wait."""
-    sift = plan.sift
-    if not (sift.enabled and sift.criterion == FREQUENCY_LOSS and sift.frequency_table == job_unigram_table(
-            plan.output_dir)):
-        return
-    if dist.get_rank() == 0:
-        blocks = data.train.with_format("numpy").iter(batch_size=4096)
-        counts = criteria.unigram_counts((b["input_ids"] for b in blocks), vocab_size)
-        criteria.save_unigram_counts(sift.frequency_table, counts)
-        logger.info("freq_loss: unigram counts of %d training tokens written to %s", int(counts.sum()),
-                    sift.frequency_table)
-    dist.barrier()
 
 
 def check_vocab(plan: RunPlan, vocab_size: int) -> None:

@@ -21,6 +21,7 @@ from .models import CAUSAL_PRESETS, FAMILY_PRESETS, PRESETS, is_causal, max_sequ
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
+from .unigram import job_unigram_table
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
             "max_val_samples")
@@ -106,15 +107,6 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                         "likely a mistake)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
                    decision.identity, notes, warnings)
-
-
-# The unigram counts table the job writes from its training split (``job.write_unigram_counts``) when
-# freq_loss's unigram baseline is chosen without a sift.frequency_table.
-UNIGRAM_COUNTS_FILE = "unigram_counts.npy"
-
-
-def job_unigram_table(output_dir: str) -> str:
-    return os.path.join(output_dir, UNIGRAM_COUNTS_FILE)
 
 
 def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
