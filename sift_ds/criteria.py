@@ -186,12 +186,14 @@ def row_means(token: torch.Tensor, seq: torch.Tensor, rows: int) -> torch.Tensor
 @torch.no_grad()
 def sequence_scores(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, torch.Tensor],
                     positions: Optional[tuple] = None, labels_key: str = "labels", check_targets: bool = True,
-                    seed: int = 0, group=None, update: bool = False) -> torch.Tensor:
+                    seed: int = 0, group=None, update: bool = False,
+                    max_positions: Optional[int] = None) -> torch.Tensor:
     """float32 [B]: the rows' scores under ``config.criterion`` (``-inf`` for a row with no scored
-    token); the arguments are ``scorer.early_exit_scores``'s. ``update``: the selection's call, which
-    moves the running baseline (a collective over ``group``) after scoring with it."""
+    token); the arguments are ``scorer.early_exit_scores``'s (``max_positions`` None: the config's).
+    ``update``: the selection's call, which moves the running baseline (a collective over ``group``)
+    after scoring with it."""
     common = dict(positions=positions, labels_key=labels_key, check_targets=check_targets,
-                  max_positions=config.max_positions, seed=seed)
+                  max_positions=config.max_positions if max_positions is None else max_positions, seed=seed)
     if config.criterion not in (FREQUENCY_LOSS, IMPORTANCE):
         return early_exit_scores(adapter, batch, config.exit_layer, config.criterion, config.kernel, **common)
     rows = batch[labels_key].shape[0]

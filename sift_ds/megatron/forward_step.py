@@ -97,7 +97,7 @@ def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: b
     @functools.wraps(loss_func)
     def sift_loss_func(output_tensor, *args, **kwargs):
         if row_weights is not None:
-            output_tensor = output_tensor * row_weights.to(output_tensor.dtype).view(-1, *[1] * (output_tensor.dim() - 1))
+            output_tensor = output_tensor * row_weights.to(output_tensor.dtype).view(-1, 1)  # [b, s]
         out = loss_func(output_tensor, *args, **kwargs)
         if kwargs.get("non_loss_data") or not isinstance(out, tuple) or not isinstance(out[-1], dict):
             return out
