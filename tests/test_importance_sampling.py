@@ -167,9 +167,34 @@ def test_sifttrainer_compute_loss_applies_the_weights(tmp_path):
     model.train()
     loss = trainer.compute_loss(model, {**batch, ROW_WEIGHTS_KEY: weights})
     sums, counts = f64_token_losses(f64_forward(model, batch), batch["labels"])
-    assert float(loss) == pytest.approx(float((weights.double() * sums).sum() / counts.sum()), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float((weights.double() * sums).sum() / counts.sum()), rel=1e-4)
     unweighted = trainer.compute_loss(model, dict(batch))
     assert float(unweighted) == pytest.approx(float(sums.sum() / counts.sum()), rel=1e-4)
+
+
+def test_sifttrainer_trains_each_step_with_its_selections_weights(tmp_path):
+    pytest.importorskip("accelerate")
+    from transformers import TrainingArguments, default_data_collator
+    from sift_ds.hf import SiftTrainer
+
+    class Recording(SiftTrainer):
+        received = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.received.append(inputs.get(ROW_WEIGHTS_KEY))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    rows = mlm_batch(32, seed=8)
+    data = [{k: v[i] for k, v in rows.items()} for i in range(32)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, use_cpu=True,
+                             report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = Recording(model=tiny_bert(layers=2, dropout=0.0), args=args, train_dataset=data,
+                        data_collator=default_data_collator,
+                        sift={"criterion": "importance", "exit_layer": 1, "kernel": "torch", "warmup_steps": 1})
+    trainer.train()
+    assert trainer.received[0] is None and all(w is not None for w in trainer.received[1:])  # after the warm-up
+    assert torch.equal(trainer.received[-1].cpu(), trainer.last_selections[-1].weights.cpu())
+    assert all(math.isfinite(r["loss"]) for r in trainer.state.log_history if "loss" in r)
 
 
 def test_megatron_loss_func_scales_each_rows_token_losses():
