@@ -34,6 +34,7 @@ from . import kernels, selection
 from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import batch_rows
 from .config import SECTION, SiftConfig, load_ds_config
+from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
 from .telemetry import SelectionTelemetry
@@ -93,6 +94,7 @@ class SiftTrainer(Trainer):
         self.sift_telemetry = SelectionTelemetry(self.args.device)
         self._step_marks = None  # (start, selection done) of the step whose end is not marked yet
         self.last_selections: list = []  # the last optimizer step's selections (for inspection and tests)
+        self.add_callback(CriterionStateCallback(self))  # freq_loss's running baseline in the checkpoints
 
     # ------------------------------------------------------------------ selection
     @property
@@ -117,6 +119,11 @@ class SiftTrainer(Trainer):
                                 keep if cfg.enabled else rows, None, device=self.args.device)
 
     # ------------------------------------------------------------------ Trainer hooks
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer's ``train``; a resumed run first restores the criterion state (``hf_checkpoint``)."""
+        load_criterion_state(self, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def call_model_init(self, trial=None):
         """Trainer's ``model_init`` call, the model it makes with the sparse head (``sparse_mlm_head``)."""
         model = super().call_model_init(trial)

@@ -197,3 +197,36 @@ def test_the_new_criteria_as_study_arms_and_job_flags(tmp_path):
     assert (plans[0].sift.criterion, plans[0].sift.frequency_table) == ("freq_loss", job_unigram_table(out))
     assert (plans[1].sift.exit_layer, plans[1].sift.baseline_decay, plans[1].sift.frequency_table) == (2, 0.95, "")
     assert (plans[2].sift.criterion, plans[2].sift.importance_mix) == ("importance", 0.5)
+
+
+def test_a_resumed_sifttrainer_run_scores_with_the_checkpointed_baseline(tmp_path):
+    """SiftTrainer (one process): the run resumed from its step-2 checkpoint scores every later
+    selection exactly as the uninterrupted run did (the baseline moved at step 1 is in the checkpoint)."""
+    pytest.importorskip("accelerate")
+    from transformers import TrainingArguments, default_data_collator
+    from sift_ds.hf import SiftTrainer
+
+    class Recording(SiftTrainer):
+        def select(self, batch, micro_step):
+            sel = super().select(batch, micro_step)
+            self.scores.append((self.state.global_step, sel.scores.tolist()))
+            return sel
+
+    rows = mlm_batch(48, seed=12, p_mask=0.5)
+    data = [{k: v[i] for k, v in rows.items()} for i in range(48)]
+
+    def run(resume=None):
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, use_cpu=True,
+                                 report_to=[], save_strategy="steps", save_steps=2, disable_tqdm=True, seed=7)
+        trainer = Recording(model=tiny_bert(layers=2, dropout=0.0, seed=3), args=args, train_dataset=data,
+                            data_collator=default_data_collator,
+                            sift={"criterion": "freq_loss", "exit_layer": 1, "kernel": "torch", "warmup_steps": 1})
+        trainer.scores = []
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.scores
+
+    full = run()
+    assert (tmp_path / "checkpoint-2" / "sift_criterion.pt").is_file()
+    resumed = run(str(tmp_path / "checkpoint-2"))
+    assert [s for s in full if s[0] >= 2] == resumed
+    assert any(abs(v) > 0 for v in resumed[0][1] if math.isfinite(v))  # the step-1 baseline moved these scores
