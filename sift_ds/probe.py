@@ -13,6 +13,7 @@ import torch
 
 from .adapters import EarlyExitAdapter
 from .config import SiftConfig
+from .criteria import sequence_scores
 from .scorer import early_exit_scores
 from .selector import gather_scores
 
@@ -54,7 +55,8 @@ def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: 
     """``probe/spearman`` and ``probe/top_half_overlap`` of the exit-``cfg.exit_layer`` scores
     (``cfg.criterion``) against the full model's per-sequence loss, over every rank's probe batch
     (a collective when a process group exists; every rank must call it with same-sized batches)."""
-    early = early_exit_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, labels_key=labels_key)
+    # Every labelled position; the running baseline of freq_loss does not move.
+    early = sequence_scores(adapter, cfg, batch, labels_key=labels_key, max_positions=0)
     full = early_exit_scores(adapter, batch, adapter.num_layers, "loss", cfg.kernel, labels_key=labels_key)
     early, full = gather_scores(early, group).cpu(), gather_scores(full, group).cpu()
     valid = torch.isfinite(early) & torch.isfinite(full)
