@@ -64,8 +64,8 @@ class SiftEngine:
 
     def select(self, batch: Mapping[str, torch.Tensor]) -> Selection:
         """Score this rank's gross batch with the early exit and keep the top rows (see SiftConfig and
-        ``sift_ds.frontend.keep_count``); its ``sift/*`` pairs go to ``telemetry``."""
-        return self.frontend.select(batch, *self.position())
+        ``sift_ds.frontend.keep_count``). ``train_step`` records its ``sift/*`` pairs in ``telemetry``."""
+        return self.frontend.select(batch, *self.position(), record=False)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -74,13 +74,14 @@ class SiftEngine:
         DeepSpeed applies the optimizer step at gradient-accumulation boundaries only.
         """
         timer = self.telemetry.timer
-        self.telemetry.clear()  # the window is this step
         t0 = timer.now()
         sel = self.select(batch)
         t1 = timer.now()
         loss = _loss_of(self.engine(**sel.batch))
         self.engine.backward(loss)
         self.engine.step()
+        self.telemetry.clear()  # the window is this step
+        self.frontend.record(sel)
         self.telemetry.add_step(t0, t1, timer.now())
         return loss.detach()
 

@@ -102,14 +102,20 @@ class FrontEnd:
         """Rows kept of a gross batch of ``rows`` (``keep_count``)."""
         return keep_count(self.config, rows)
 
-    def select(self, batch: Mapping[str, torch.Tensor], step: int, micro_step: int, model=None) -> Selection:
-        """The shared core's selection of one gross batch at ``(step, micro_step)``; its ``sift/*``
-        pairs are added to ``telemetry``."""
+    def select(self, batch: Mapping[str, torch.Tensor], step: int, micro_step: int, model=None,
+               record: bool = True) -> Selection:
+        """The shared core's selection of one gross batch at ``(step, micro_step)``; with ``record``,
+        its ``sift/*`` pairs are added to ``telemetry`` (else the caller ``record``s it when it chooses)."""
         adapter = self.adapter_for(model)
         self.last = selection.select(adapter, self.config, batch, step, micro_step, self.keep(batch_rows(batch)),
                                      self.group(), device=self.device_for(adapter), labels_key=self.labels_key)
-        self.telemetry.add(self.last.stats())
+        if record:
+            self.record(self.last)
         return self.last
+
+    def record(self, selection_done: Selection) -> None:
+        """Add a selection's ``sift/*`` pairs to ``telemetry`` (device tensors: no host sync)."""
+        self.telemetry.add(selection_done.stats())
 
     def probe(self, batch: Mapping[str, torch.Tensor], model=None) -> Dict[str, float]:
         """The early-exit fidelity probe on ``batch`` (``sift_ds.probe.fidelity``): ``probe/spearman``
