@@ -8,7 +8,8 @@ short shim that reads its framework's batch, step counters and devices and hands
 * **start-up validation**: ``start_up_checks``, one-line ValueErrors naming the key (the exit layer
   against the model's depth, the kernel against the device, the gross batch against the micro-batch);
 * **the step source**: ``select`` takes the ``(step, micro_step)`` position that the random choices
-  follow; each front-end reads it from its own counters (the optimizer step, the micro-step within it);
+  follow; each front-end reads it from its own counters (the optimizer step, the micro-step within it),
+  or counts the micro-steps with ``MicroSteps`` where its framework does not say;
 * **the keep rule**: ``keep_count``, the one rule for how many rows of a gross batch are kept;
 * **telemetry**: every selection's ``sift/*`` pairs go to ``telemetry``, which the front-end reads
   and clears at its own logging window;
@@ -16,7 +17,7 @@ short shim that reads its framework's batch, step counters and devices and hands
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -59,6 +60,22 @@ def start_up_checks(config: SiftConfig, adapter: Optional[EarlyExitAdapter] = No
         config.gross_batch_size(micro_batch, micro_key)
     if config.enabled and device is not None:
         check_kernel(config, device)
+
+
+class MicroSteps:
+    """A step source's micro-step counter, for a framework that calls the front-end once per
+    micro-step without saying which (Megatron's ``forward_step``): the calls within one step are
+    micro-steps 0, 1, ..., modulo ``per_step`` when known, so that a replayed step (Megatron's
+    rerun machinery) gets the same micro-steps again."""
+
+    def __init__(self):
+        self._last: Tuple[Optional[int], int] = (None, 0)  # (step, calls in it)
+
+    def next(self, step: int, per_step: Optional[int] = None) -> int:
+        last, count = self._last
+        count = count if step == last else 0
+        self._last = (step, count + 1)
+        return count % per_step if per_step else count
 
 
 class FrontEnd:

@@ -25,7 +25,7 @@ from megatron.core import parallel_state
 
 from ..adapters import detect_adapter
 from ..config import SiftConfig
-from ..frontend import FrontEnd
+from ..frontend import FrontEnd, MicroSteps
 from ..scorer import early_exit_scores
 from ..selection import Selection
 from .datasets import gross_datasets_provider
@@ -71,7 +71,7 @@ class Sift:
         self.adapter_factory = adapter
         self.sparse_mlm_head = sparse_mlm_head
         self._frontend: Optional[FrontEnd] = None
-        self._micro = (None, 0)  # (iteration, forward_step calls in it)
+        self._micro_steps = MicroSteps()
 
     @property
     def config(self) -> SiftConfig:
@@ -158,8 +158,4 @@ class Sift:
         """(iteration, micro-step within it) of this forward_step call; a replayed iteration (Megatron's
         rerun machinery) gets the same micro-steps again."""
         step = int(self.iteration()) if self.iteration is not None else current_iteration(model)
-        last, count = self._micro
-        count = count if step == last else 0
-        self._micro = (step, count + 1)
-        per_iteration = num_microbatches()
-        return step, (count % per_iteration if per_iteration else count)
+        return step, self._micro_steps.next(step, num_microbatches())
