@@ -230,7 +230,7 @@ def test_scorer(benchmark, shape, impl):
         if datasheet:
             info.update(datasheet_bf16_tflops=datasheet, fraction_of_datasheet_peak=round(tflops / datasheet, 3))
         if impl.startswith("triton"):
-            from sift_ds.kernels.ops.triton_scorer import last_config
+            from sift_ds.kernels.ops.scorer_launch import last_config
 
             mm = matmul_tflops(shape)
             info.update(matmul_tflops=round(mm, 2), fraction_of_matmul=round(tflops / mm, 3),

@@ -139,7 +139,7 @@ def scorer_model(n: int, H: int, V: int, device: str) -> dict:
     whole waves of (row block, split) programs from ``plan_splits`` at 1 CTA per SM; the MMA main loop
     at MMA_EFFICIENCY of the datasheet peak; the epilogue (FP32 + one exp2 per logit) not overlapped
     with it. Time = max(MMA + epilogue, bytes / HBM bandwidth)."""
-    from sift_ds.kernels.ops.triton_scorer import plan_splits
+    from sift_ds.kernels.ops.scorer_launch import plan_splits
 
     peak, hbm, sms, fp32, sfu, ghz = KERNEL_DEVICES[device]
     flops = 2 * n * H * V

@@ -21,7 +21,7 @@ the labelled rows there. The built-in masked-LM adapters have it.
 ``selection_modules`` lets the engine gather exactly those parameters under ZeRO-3 and switch
 their dropout off. ``sift_ds.families`` holds the built-in adapters (HF BERT, RoBERTa, XLM-RoBERTa,
 ModernBERT, DistilBERT, the ELECTRA generator, DeBERTa-v2; causal: Llama, Qwen2 / Qwen3, Mistral,
-GPT-2, GPT-NeoX), found by ``config.model_type``.
+GPT-2, GPT-NeoX); each registers its family (``sift_ds.registry``) and is found by ``config.model_type``.
 
 Optional hooks, for tensor-parallel models and other batch layouts (``sift_ds.scorer`` reads them
 where an adapter has them; ``sift_ds.megatron.MCoreAdapter``, the base of its BERT and GPT adapters, has all four):
@@ -40,6 +40,9 @@ from typing import Any, List, Mapping, Optional, Protocol, Tuple, runtime_checka
 
 import torch
 from torch import nn
+
+from . import registry
+from .families import BertAdapter  # registers the built-in families (sift_ds.families needs nothing from here)
 
 
 @runtime_checkable
@@ -72,20 +75,16 @@ def aligned_labels(adapter: EarlyExitAdapter, labels: torch.Tensor) -> torch.Ten
 
 
 def detect_adapter(model: nn.Module) -> EarlyExitAdapter:
-    """The built-in adapter for ``model`` (by its ``config.model_type``), or a TypeError that says to
-    pass ``adapter=``."""
-    factory = adapter_class(model)
-    if factory is None and hasattr(model, "bert") and hasattr(getattr(model, "cls", None), "predictions"):
-        factory = BertAdapter  # a BERT-shaped model whose config names no registered type
-    if factory is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        raise TypeError(
-            f"no built-in early-exit adapter for {type(model).__name__} (model_type {model_type!r}; built in: "
-            f"{', '.join(MODEL_TYPE_TO_ADAPTER)}); pass adapter= an object implementing sift_ds.EarlyExitAdapter "
-            "(embed, layer, head_transform, vocab_projection, selection_modules, num_layers)"
-        )
-    return factory(model)
-
-
-# The built-in adapters live in sift_ds.families (which needs nothing from this module).
-from .families import MODEL_TYPE_TO_ADAPTER, BertAdapter, adapter_class  # noqa: E402
+    """The registered adapter for ``model`` (``sift_ds.registry.resolve``: by its ``config.model_type``,
+    or by its megatron-core class), or a TypeError that says to pass ``adapter=``."""
+    family = registry.resolve(model)
+    if family is not None:
+        return family.adapter(model)
+    if hasattr(model, "bert") and hasattr(getattr(model, "cls", None), "predictions"):
+        return BertAdapter(model)  # a BERT-shaped model whose config names no registered type
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    raise TypeError(
+        f"no built-in early-exit adapter for {type(registry.unwrap_model(model)).__name__} (model_type {model_type!r}; "
+        f"built in: {registry.served()}); pass adapter= an object implementing sift_ds.EarlyExitAdapter "
+        "(embed, layer, head_transform, vocab_projection, selection_modules, num_layers)"
+    )

@@ -148,15 +148,16 @@ class SiftConfig:
                 f"sift.exit_layer={self.exit_layer} exceeds the model's depth ({num_layers} encoder layers)"
             )
 
-    def gross_batch_size(self, micro_batch: int) -> int:
-        """Rows per rank that are scored so that ``micro_batch`` of them are kept."""
+    def gross_batch_size(self, micro_batch: int, micro_key: str = "train_micro_batch_size_per_gpu") -> int:
+        """Rows per rank that are scored so that ``micro_batch`` of them are kept (``micro_key``: the
+        front-end's name for the micro-batch, in the error)."""
         if not self.enabled:
             return micro_batch
         gross = micro_batch / float(self.keep_ratio)
         rounded = round(gross)
         if abs(gross - rounded) > 1e-6 or rounded < micro_batch:
             raise ValueError(
-                f"sift.keep_ratio={self.keep_ratio} with train_micro_batch_size_per_gpu={micro_batch} gives a "
+                f"sift.keep_ratio={self.keep_ratio} with {micro_key}={micro_batch} gives a "
                 f"gross batch of {gross:g} rows per rank; it must be a whole number (micro_batch / keep_ratio)"
             )
         return int(rounded)

@@ -6,17 +6,16 @@ training micro-step.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 import torch.distributed as dist
 
-from . import kernels, probe, selection
 from .adapters import EarlyExitAdapter
-from .batching import batch_rows
 from .config import SiftConfig
+from . import selection
+from .frontend import FrontEnd
 from .selection import Selection
-from .telemetry import SelectionTelemetry
 from .weighted_loss import weighted_output_loss
 
 
@@ -31,17 +30,13 @@ class SiftEngine:
         self.engine = engine
         self.adapter = adapter
         self.sift_config = sift_config
-        self.labels_key = labels_key
         self.micro_batch_size = engine.train_micro_batch_size_per_gpu()
         self.gross_batch_size = sift_config.gross_batch_size(self.micro_batch_size)
         self.group = getattr(engine, "data_parallel_group", None) if dist.is_initialized() else None
         self.world_size, self.rank = selection.data_parallel(self.group)
-        if sift_config.enabled:
-            try:  # fail at start-up, not at the first step
-                kernels.resolve_backend(sift_config.kernel, torch.device(engine.device))
-            except RuntimeError as err:
-                raise ValueError(f"sift.kernel={sift_config.kernel!r} cannot run here: {err}") from None
-        self.telemetry = SelectionTelemetry(torch.device(engine.device))
+        self.frontend = FrontEnd(sift_config, torch.device(engine.device), lambda: self.group, adapter,
+                                 labels_key=labels_key)
+        self.telemetry = self.frontend.telemetry
 
     # ------------------------------------------------------------------ pass-through
     def __getattr__(self, name: str) -> Any:
@@ -62,21 +57,16 @@ class SiftEngine:
         return self.engine.global_steps < self.sift_config.warmup_steps
 
     # ------------------------------------------------------------------ selection
+    def position(self) -> Tuple[int, int]:
+        """The step source: (optimizer step, micro-step within it). DeepSpeed restores global_steps but
+        not micro_steps on load; checkpoints are taken at accumulation boundaries, where micro_steps %
+        gas is 0 either way, so resume stays exact."""
+        return self.engine.global_steps, self.engine.micro_steps % self.engine.gradient_accumulation_steps()
+
     def select(self, batch: Mapping[str, torch.Tensor]) -> Selection:
-        """Score this rank's gross batch with the early exit and keep the top rows (see SiftConfig)."""
-        cfg, keep, gross = self.sift_config, self.micro_batch_size, self.gross_batch_size
-        rows = batch_rows(batch)
-        if rows != gross:
-            raise ValueError(
-                f"expected a gross batch of {gross} rows per rank (train_micro_batch_size_per_gpu={keep} / "
-                f"sift.keep_ratio={cfg.keep_ratio}), got {rows}"
-            )
-        # Random choices are pure functions of (optimizer step, micro-step within it, rank).
-        # DeepSpeed restores global_steps but not micro_steps on load; checkpoints are taken at
-        # accumulation boundaries, where micro_steps % gas is 0 either way, so resume stays exact.
-        micro = self.engine.micro_steps % self.engine.gradient_accumulation_steps()
-        return selection.select(self.adapter, cfg, batch, self.engine.global_steps, micro, keep, self.group,
-                                device=self.engine.device, labels_key=self.labels_key)
+        """Score this rank's gross batch with the early exit and keep the top rows (see SiftConfig and
+        ``sift_ds.frontend.keep_count``). ``train_step`` records its ``sift/*`` pairs in ``telemetry``."""
+        return self.frontend.select(batch, *self.position(), record=False)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -93,8 +83,8 @@ class SiftEngine:
                                                                                  self.labels_key)
         self.engine.backward(loss)
         self.engine.step()
-        self.telemetry.clear()
-        self.telemetry.add(sel.stats())
+        self.telemetry.clear()  # the window is this step
+        self.frontend.record(sel)
         self.telemetry.add_step(t0, t1, timer.now())
         return loss.detach()
 
@@ -105,8 +95,7 @@ class SiftEngine:
 
     def probe(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         """The early-exit fidelity probe on ``batch`` (see ``sift_ds.probe``); a collective."""
-        batch = {k: v.to(self.engine.device) for k, v in batch.items() if torch.is_tensor(v)}
-        return probe.fidelity(self.adapter, batch, self.sift_config, self.labels_key, self.group)
+        return self.frontend.probe(batch)
 
 
 def _loss_of(output) -> torch.Tensor:

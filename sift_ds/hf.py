@@ -30,14 +30,12 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from transformers import Trainer
 
-from . import kernels, selection
-from .adapters import EarlyExitAdapter, detect_adapter
-from .batching import batch_rows
+from .adapters import EarlyExitAdapter
 from .config import SECTION, SiftConfig, load_ds_config
+from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
-from .telemetry import SelectionTelemetry
 from .weighted_loss import ROW_WEIGHTS_KEY, weighted_output_loss
 
 __all__ = ["SiftTrainer", "apply_sparse_mlm_head", "sift_config_for"]
@@ -78,20 +76,13 @@ class SiftTrainer(Trainer):
         if sparse_mlm_head and model is not None:
             apply_sparse_mlm_head(model)  # before Trainer inspects its forward and wraps it
         super().__init__(model, args, *trainer_args, **kwargs)
-        self._given_adapter, self._detected = adapter, (None, None)  # (model id, its detected adapter)
         cfg = self.sift_config
-        try:  # a whole number of gross rows, checked now (the error in Trainer's words)
-            cfg.gross_batch_size(self.args.per_device_train_batch_size)
-        except ValueError as err:
-            raise ValueError(str(err).replace("train_micro_batch_size_per_gpu", "per_device_train_batch_size")) from None
-        if cfg.enabled:
-            if self.model is not None:
-                cfg.validate_for_model(self.sift_adapter.num_layers)
-            try:
-                kernels.resolve_backend(cfg.kernel, self.args.device)
-            except RuntimeError as err:
-                raise ValueError(f"sift.kernel={cfg.kernel!r} cannot run here: {err}") from None
-        self.sift_telemetry = SelectionTelemetry(self.args.device)
+        # A whole number of gross rows, in Trainer's words; then the adapter's depth and the kernel.
+        start_up_checks(cfg, micro_batch=self.args.per_device_train_batch_size, micro_key="per_device_train_batch_size")
+        self.sift_frontend = FrontEnd(cfg, self.args.device, adapter=adapter)
+        if cfg.enabled and self.model is not None:
+            self.sift_frontend.adapter_for(self.model)
+        self.sift_telemetry = self.sift_frontend.telemetry
         self._step_marks = None  # (start, selection done) of the step whose end is not marked yet
         self.last_selections: list = []  # the last optimizer step's selections (for inspection and tests)
         self.add_callback(CriterionStateCallback(self))  # freq_loss's running baseline in the checkpoints
@@ -100,11 +91,7 @@ class SiftTrainer(Trainer):
     @property
     def sift_adapter(self) -> EarlyExitAdapter:
         """``adapter=`` if given, else the one detected for ``self.model`` (again if ``model_init`` replaced it)."""
-        if self._given_adapter is not None:
-            return self._given_adapter
-        if self._detected[0] != id(self.model):
-            self._detected = (id(self.model), detect_adapter(self.model))
-        return self._detected[1]
+        return self.sift_frontend.adapter_for(self.model)
 
     @property
     def gross_batch_size(self) -> int:
@@ -112,11 +99,15 @@ class SiftTrainer(Trainer):
         return self.sift_config.gross_batch_size(self._train_batch_size)
 
     def select(self, batch: Mapping[str, torch.Tensor], micro_step: int) -> Selection:
-        """Select the kept rows of one gross batch at the current optimizer step (``state.global_step``)."""
-        rows, cfg = batch_rows(batch), self.sift_config
-        keep = self._train_batch_size if rows == self.gross_batch_size else max(1, round(rows * cfg.keep_ratio))
-        return selection.select(self.sift_adapter, cfg, batch, self.state.global_step, micro_step,
-                                keep if cfg.enabled else rows, None, device=self.args.device)
+        """Select the kept rows of one gross batch (``sift_ds.frontend.keep_count``) at the current
+        optimizer step (``state.global_step``) and ``micro_step`` within it; its ``sift/*`` pairs go to
+        ``sift_telemetry``."""
+        return self.sift_frontend.select(batch, self.state.global_step, micro_step, model=self.model)
+
+    def sift_probe(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        """The early-exit fidelity probe on ``batch`` (``sift_ds.probe``): ``probe/spearman`` and
+        ``probe/top_half_overlap``; a collective when a process group exists."""
+        return self.sift_frontend.probe(batch, model=self.model)
 
     # ------------------------------------------------------------------ Trainer hooks
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -151,7 +142,6 @@ class SiftTrainer(Trainer):
             except StopIteration:
                 break
             self.last_selections.append(self.select(gross, micro_step))
-            self.sift_telemetry.add(self.last_selections[-1].stats())
         self._step_marks = (start, timer.now())
         kept = [sel.batch if sel.weights is None else {**sel.batch, ROW_WEIGHTS_KEY: sel.weights}
                 for sel in self.last_selections]

@@ -11,6 +11,7 @@ from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import resolve_batch_sizes, world_size_from_env
 from .config import SECTION, SiftConfig, load_ds_config, split_ds_config
 from .engine import SiftEngine
+from .frontend import start_up_checks
 from .shm import release_shm_buffer
 
 
@@ -49,11 +50,9 @@ def initialize(
         if section is not None and SiftConfig.from_dict(section) != sift_config:
             raise ValueError("the ds_config's 'sift' section disagrees with the sift_config= passed")
     adapter = adapter if adapter is not None else detect_adapter(model)
-    sift_config.validate_for_model(adapter.num_layers)
-
-    # Check the batch sizes before paying for DeepSpeed's start-up.
+    # Check the model and batch sizes before paying for DeepSpeed's start-up (the kernel: in SiftEngine).
     world = dist.get_world_size() if dist.is_initialized() else world_size_from_env()
-    sift_config.gross_batch_size(resolve_batch_sizes(ds_config, world).micro)
+    start_up_checks(sift_config, adapter, micro_batch=resolve_batch_sizes(ds_config, world).micro)
 
     if args is not None and getattr(args, "deepspeed_config", None) is not None:
         # DeepSpeed refuses a config given both ways; ours (without "sift") goes through config=.

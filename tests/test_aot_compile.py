@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("triton")
 
 from sift_ds.kernels.ops import aot  # noqa: E402
-from sift_ds.kernels.ops import triton_scorer as ts  # noqa: E402
+from sift_ds.kernels.ops import scorer_launch as launch  # noqa: E402
 
 PROBLEM = aot.compile_api_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"ahead-of-time compile unavailable: {PROBLEM}")
@@ -55,7 +55,7 @@ def test_every_config_compiles_for_both_targets(reports):
     for cap in aot.ARCHS:
         for shape in aot.SHAPES:
             configs = {r.config for r in reports if r.capability == cap and r.shape == shape}
-            assert len(configs) == len(ts.cuda_configs(cap // 10)) >= 6, (cap, shape)
+            assert len(configs) == len(launch.cuda_configs(cap // 10)) >= 6, (cap, shape)
 
 
 def test_ptxas_rerun_matches_tritons_build(reports):

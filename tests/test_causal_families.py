@@ -8,9 +8,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sift_ds
+from sift_ds import registry
 from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
-from sift_ds.families import MODEL_TYPE_TO_ADAPTER
 from sift_ds.scorer import early_exit_scores, labelled_positions, position_subset
 from sift_ds.selection import position_seed
 from tiny import ds_config, f64_row_scores, spread_weights
@@ -80,7 +80,7 @@ def family(request):
 def test_next_token_scores_match_hf_forward_at_every_exit(family, criterion):
     model, batch, logits, _ = family
     adapter = detect_adapter(model)
-    assert isinstance(adapter, MODEL_TYPE_TO_ADAPTER[model.config.model_type])
+    assert isinstance(adapter, registry.by_model_type(model.config.model_type).adapter)
     expected = {k: reference(z, batch["labels"], criterion) for k, z in logits.items()}
     finite = torch.isfinite(expected[1])
     assert finite.tolist() == [True, True, True, False, True]

@@ -6,11 +6,13 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, ElectraForPreTraining
 
 import sift_ds
+from sift_ds import registry
 from sift_ds.adapters import detect_adapter
-from sift_ds.families import MODEL_TYPE_TO_ADAPTER
-from sift_ds.pretrain.models import FAMILY_PRESETS, model_config
+from sift_ds.pretrain.models import family_presets, model_config
 from sift_ds.scorer import early_exit_scores
 from tiny import ds_config, f64_row_scores, spread_weights
+
+FAMILY_PRESETS = family_presets()
 
 VOCAB, LAYERS, PAD = 61, 3, 0
 TOL = 2e-5
@@ -92,7 +94,7 @@ def family(request):
 def test_scores_match_hf_forward_at_every_exit(family, criterion):
     model, batch, refs = family
     adapter = detect_adapter(model)
-    assert isinstance(adapter, MODEL_TYPE_TO_ADAPTER[model.config.model_type]) and adapter.num_layers == LAYERS
+    assert isinstance(adapter, registry.by_model_type(model.config.model_type).adapter) and adapter.num_layers == LAYERS
     expected = {k: reference(logits, batch["labels"], criterion) for k, logits in refs.items()}
     finite = torch.isfinite(expected[1])
     assert not finite[1] and finite.sum() == len(finite) - 1

@@ -11,7 +11,9 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from launch_helpers import REPO, SCRIPT, cpu_env, metrics, small_config
-from sift_ds.pretrain.models import FAMILY_PRESETS
+from sift_ds.pretrain.models import family_presets
+
+FAMILY_PRESETS = family_presets()
 
 STEPS = 3
 DRIVER = """

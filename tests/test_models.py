@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from sift_ds.pretrain.models import FAMILY_PRESETS, PRESETS, bert_config, build_bert, build_model, model_config
+from sift_ds.pretrain.models import PRESETS, bert_config, build_bert, build_model, family_presets, model_config
 from tiny import VOCAB, mlm_batch
 
 
@@ -79,7 +79,7 @@ def test_mfu_is_against_a_gpu_peak_and_left_out_elsewhere():
     assert mfu(50e12, 1.0, 100.0, 2, "cpu") is None  # --peak_tflops is a GPU's peak
 
 
-@pytest.mark.parametrize("preset", sorted(FAMILY_PRESETS))
+@pytest.mark.parametrize("preset", sorted(family_presets()))
 def test_flops_model_for_every_family(preset):
     """Dense head: 6 N + 12 L H T with N = parameters less the learned position table (none for the
     rotary / relative-position families); selection: the mean layer times k, and the head on the
@@ -105,11 +105,11 @@ def test_layer_norm_report_names_what_the_model_uses():
     """The job's log names the norm it trains with: an RMSNorm model (Llama) keeps its own, a BERT's
     nn.LayerNorm stays torch's when apex does not import (as here) and is left unchanged."""
     from sift_ds.pretrain.fused import apex_module, fuse_layer_norms
-    from sift_ds.pretrain.models import CAUSAL_PRESETS
+    from sift_ds.pretrain.models import causal_presets
 
     llama = build_model(model_config("tiny_llama", VOCAB), "clm")
     assert fuse_layer_norms(llama) == (0, "the model's own (LlamaRMSNorm)")
-    assert "tiny_llama" in CAUSAL_PRESETS
+    assert "tiny_llama" in causal_presets()
     if apex_module("normalization", "FusedLayerNorm") is None:
         bert = build_bert("tiny", VOCAB)
         assert fuse_layer_norms(bert) == (0, "torch.nn.LayerNorm (apex.normalization not available)")

@@ -23,6 +23,7 @@ import torch
 pytest.importorskip("triton")
 
 from sift_ds import kernels  # noqa: E402
+from sift_ds.kernels.ops import scorer_launch as launch  # noqa: E402
 from sift_ds.kernels.ops import triton_scorer as ts  # noqa: E402
 from sift_ds.kernels.reference import finish_token_scores, merge_vocab_stats  # noqa: E402
 
@@ -50,7 +51,7 @@ def _interpreter():
 
 @pytest.fixture(autouse=True)
 def _poison_scratch(monkeypatch):
-    monkeypatch.setattr(ts, "_POISON_SCRATCH", True)
+    monkeypatch.setattr(launch, "_POISON_SCRATCH", True)
 
 
 @pytest.fixture
@@ -313,8 +314,8 @@ def causal_labels(gen, b, s, v, lengths):
 
 
 def interpreter_plan(n_rows):
-    cfg = ts._INTERPRET_CONFIG
-    return ts.plan_splits(CAUSAL_V, n_rows, CAUSAL_SMS, block_n=cfg["BLOCK_N"], align=cfg["BLOCK_V"],
+    cfg = launch._INTERPRET_CONFIG
+    return launch.plan_splits(CAUSAL_V, n_rows, CAUSAL_SMS, block_n=cfg["BLOCK_N"], align=cfg["BLOCK_V"],
                           min_split=2 * cfg["BLOCK_V"], overhead_cols=cfg["BLOCK_V"])
 
 
@@ -323,8 +324,8 @@ def test_interpreter_plan_splits_when_row_blocks_do_not_fill_the_sms():
     grid fills at least 3/4 of one wave; the plan is a pure function of (V, rows, SMs)."""
     for n in (17, 27, 32):
         split, splits = interpreter_plan(n)
-        blocks = -(-n // ts._INTERPRET_CONFIG["BLOCK_N"])
-        assert blocks < CAUSAL_SMS and splits > 1 and split % ts._INTERPRET_CONFIG["BLOCK_V"] == 0
+        blocks = -(-n // launch._INTERPRET_CONFIG["BLOCK_N"])
+        assert blocks < CAUSAL_SMS and splits > 1 and split % launch._INTERPRET_CONFIG["BLOCK_V"] == 0
         assert (splits - 1) * split < CAUSAL_V <= splits * split
         assert blocks * splits >= 0.75 * CAUSAL_SMS
         assert interpreter_plan(n) == (split, splits)
@@ -404,7 +405,7 @@ def test_sequence_path_has_no_data_dependent_host_ops(gen, monkeypatch):
             seen.add(str(func.overloadpacket))
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(ts, "_launch_stats", lambda x, *a, **kw: ts._scratch((4, 1, x.shape[0]), x.device))
+    monkeypatch.setattr(ts, "_launch_stats", lambda x, *a, **kw: launch._scratch((4, 1, x.shape[0]), x.device))
     monkeypatch.setattr(ts, "_launch_merge", lambda part, mode, out, count=None: out)
     monkeypatch.setattr(ts, "_launch_segment_mean", lambda tok, bounds, out: out)
     w, b = make_head(gen, V, H, torch.float32)
@@ -464,8 +465,8 @@ def test_split_plan_fills_whole_waves(V, n, sms):
     """Aligned splits that cover V, nearly equal (the last one too), and a grid of (128-row block,
     split) programs that fills its last wave of one CTA per SM at least 85%. The old plan (~4 waves
     of 1024+ columns) gave 4.1 waves (83%) and a last split of a quarter of the others at BERT-base."""
-    split, splits = ts.plan_splits(V, n, sms)
-    assert split % ts._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
+    split, splits = launch.plan_splits(V, n, sms)
+    assert split % launch._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
     assert V - (splits - 1) * split >= 0.8 * split or splits == 1
     programs = -(-n // 128) * splits
     waves = -(-programs // sms)
@@ -480,12 +481,12 @@ def test_split_plan_fills_the_gpu_when_row_blocks_are_few(V, n, sms):
     block, split) programs fill one wave at least 85%, with aligned splits covering V."""
     blocks = -(-n // 128)
     assert blocks < sms
-    split, splits = ts.plan_splits(V, n, sms)
-    assert split % ts._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
+    split, splits = launch.plan_splits(V, n, sms)
+    assert split % launch._SPLIT_ALIGN == 0 and (splits - 1) * split < V <= splits * split
     programs = blocks * splits
     waves = -(-programs // sms)
     assert splits > 1 and programs / (waves * sms) >= 0.85, (split, splits, programs / sms)
-    assert ts.plan_splits(V, n, sms) == (split, splits)  # deterministic: a function of the shape
+    assert launch.plan_splits(V, n, sms) == (split, splits)  # deterministic: a function of the shape
 
 
 def test_sequence_path_plans_for_the_labelled_fraction(gen, monkeypatch):
@@ -493,7 +494,7 @@ def test_sequence_path_plans_for_the_labelled_fraction(gen, monkeypatch):
     (BERT's 15% by default, 1.0 for a causal batch); a fraction outside (0, 1] is refused."""
     seen = []
     monkeypatch.setattr(ts, "_launch_stats", lambda x, *a, n_rows_est=None, **kw: seen.append(n_rows_est)
-                        or ts._scratch((4, 1, x.shape[0]), x.device))
+                        or launch._scratch((4, 1, x.shape[0]), x.device))
     monkeypatch.setattr(ts, "_launch_merge", lambda part, mode, out, count=None: out)
     monkeypatch.setattr(ts, "_launch_segment_mean", lambda tok, bounds, out: out)
     w, _ = make_head(gen, V, H, torch.float32, with_bias=False)
@@ -509,11 +510,11 @@ def test_sequence_path_plans_for_the_labelled_fraction(gen, monkeypatch):
 
 def test_autotune_key_is_a_shape_bucket():
     """Row counts that differ step to step map to few buckets: the autotuner runs once per bucket."""
-    assert ts.rows_bucket(1) == ts.rows_bucket(256) == 256
-    assert ts.rows_bucket(4000) == ts.rows_bucket(4096) == 4096
-    assert ts.rows_bucket(4097) == ts.rows_bucket(4915) == 8192
-    assert len({ts.rows_bucket(n) for n in range(4000, 6000)}) == 2
-    stats = ts._kernels(False, 8)[0]
+    assert launch.rows_bucket(1) == launch.rows_bucket(256) == 256
+    assert launch.rows_bucket(4000) == launch.rows_bucket(4096) == 4096
+    assert launch.rows_bucket(4097) == launch.rows_bucket(4915) == 8192
+    assert len({launch.rows_bucket(n) for n in range(4000, 6000)}) == 2
+    stats = launch._kernels(False, 8)[0]
     assert list(stats.keys) == ["H", "V", "rows_bucket"] and "split_size" not in stats.keys
-    assert all(c.kwargs["BLOCK_N"] in (64, 128) for c in ts.cuda_configs(8))
-    assert len(ts.cuda_configs(8)) < len(ts.cuda_configs(9))  # the configs that spill on sm_80 are off
+    assert all(c.kwargs["BLOCK_N"] in (64, 128) for c in launch.cuda_configs(8))
+    assert len(launch.cuda_configs(8)) < len(launch.cuda_configs(9))  # the configs that spill on sm_80 are off

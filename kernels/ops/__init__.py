@@ -1,6 +1,8 @@
 """``sift_ds.kernels.ops``: the Triton kernels, one module per op.
 
-* ``triton_scorer``: the fused early-exit scorer (vocab statistics, split merge, segment mean);
+* ``triton_scorer``: the fused early-exit scorer's functional API, over ``scorer_kernels`` (the
+  kernels: vocab statistics, split merge, segment mean) and ``scorer_launch`` (their construction,
+  autotune space, split plan and launch);
 * ``triton_topk``: top-k of the per-sequence scores;
 * ``aot``: ahead-of-time compiles of both for sm_80 / sm_90, and their register / spill / MMA report.
 

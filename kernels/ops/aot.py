@@ -2,7 +2,7 @@
 
 Triton's own compiler builds each kernel for ``GPUTarget("cuda", 80 | 90, 32)`` with the arguments
 specialised exactly as the runtime would (the launch arguments are built by the same code as a real
-launch, ``triton_scorer.stats_arguments``, from meta tensors of the real shapes, then bound by Triton's
+launch, ``scorer_launch.stats_arguments``, from meta tensors of the real shapes, then bound by Triton's
 runtime binder). The tools in the triton wheel then report on the result:
 
 * ``ptxas -v`` on the PTX: registers, spill stores / loads;
@@ -199,7 +199,7 @@ def stats_kernel_args(shape: str, dtype: str, capability: int, packed: bool = Tr
     """Launch arguments of ``_vocab_stats_kernel`` at a named shape, as the runtime builds them: the
     engine's packed path (rows gathered through the sort order) or ``sequence_scores``' (compacted
     [B*S] rows with a device-side count)."""
-    from . import triton_scorer as ts
+    from . import scorer_launch as launch
 
     sh = SHAPES[shape]
     n, H, V = sh.rows, sh.H, sh.V
@@ -212,9 +212,9 @@ def stats_kernel_args(shape: str, dtype: str, capability: int, packed: bool = Tr
     targets = torch.empty(total, dtype=torch.int64, device=meta)
     row_idx = torch.empty(total, dtype=torch.int64, device=meta)
     count = None if packed else torch.empty(1, dtype=torch.int64, device=meta)
-    split, splits = ts.plan_splits(V, n, ARCHS[capability][1])
+    split, splits = launch.plan_splits(V, n, ARCHS[capability][1])
     part = torch.empty(4, splits, total, dtype=torch.float32, device=meta)
-    return ts.stats_arguments(x, w, b, targets, part, 0, split, splits, n, row_idx=row_idx, count=count)
+    return launch.stats_arguments(x, w, b, targets, part, 0, split, splits, n, row_idx=row_idx, count=count)
 
 
 def compile_stats(config, capability: int, shape: str, dtype: str, packed: bool = True,
@@ -222,13 +222,13 @@ def compile_stats(config, capability: int, shape: str, dtype: str, packed: bool 
     """One ``_vocab_stats_kernel`` compile; ``flatten=False`` builds the un-flattened V loop (a control)."""
     from triton.runtime.jit import JITFunction
 
-    from . import triton_scorer as ts
+    from .scorer_kernels import _vocab_stats_kernel
 
     args, flags = stats_kernel_args(shape, dtype, capability, packed)
     if flatten is not None:
         flags["FLATTEN"] = flatten
     kwargs = dict(flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    compiled = _compile(JITFunction(ts._vocab_stats_kernel), args, kwargs, capability)
+    compiled = _compile(JITFunction(_vocab_stats_kernel), args, kwargs, capability)
     label = "{BLOCK_N}x{BLOCK_V}x{BLOCK_H}".format(**config.kwargs) + f" w{config.num_warps} s{config.num_stages}"
     if flatten is False:
         label += " unflattened"
@@ -239,7 +239,8 @@ def compile_small_kernels(capability: int) -> List[Report]:
     """The merge, segment-mean and top-k kernels (one configuration each), at the BERT-base shape."""
     from triton.runtime.jit import JITFunction
 
-    from . import triton_scorer as ts
+    from . import scorer_kernels as sk
+    from . import scorer_launch as launch
     from . import triton_topk as tk
 
     meta = torch.device("meta")
@@ -247,9 +248,10 @@ def compile_small_kernels(capability: int) -> List[Report]:
     f32 = lambda *s: torch.empty(*s, dtype=torch.float32, device=meta)  # noqa: E731
     i64 = lambda *s: torch.empty(*s, dtype=torch.int64, device=meta)  # noqa: E731
     jobs = [
-        ("_merge_kernel", ts._merge_kernel, (f32(4, 12, n), i64(1), f32(n), n, 12),
-         dict(HAS_COUNT=False, MODE=1, BLOCK_R=ts._MERGE_BLOCK)),
-        ("_segment_mean_kernel", ts._segment_mean_kernel, (f32(n), i64(65), f32(64)), dict(BLOCK=ts._SEGMENT_BLOCK)),
+        ("_merge_kernel", sk._merge_kernel, (f32(4, 12, n), i64(1), f32(n), n, 12),
+         dict(HAS_COUNT=False, MODE=1, BLOCK_R=launch._MERGE_BLOCK)),
+        ("_segment_mean_kernel", sk._segment_mean_kernel, (f32(n), i64(65), f32(64)),
+         dict(BLOCK=launch._SEGMENT_BLOCK)),
         ("_topk_rank_kernel", tk._topk_rank_kernel, (f32(128), i64(64), 128, 64),
          dict(BLOCK_I=tk._BLOCK_I, BLOCK_J=tk._BLOCK_J)),
     ]
@@ -263,7 +265,7 @@ def compile_small_kernels(capability: int) -> List[Report]:
 def all_stats_jobs(full: bool = True):
     """(config, capability, shape, dtype) of every autotune config the runtime may try on each target,
     at every shape; ``full=False`` compiles bf16 only (CI: fp16 differs from bf16 only in the dtype)."""
-    from .triton_scorer import cuda_configs
+    from .scorer_launch import cuda_configs
 
     return [(cfg, cap, shape, dtype) for cap in ARCHS for cfg in cuda_configs(cap // 10)
             for shape, sh in SHAPES.items() for dtype in sh.dtypes if full or dtype == "bf16"]
@@ -272,7 +274,7 @@ def all_stats_jobs(full: bool = True):
 def control_jobs():
     """Compiles that must fail the checks: the configs kept off sm_80 (they spill there), and the first
     sm_80 config with an un-flattened V loop (it drains the pipeline at every V tile)."""
-    from .triton_scorer import cuda_configs
+    from .scorer_launch import cuda_configs
 
     excluded = [c for c in cuda_configs(9) if c not in cuda_configs(8)]
     return [(c, 80, "bert-base", "bf16") for c in excluded] + [(cuda_configs(8)[0], 80, "bert-base", "bf16", True, False)]

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..reference import check_k
-from .triton_scorer import _device_guard, _interpreting
+from .scorer_launch import _device_guard, _interpreting
 
 _BLOCK_I, _BLOCK_J = 64, 64
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from ..registry import CAUSAL, register_family
 from .encoders import require
 
 IGNORE_INDEX = -100
@@ -75,6 +76,10 @@ class CausalAdapter:
         return [*self.embedding_modules, *rotary, *self.layers[:exit_layer], *self.head_modules]
 
 
+@register_family(CAUSAL, model_types=("llama", "qwen2", "qwen3", "mistral"), presets={
+    "tiny_llama": ("llama", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=176, max_position_embeddings=1024, tie_word_embeddings=False)),
+})
 class LlamaStyleAdapter(CausalAdapter):
     """``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``MistralForCausalLM``."""
 
@@ -89,6 +94,7 @@ class LlamaStyleAdapter(CausalAdapter):
         return self.base.embed_tokens(input_ids)
 
 
+@register_family(CAUSAL, model_types=("gpt2",))
 class GPT2Adapter(CausalAdapter):
     """``GPT2LMHeadModel``: learned positions, ``ln_f``, the tied ``lm_head``."""
 
@@ -108,6 +114,7 @@ class GPT2Adapter(CausalAdapter):
         return out[0] if isinstance(out, tuple) else out
 
 
+@register_family(CAUSAL, model_types=("gpt_neox",))
 class GPTNeoXAdapter(CausalAdapter):
     """``GPTNeoXForCausalLM`` (Pythia): ``embed_in``, ``final_layer_norm``, the untied output layer."""
 

@@ -9,9 +9,15 @@ from typing import List
 import torch
 from torch import nn
 
-from .encoders import require
+from ..registry import ENCODER, register_family
+from .encoders import TINY_SIZES, require
 
 
+@register_family(ENCODER, model_types=("deberta-v2",), presets={
+    "tiny_deberta_v2": ("deberta-v2", dict(TINY_SIZES, relative_attention=True, position_buckets=32, norm_rel_ebd="layer_norm",
+                                           pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                                           conv_kernel_size=3, max_position_embeddings=512)),
+})
 class DebertaV2Adapter:
     family = "DeBERTa-v2"
 

@@ -9,10 +9,15 @@ import torch
 from torch import nn
 from transformers.activations import gelu
 
+from ..registry import ENCODER, register_family
+
 try:  # transformers >= 4.56 / 5.x
     from transformers.masking_utils import create_bidirectional_mask
 except ImportError:  # pragma: no cover - older transformers
     create_bidirectional_mask = None
+
+
+TINY_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)  # debug-size presets
 
 
 def require(model: nn.Module, family: str, *paths: str) -> None:
@@ -69,6 +74,7 @@ class EncoderAdapter:
         return [*self.embedding_modules, *self.layers[:exit_layer], *self.head_modules]
 
 
+@register_family(ENCODER, model_types=("bert",))
 class BertAdapter(EncoderAdapter):
     """HF ``BertForPreTraining`` / ``BertForMaskedLM`` (``model.bert`` + ``model.cls.predictions``)."""
 
@@ -88,6 +94,10 @@ class BertAdapter(EncoderAdapter):
         return self.predictions.transform(rows)
 
 
+@register_family(ENCODER, model_types=("roberta", "xlm-roberta"), positions_after_padding=True, presets={
+    "tiny_roberta": ("roberta", dict(TINY_SIZES, type_vocab_size=1, max_position_embeddings=514)),
+    "tiny_xlm_roberta": ("xlm-roberta", dict(TINY_SIZES, type_vocab_size=1, max_position_embeddings=514)),
+})
 class RobertaAdapter(EncoderAdapter):
     """HF ``RobertaForMaskedLM`` and ``XLMRobertaForMaskedLM`` (``lm_head``: dense, gelu, layer norm,
     decoder). Position ids follow the padding as HF makes them (from ``input_ids`` and ``pad_token_id``)."""
@@ -108,6 +118,9 @@ class RobertaAdapter(EncoderAdapter):
         return self.lm_head.layer_norm(gelu(self.lm_head.dense(rows)))
 
 
+@register_family(ENCODER, model_types=("electra",), presets={
+    "tiny_electra": ("electra", dict(TINY_SIZES, embedding_size=32, max_position_embeddings=512)),
+})
 class ElectraGeneratorAdapter(EncoderAdapter):
     """HF ``ElectraForMaskedLM`` (the generator; the discriminator has no MLM head), with its
     ``embeddings_project`` when the embedding size differs from the hidden size."""
@@ -131,6 +144,9 @@ class ElectraGeneratorAdapter(EncoderAdapter):
         return self.model.generator_predictions(rows)
 
 
+@register_family(ENCODER, model_types=("distilbert",), presets={
+    "tiny_distilbert": ("distilbert", dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=512)),
+})
 class DistilBertAdapter(EncoderAdapter):
     """HF ``DistilBertForMaskedLM`` (no token types; head: vocab_transform, activation, layer norm, projector)."""
 

@@ -9,9 +9,14 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
 
-from .encoders import require
+from ..registry import ENCODER, register_family
+from .encoders import TINY_SIZES, require
 
 
+@register_family(ENCODER, model_types=("modernbert",), presets={
+    "tiny_modernbert": ("modernbert", dict(TINY_SIZES, local_attention=16, global_attn_every_n_layers=2,
+                                           max_position_embeddings=512)),
+})
 class ModernBertAdapter:
     family = "ModernBERT"
 

@@ -11,10 +11,11 @@
     # pretrain(cfg_container, <the same two wrapped arguments>, ...); or, for either form,
     run_pretrain(sift, train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)
 
-Modules: ``sift`` (``Sift``: the front-end over the shared selection core ``sift_ds.selection``,
-and ``detect_adapter``), ``forward_step`` (the wrapped forward step, TP broadcast, telemetry in the
-loss dict), ``datasets`` (the gross training set), ``adapter`` (``MCoreAdapter``, the adapter
-protocol's tensor-parallel hooks, and ``MCoreBertAdapter``), ``gpt_adapter`` (``MCoreGPTAdapter``),
+Modules: ``sift`` (``Sift``: the shim over the shared front-end ``sift_ds.frontend`` and selection
+core ``sift_ds.selection``; ``detect_adapter`` is ``sift_ds.detect_adapter``), ``forward_step`` (the
+wrapped forward step, TP broadcast, telemetry in the loss dict), ``datasets`` (the gross training set), ``adapter`` (``MCoreAdapter``, the adapter
+protocol's tensor-parallel hooks, and ``MCoreBertAdapter``), ``gpt_adapter`` (``MCoreGPTAdapter``;
+both register their families with the megatron-core class they serve),
 ``mlm_head`` (the masked-positions-only MLM head for ``BertModel``), ``arguments`` (``--sift-*``),
 ``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``).
 This subpackage needs megatron-core; ``import sift_ds`` alone never imports it. See docs/megatron.md.

@@ -26,28 +26,24 @@ from megatron.core import parallel_state
 from megatron.core.models.bert.bert_model import BertModel
 from torch import nn
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside Megatron's DDP / Float16Module wrappers or a DeepSpeed engine (``.module``)."""
-    seen = 0
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) and seen < 8:
-        model, seen = model.module, seen + 1
-    return model
+from ..registry import ENCODER, register_family, unwrap_model
 
 
 class MCoreAdapter:
     """The parts of a megatron-core adapter that do not depend on the model class: the checks, the
-    layer call, and the protocol's tensor-parallel hooks. A subclass sets ``model_class`` and
-    ``input_key`` (the batch key of the token ids) and fills ``layers`` and ``final_layernorm``."""
+    layer call, and the protocol's tensor-parallel hooks. A subclass registers its family with the
+    megatron-core model class it serves (``sift_ds.registry.register_family(..., megatron_model=...)``),
+    sets ``input_key`` (the batch key of the token ids) and fills ``layers`` and ``final_layernorm``."""
 
-    model_class: type = nn.Module
     input_key = "text"
 
     def __init__(self, model: nn.Module):
         inner = unwrap_model(model)
         name = type(self).__name__
-        if not isinstance(inner, self.model_class):
-            raise TypeError(f"{name} needs a megatron.core {self.model_class.__name__} (optionally inside DDP / "
+        family = getattr(self, "registration", None)  # an unregistered subclass takes any module
+        model_class = family.megatron_model if family is not None and family.megatron_model else nn.Module
+        if not isinstance(inner, model_class):
+            raise TypeError(f"{name} needs a megatron.core {model_class.__name__} (optionally inside DDP / "
                             f"Float16Module / a DeepSpeed engine), got {type(inner).__name__}")
         if not (inner.pre_process and inner.post_process):
             raise ValueError(f"{name} needs the whole model on this rank (pre_process and post_process): "
@@ -97,6 +93,7 @@ class MCoreAdapter:
         return hidden.transpose(0, 1).reshape(-1, hidden.shape[-1]).index_select(0, flat.to(hidden.device))
 
 
+@register_family(ENCODER, megatron_model=BertModel)
 class MCoreBertAdapter(MCoreAdapter):
     """Early exit of a megatron-core ``BertModel`` (any wrapper with ``.module`` around it).
 
@@ -106,7 +103,6 @@ class MCoreBertAdapter(MCoreAdapter):
     layernorm), then the output weight (the tied word embeddings, or ``output_layer.weight``) and bias.
     """
 
-    model_class = BertModel
     input_key = "text"
 
     def __init__(self, model: nn.Module):

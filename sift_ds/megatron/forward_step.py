@@ -109,10 +109,15 @@ def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: b
 def telemetry(scores: torch.Tensor, kept: torch.Tensor, by_score: bool, keep_ratio: float,
               with_dropped: bool = True) -> Dict[str, torch.Tensor]:
     """The selection's ``sift/*`` ``[sum, count]`` pairs (``telemetry.selection_stats``) as the loss
-    dict carries them: Megatron sums them over the micro-batches and data-parallel ranks and shows
-    sum / count. It counts an iteration whose loss dict holds a NaN (0 / 0) as failed, so the score
-    statistics are left out where nothing was scored (warm-up) or nothing can be dropped (keep ratio 1)."""
-    stats = selection_stats(scores, kept, by_score, keep_ratio)
+    dict carries them (``loss_dict_stats``)."""
+    return loss_dict_stats(selection_stats(scores, kept, by_score, keep_ratio), by_score, with_dropped)
+
+
+def loss_dict_stats(stats: Dict[str, torch.Tensor], by_score: bool, with_dropped: bool = True) -> Dict[str, torch.Tensor]:
+    """A selection's ``sift/*`` ``[sum, count]`` pairs as the loss dict carries them: Megatron sums them
+    over the micro-batches and data-parallel ranks and shows sum / count. It counts an iteration whose
+    loss dict holds a NaN (0 / 0) as failed, so the score statistics are left out where nothing was
+    scored (warm-up) or nothing can be dropped (keep ratio 1)."""
     left_out = set() if by_score else set(SCORE_KEYS)
     if not with_dropped:
         left_out.add("sift/score_dropped_mean")

@@ -19,11 +19,13 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from torch import nn
 
+from ..registry import CAUSAL, register_family
 from .adapter import MCoreAdapter
 
 POSITION_EMBEDDINGS = ("rope", "learned_absolute", "none")
 
 
+@register_family(CAUSAL, megatron_model=GPTModel)
 class MCoreGPTAdapter(MCoreAdapter):
     """Early exit of a megatron-core ``GPTModel`` (any wrapper with ``.module`` around it).
 
@@ -33,7 +35,6 @@ class MCoreGPTAdapter(MCoreAdapter):
     None: the attention's own causal mask, as in the full model's forward).
     """
 
-    model_class = GPTModel
     input_key = "tokens"
 
     def __init__(self, model: nn.Module):

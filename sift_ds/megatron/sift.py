@@ -6,7 +6,10 @@
 
 (Megatron-LM from core_v0.18 takes ``pretrain(cfg_container, ...)`` with the same two arguments
 wrapped; ``entry.run_pretrain`` calls either form.) The early-exit adapter is found from the model's
-class (``detect_adapter``: megatron-core ``BertModel`` or ``GPTModel``). ``datasets_provider`` makes one training item ``1 / keep_ratio`` samples (``datasets.py``);
+class (``sift_ds.detect_adapter``: the registered families, megatron-core ``BertModel`` and ``GPTModel``
+among them) and checked against the config when it is first resolved (the first training
+micro-step), as the other front-ends check it (``sift_ds.frontend``). ``datasets_provider`` makes one
+training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
 the script's own ``forward_step`` (``forward_step.py``). The selection itself (warm-up subsets,
 scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
@@ -20,17 +23,13 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 from megatron.core import parallel_state
 
-from .. import selection
+from ..adapters import detect_adapter
 from ..config import SiftConfig
 from ..criteria import sequence_scores
+from ..frontend import FrontEnd, MicroSteps
 from ..selection import Selection
-from ..batching import batch_rows
-from .adapter import MCoreBertAdapter, unwrap_model
 from .datasets import gross_datasets_provider
-from .forward_step import current_iteration, num_microbatches, telemetry, wrap_forward_step
-from .gpt_adapter import MCoreGPTAdapter
-
-ADAPTERS = (MCoreBertAdapter, MCoreGPTAdapter)  # found by the model class they name (``model_class``)
+from .forward_step import current_iteration, loss_dict_stats, num_microbatches, wrap_forward_step
 
 
 def gross_factor(config: SiftConfig) -> int:
@@ -44,17 +43,6 @@ def gross_factor(config: SiftConfig) -> int:
     return factor
 
 
-def detect_adapter(model):
-    """The built-in adapter for a megatron-core model (inside any ``.module`` wrappers), by its class."""
-    inner = unwrap_model(model)
-    for factory in ADAPTERS:
-        if isinstance(inner, factory.model_class):
-            return factory(model)
-    raise TypeError(f"sift_ds.megatron has no built-in early-exit adapter for {type(inner).__name__} (built in: "
-                    f"{', '.join(a.model_class.__name__ for a in ADAPTERS)}); pass Sift(config, adapter=...) an object "
-                    "implementing sift_ds.EarlyExitAdapter with the tensor-parallel hooks (see MCoreAdapter)")
-
-
 def data_parallel_group():
     """The data-parallel group; None without model parallelism (a single-process model)."""
     return parallel_state.get_data_parallel_group() if parallel_state.model_parallel_is_initialized() else None
@@ -66,9 +54,10 @@ class Sift:
     ``iteration``: a callable giving the current training iteration (the optimizer step that
     warm-up, annealing and the seeded random choices follow). Default: Megatron's
     ``args.curr_iteration``, or a DeepSpeed engine's ``global_steps`` (Megatron-DeepSpeed).
-    ``adapter``: builds the early-exit adapter from the model (default ``detect_adapter``: megatron-core's
-    ``BertModel`` or ``GPTModel``). ``sparse_mlm_head``: the wrapped ``forward_step`` gives a ``BertModel``
-    the masked-positions-only MLM head in training (``mlm_head.py``), SIFT on or off; False keeps the dense head.
+    ``adapter``: builds the early-exit adapter from the model (default ``sift_ds.detect_adapter``: the
+    registered families, megatron-core's ``BertModel`` and ``GPTModel`` among them). ``sparse_mlm_head``:
+    the wrapped ``forward_step`` gives a ``BertModel`` the masked-positions-only MLM head in training
+    (``mlm_head.py``), SIFT on or off; False keeps the dense head.
     """
 
     def __init__(self, config: Union[SiftConfig, Callable[[], SiftConfig]],
@@ -81,9 +70,8 @@ class Sift:
         self.iteration = iteration
         self.adapter_factory = adapter
         self.sparse_mlm_head = sparse_mlm_head
-        self.last: Optional[Selection] = None  # the last selection on this rank (for inspection and tests)
-        self._adapters: Dict[int, object] = {}
-        self._micro = (None, 0)  # (iteration, forward_step calls in it)
+        self._frontend: Optional[FrontEnd] = None
+        self._micro_steps = MicroSteps()
 
     @property
     def config(self) -> SiftConfig:
@@ -96,6 +84,19 @@ class Sift:
             config.validate()
             self._config = config
         return self._config
+
+    @property
+    def frontend(self) -> FrontEnd:
+        """The shared front-end (``sift_ds.frontend``), made at the first use of the config; the
+        device is the model's, the group Megatron's data-parallel group."""
+        if self._frontend is None:
+            self._frontend = FrontEnd(self.config, group=data_parallel_group, detect=self.adapter_factory)
+        return self._frontend
+
+    @property
+    def last(self) -> Optional[Selection]:
+        """The last selection on this rank (for inspection and tests)."""
+        return self._frontend.last if self._frontend is not None else None
 
     @property
     def factor(self) -> int:
@@ -130,37 +131,31 @@ class Sift:
 
     # ------------------------------------------------------------------ scoring and selection
     def adapter(self, model):
-        key = id(model)
-        if key not in self._adapters:
-            self._adapters[key] = self.adapter_factory(model)
-        return self._adapters[key]
+        """The early-exit adapter of ``model``, resolved and checked once (``FrontEnd.adapter_for``)."""
+        return self.frontend.adapter_for(model)
 
     def scores(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """float32 [b]: early-exit scores of a Megatron batch dict (every TP rank passes the same batch
         and gets identical scores; a collective over the TP group)."""
         adapter, cfg = self.adapter(model), self.config
-        device = adapter.vocab_projection()[0].device
+        device = self.frontend.device_for(adapter)
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         return sequence_scores(adapter, cfg, batch, max_positions=0)
 
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
-        """(the kept rows, telemetry) of a gross batch ``[gross, ...]`` that every TP rank holds."""
-        cfg, factor = self.config, self.factor
-        gross = batch_rows(batch)
-        if gross % factor:
-            raise ValueError(f"a gross batch of {gross} rows is not a whole number of items of {factor} samples")
-        adapter = self.adapter(model)
-        self.last = selection.select(adapter, cfg, batch, step, micro_step, gross // factor, data_parallel_group(),
-                                     device=adapter.vocab_projection()[0].device)
-        last = self.last
-        return last.batch, telemetry(last.scores, last.kept, last.by_score, last.keep_ratio, factor > 1)
+        """(the kept rows, their loss-dict telemetry) of a gross batch ``[gross, ...]`` that every TP
+        rank holds; the telemetry window is the micro-step (Megatron reduces the loss dict itself)."""
+        self.frontend.telemetry.clear()
+        last = self.frontend.select(batch, step, micro_step, model=model)
+        return last.batch, loss_dict_stats(self.frontend.telemetry.pairs, last.by_score, self.factor > 1)
+
+    def probe(self, model, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        """The early-exit fidelity probe on a Megatron batch dict (``sift_ds.probe``): ``probe/spearman``
+        and ``probe/top_half_overlap``; a collective over the data-parallel (and TP) group."""
+        return self.frontend.probe(batch, model=model)
 
     def position(self, model) -> tuple:
         """(iteration, micro-step within it) of this forward_step call; a replayed iteration (Megatron's
         rerun machinery) gets the same micro-steps again."""
         step = int(self.iteration()) if self.iteration is not None else current_iteration(model)
-        last, count = self._micro
-        count = count if step == last else 0
-        self._micro = (step, count + 1)
-        per_iteration = num_microbatches()
-        return step, (count % per_iteration if per_iteration else count)
+        return step, self._micro_steps.next(step, num_microbatches())

@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from ..families import MODEL_TYPE_TO_ADAPTER, CausalAdapter
+from .. import registry
 from ..mlm_head import apply_sparse_mlm_head
 
 PRESETS = {
@@ -31,31 +31,14 @@ PRESETS = {
 }
 
 
-_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-FAMILY_PRESETS = {
-    # name: (model_type, config fields); debug-size models of each family with a built-in adapter
-    "tiny_roberta": ("roberta", dict(_TINY, type_vocab_size=1, max_position_embeddings=514)),
-    "tiny_xlm_roberta": ("xlm-roberta", dict(_TINY, type_vocab_size=1, max_position_embeddings=514)),
-    "tiny_electra": ("electra", dict(_TINY, embedding_size=32, max_position_embeddings=512)),
-    "tiny_distilbert": ("distilbert", dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=512)),
-    "tiny_modernbert": ("modernbert", dict(_TINY, local_attention=16, global_attn_every_n_layers=2,
-                                           max_position_embeddings=512)),
-    "tiny_deberta_v2": ("deberta-v2", dict(_TINY, relative_attention=True, position_buckets=32, norm_rel_ebd="layer_norm",
-                                           pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
-                                           conv_kernel_size=3, max_position_embeddings=512)),
-}
-
-CAUSAL_PRESETS = {
-    # name: (model_type, config fields); debug-size causal LMs (objective "clm")
-    "tiny_llama": ("llama", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 intermediate_size=176, max_position_embeddings=1024, tie_word_embeddings=False)),
-}
+def family_presets() -> dict:
+    """The debug-size presets of every registered masked-LM family (``sift_ds.registry``)."""
+    return registry.presets(registry.ENCODER)
 
 
-def is_causal(model_type: Optional[str]) -> bool:
-    """Whether ``model_type`` is a causal LM with a built-in early-exit adapter (objective "clm")."""
-    adapter = MODEL_TYPE_TO_ADAPTER.get(model_type)
-    return isinstance(adapter, type) and issubclass(adapter, CausalAdapter)
+def causal_presets() -> dict:
+    """The debug-size presets of every registered causal-LM family (objective "clm")."""
+    return registry.presets(registry.CAUSAL)
 
 
 def model_config(name: str, vocab_size: int, flag: str = "--model") -> PretrainedConfig:
@@ -64,8 +47,8 @@ def model_config(name: str, vocab_size: int, flag: str = "--model") -> Pretraine
     built-in early-exit adapter. ValueError (one line, naming ``flag`` and the path) for anything else."""
     if name in PRESETS:
         return bert_config(name, vocab_size)
-    if name in FAMILY_PRESETS or name in CAUSAL_PRESETS:
-        model_type, fields = FAMILY_PRESETS.get(name) or CAUSAL_PRESETS[name]
+    if registry.preset(name) is not None:
+        model_type, fields = registry.preset(name)
         return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, **fields)
     config = read_config(name, flag)
     config.vocab_size = vocab_size
@@ -89,12 +72,12 @@ def read_config(path: str, flag: str = "--model") -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING_NAMES:
         raise ValueError(f"{where}: the config names {'no' if model_type is None else 'an unknown'} model_type "
                          f"({model_type!r}); an HF config.json names one, e.g. \"model_type\": \"bert\"")
-    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not is_causal(model_type):
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not registry.is_causal(model_type):
         raise ValueError(f"{where}: model_type {model_type!r} is not a masked-LM model (AutoModelForMaskedLM has no "
                          "class for it)")
-    if model_type not in MODEL_TYPE_TO_ADAPTER:
+    if registry.by_model_type(model_type) is None:
         raise ValueError(f"{where}: model_type {model_type!r} has no built-in early-exit adapter (built in: "
-                         f"{', '.join(MODEL_TYPE_TO_ADAPTER)})")
+                         f"{', '.join(registry.model_types())})")
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -102,9 +85,11 @@ def read_config(path: str, flag: str = "--model") -> PretrainedConfig:
 
 
 def max_sequence_length(config: PretrainedConfig) -> int:
-    """The longest input the config's position embeddings cover: RoBERTa-style positions start after
-    the padding id (``pad_token_id + 1``), the others at 0."""
-    offset = (config.pad_token_id or 0) + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+    """The longest input the config's position embeddings cover: in a family whose positions start after
+    the padding id (RoBERTa's convention, ``positions_after_padding``) they start at ``pad_token_id + 1``,
+    in the others at 0."""
+    family = registry.by_model_type(config.model_type)
+    offset = (config.pad_token_id or 0) + 1 if family is not None and family.positions_after_padding else 0
     return config.max_position_embeddings - offset
 
 
@@ -169,7 +154,7 @@ def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implement
     if attn_implementation:
         config._attn_implementation = attn_implementation
     if objective == "clm":
-        if not is_causal(config.model_type):
+        if not registry.is_causal(config.model_type):
             raise ValueError(f"objective 'clm' needs a causal LM, got model_type {config.model_type!r}")
         return AutoModelForCausalLM.from_config(config)
     if objective not in ("mlm", "mlm+nsp"):

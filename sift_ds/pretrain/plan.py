@@ -12,12 +12,13 @@ from deepspeed.accelerator import get_accelerator
 from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
+from .. import registry
 from ..config import FREQUENCY_LOSS, SECTION, SiftConfig, load_ds_config
 from . import checkpoint, ds_check, ds_policy
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
-from .models import CAUSAL_PRESETS, FAMILY_PRESETS, PRESETS, is_causal, max_sequence_length, model_config
+from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
@@ -152,15 +153,15 @@ def check_ranges(options: PretrainOptions) -> None:
 
 def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfig:
     causal = options.objective == "clm"
-    presets = [*CAUSAL_PRESETS] if causal else [*PRESETS, *FAMILY_PRESETS]
-    if options.model not in [*PRESETS, *FAMILY_PRESETS, *CAUSAL_PRESETS] and not os.path.exists(options.model):
+    presets = [*causal_presets()] if causal else [*PRESETS, *family_presets()]
+    if options.model not in PRESETS and registry.preset(options.model) is None and not os.path.exists(options.model):
         raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(presets)}) nor an HF config path")
     config = model_config(options.model, vocab_size=options.vocab_size)
-    if causal and not is_causal(config.model_type):
+    if causal and not registry.is_causal(config.model_type):
+        causal_types = ", ".join(key for key in registry.model_types() if registry.is_causal(key))
         raise ValueError(f"--model {options.model}: model_type {config.model_type!r} is not a causal LM with a built-in "
-                         "early-exit adapter (llama, qwen2, qwen3, mistral, gpt2, gpt_neox); masked LMs train with "
-                         "launch/pretrain_bert.py")
-    if not causal and is_causal(config.model_type):
+                         f"early-exit adapter ({causal_types}); masked LMs train with launch/pretrain_bert.py")
+    if not causal and registry.is_causal(config.model_type):
         raise ValueError(f"--model {options.model}: model_type {config.model_type!r} is not a masked-LM model (a causal "
                          "LM: train it with launch/pretrain_gpt.py)")
     if config.model_type != "bert" and options.objective == "mlm+nsp":
