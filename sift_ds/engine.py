@@ -37,6 +37,7 @@ class SiftEngine:
         self.frontend = FrontEnd(sift_config, torch.device(engine.device), lambda: self.group, adapter,
                                  labels_key=labels_key)
         self.telemetry = self.frontend.telemetry
+        self.labels_key = labels_key
 
     # ------------------------------------------------------------------ pass-through
     def __getattr__(self, name: str) -> Any:
