@@ -19,6 +19,9 @@ from .kernels import BACKENDS, CRITERIA
 SECTION = "sift"
 SCOPES = ("global", "local")
 SAMPLINGS = ("topk", "rank")
+# Criteria beyond the early exit's own scores (sift_ds.row_scores): a per-block score stored by
+# launch/score_corpus.py (offline sifting), and the reducible loss against a reference model.
+STORED, REDUCIBLE = "stored", "reducible"
 
 
 def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None):
@@ -37,7 +40,9 @@ class SiftConfig:
 
     enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
     criterion: str = _key("entropy", "early-exit score: prediction entropy (the best measured) or the masked-LM "
-                                      "cross-entropy (loss, the paper's default)", CRITERIA)
+                                      "cross-entropy (loss, the paper's default); stored: a per-block score of "
+                                      "score_file (offline sifting, no model pass); reducible: z(exit-k loss) - "
+                                      "z(reference loss)", CRITERIA + (STORED, REDUCIBLE))
     exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
     keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
     warmup_steps: int = _key(0, "optimizer steps before selection starts: a uniform random subset is kept")
@@ -58,6 +63,13 @@ class SiftConfig:
     max_positions: int = _key(
         0, "score at most this many positions per row, a seeded random subset (0: every labelled position); "
            "for long causal-LM rows, where the vocabulary projection at every position would cost more than the prefix")
+
+    score_file: str = _key("", "criterion stored: the score file of launch/score_corpus.py (one score per training "
+                               "block, checked against the blocks at start-up)")
+    score_name: str = _key("", "criterion stored: which score of score_file selects (e.g. unigram_entropy, "
+                               "unique_share, frozen_entropy)")
+    reference: str = _key("", "criterion reducible: the reference model's directory (online: its loss on every gross "
+                              "batch) or a score file with its stored reference_loss per block")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -108,9 +120,30 @@ class SiftConfig:
         for key in ("random_fraction", "outlier_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
+        self._validate_criterion_inputs()
         if self.outlier_fraction + self.keep_ratio > 1.0 + 1e-9:
             raise ValueError(f"sift.outlier_fraction={self.outlier_fraction} + sift.keep_ratio={self.keep_ratio} "
                              "exceeds 1: too few rows would remain to keep")
+
+    def _validate_criterion_inputs(self) -> None:
+        """The files that criteria stored and reducible read: given when needed, present, unused otherwise."""
+        reader = {"score_file": STORED, "score_name": STORED, "reference": REDUCIBLE}
+        for key, criterion in reader.items():
+            value = getattr(self, key)
+            if criterion == self.criterion and not value:
+                raise ValueError(f"sift.{key} is required by sift.criterion={self.criterion!r}")
+            if value and criterion != self.criterion:
+                raise ValueError(f"sift.{key}={value!r} is only read by sift.criterion={criterion!r}, "
+                                 f"not {self.criterion!r}")
+        for key in ("score_file", "reference"):
+            if getattr(self, key) and not os.path.exists(getattr(self, key)):
+                raise ValueError(f"sift.{key}: no such file or directory: {getattr(self, key)}")
+
+    @property
+    def exit_criterion(self) -> Optional[str]:
+        """The early exit's per-token score the criterion is built on (the kernels' loss or entropy);
+        None for a stored score, which runs no model."""
+        return {STORED: None, REDUCIBLE: "loss"}.get(self.criterion, self.criterion)
 
     def validate_for_model(self, num_layers: int) -> None:
         if self.exit_layer > num_layers:

@@ -54,7 +54,8 @@ def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: 
     """``probe/spearman`` and ``probe/top_half_overlap`` of the exit-``cfg.exit_layer`` scores
     (``cfg.criterion``) against the full model's per-sequence loss, over every rank's probe batch
     (a collective when a process group exists; every rank must call it with same-sized batches)."""
-    early = early_exit_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel, labels_key=labels_key)
+    early = early_exit_scores(adapter, batch, cfg.exit_layer, cfg.exit_criterion or "loss", cfg.kernel,
+                              labels_key=labels_key)  # stored criteria: the exit-k loss
     full = early_exit_scores(adapter, batch, adapter.num_layers, "loss", cfg.kernel, labels_key=labels_key)
     early, full = gather_scores(early, group).cpu(), gather_scores(full, group).cpu()
     valid = torch.isfinite(early) & torch.isfinite(full)

@@ -24,6 +24,7 @@ from .adapters import EarlyExitAdapter
 from .batching import batch_rows
 from .config import SiftConfig
 from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
+from .row_scores import criterion_scores, split_row_columns
 from .scorer import check_labels, early_exit_scores, labelled_positions
 from .seeding import derive_seed
 from .telemetry import selection_stats
@@ -79,6 +80,7 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
     scope "global", and over the adapter's ``vocab_group`` when it has one.
     """
     gross = batch_rows(batch)
+    batch, columns = split_row_columns(batch)  # stored per-row scores: read here, never given to the model
     if not 0 < keep <= gross:
         raise ValueError(f"cannot keep {keep} rows of a gross batch of {gross}")
     labels = batch.get(labels_key)
@@ -110,9 +112,11 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
         return Selection(take_rows(batch, local), indices, nan_scores, local_rows_kept(local, 0, gross), warmup=True,
                          trained=trained, **common)
 
-    scores = early_exit_scores(adapter, batch, config.exit_layer, config.criterion, config.kernel, positions,
-                               labels_key, check_targets=not on_host, max_positions=config.max_positions,
-                               seed=subset_seed)
+    scores = None if config.exit_criterion is None else early_exit_scores(
+        adapter, batch, config.exit_layer, config.exit_criterion, config.kernel, positions, labels_key,
+        check_targets=not on_host, max_positions=config.max_positions, seed=subset_seed)
+    if config.exit_criterion != config.criterion:  # stored, reducible (sift_ds.row_scores)
+        scores = criterion_scores(config, scores, batch, columns, labels_key)
     if global_scope:
         everyone = selector.gather_scores(scores, group)
         indices = selector.select_by_score(everyone, keep * world, config, step, micro_step)

@@ -14,6 +14,9 @@ import torch.distributed as dist
 from transformers import set_seed
 
 from .. import initialize
+from ..config import STORED
+from ..offline.score_file import attach_scores
+from ..row_scores import is_online, reference_model
 from ..zero import full_parameters
 from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
 from .fused import fuse_layer_norms
@@ -72,6 +75,7 @@ def setup_job(plan: RunPlan) -> Job:
     tokenizer, data = prepare_data(plan)
     check_vocab(plan, len(tokenizer))
     engine, flops = build_engine(plan, tokenizer)
+    data = dataclasses.replace(data, train=attach_scores(data.train, plan.sift, tokenizer))  # criteria stored, reducible
 
     collator = make_collator(opts, tokenizer, engine.module)
     loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
@@ -125,6 +129,10 @@ def prepare_data(plan: RunPlan):
                                             opts.max_val_samples, opts.data_seed, opts.cache_dir)
     logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
                 data.num_documents, data.num_tokens, len(data.train), len(data.val), opts.seq_len, opts.objective)
+    if opts.holdout_fraction:
+        rest, holdout = data_lib.holdout_split(data.train, opts.holdout_fraction, opts.data_seed)
+        data = dataclasses.replace(data, train=holdout if opts.train_on == "holdout" else rest)
+        logger.info("holdout: %d blocks held out, %d rest; training on the %s", len(holdout), len(rest), opts.train_on)
     return tokenizer, data
 
 
@@ -180,6 +188,7 @@ def build_engine(plan: RunPlan, tokenizer):
     else:
         flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
                                          sparse_head=opts.sparse_mlm_head)
+    flops = charge_criterion(flops, plan)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer
@@ -191,6 +200,20 @@ def build_engine(plan: RunPlan, tokenizer):
                 plan.batch.micro, engine.gross_batch_size, plan.batch.grad_accum, plan.world_size, plan.batch.total,
                 json.dumps(plan.sift.to_dict()))
     return engine, flops
+
+
+def charge_criterion(flops: FlopsModel, plan: RunPlan) -> FlopsModel:
+    """The selection FLOPs of the criterion: none for a stored score; for the reducible loss with an
+    online reference, the reference model's own forward (every layer, the head on the masked
+    positions) on every gross token as well."""
+    if plan.sift.criterion == STORED:
+        return dataclasses.replace(flops, select_per_token=0.0)
+    if is_online(plan.sift):
+        reference, adapter = reference_model(plan.sift.reference, "cpu")
+        extra = FlopsModel.for_masked_lm(reference, plan.options.seq_len, adapter.num_layers,
+                                         plan.options.mlm_probability, sparse_head=True).select_per_token
+        return dataclasses.replace(flops, select_per_token=flops.select_per_token + extra)
+    return flops
 
 
 def auto_interval(value: Optional[int], max_steps: int, fraction: float, cap: int) -> int:
