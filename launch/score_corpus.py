@@ -15,29 +15,21 @@ reference_loss (the loss of the --reference model, trained with --train_on holdo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from typing import List, Optional
 
 import torch
 
-from sift_ds.offline.model_scores import model_from_checkpoint
+from sift_ds.offline.model_scores import checkpoint_model
 from sift_ds.offline.score_file import REFERENCE_LOSS, write_scores
 from sift_ds.offline.scoring import FROZEN_ENTROPY, SCORE_NAMES, score_blocks, training_cost
-from sift_ds.pretrain.cli import BERT
-from sift_ds.pretrain.job import prepare_data
+from sift_ds.offline.run_blocks import fail, run_blocks, split_argv
 from sift_ds.pretrain.loader import make_collator
-from sift_ds.pretrain.models import build_model, set_special_tokens
-from sift_ds.pretrain.plan import resolve_plan
 from transformers import AutoModelForMaskedLM
 
 PROG = "score_corpus.py"
 
-
-def fail(message) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,33 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, run_args = split_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
     names = [n.strip() for n in args.scores.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCORE_NAMES]
     if unknown or not names:
-        fail(f"--scores {args.scores!r}: unknown score(s) {unknown}; known: {', '.join(SCORE_NAMES)}")
+        fail(PROG, f"--scores {args.scores!r}: unknown score(s) {unknown}; known: {', '.join(SCORE_NAMES)}")
     if FROZEN_ENTROPY in names and not args.checkpoint:
-        fail(f"--scores {FROZEN_ENTROPY} needs --checkpoint")
+        fail(PROG, f"--scores {FROZEN_ENTROPY} needs --checkpoint")
     if REFERENCE_LOSS in names and not args.reference:
-        fail(f"--scores {REFERENCE_LOSS} needs --reference")
-    options = BERT.parse_args(passthrough)
-    if not options.tokenizer:
-        fail("the pretraining arguments must name the run's tokenizer (--tokenizer): the blocks depend on it")
+        fail(PROG, f"--scores {REFERENCE_LOSS} needs --reference")
     try:
-        plan = resolve_plan(options, world_size=1, create_output_dir=False)
-        tokenizer, data = prepare_data(plan)
+        plan, tokenizer, data = run_blocks(run_args)
         exit_model = reference = None
         if args.checkpoint:
-            config = copy.deepcopy(plan.model_config)
-            config.vocab_size = len(tokenizer)
-            set_special_tokens(config, tokenizer)
-            exit_model = model_from_checkpoint(build_model(config, options.objective), args.checkpoint)
+            exit_model = checkpoint_model(plan, tokenizer, args.checkpoint)
         if args.reference:
             reference = AutoModelForMaskedLM.from_pretrained(args.reference)
         model = exit_model if exit_model is not None else reference
-        collator = make_collator(options, tokenizer, model) if model is not None else None
+        collator = make_collator(plan.options, tokenizer, model) if model is not None else None
         with torch.no_grad():
             scores, about = score_blocks(names, data.train, collator, exit_model, args.exit_layer, reference,
                                          args.masks, args.batch_size, args.seed)
@@ -92,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             about[REFERENCE_LOSS]["reference_training"] = training_cost(args.reference)
         meta = write_scores(args.out, scores, data.train, tokenizer, about)
     except (ValueError, FileNotFoundError, OSError) as err:
-        fail(err)
+        fail(PROG, err)
     print(f"{PROG}: wrote {args.out}: {meta['num_blocks']} blocks, scores {', '.join(scores)}")
     print(json.dumps(meta["scores"], indent=1))
     return 0

@@ -16,6 +16,7 @@ from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.tokenizer import batched_texts, train_wordpiece
 
 SCORE_CORPUS = os.path.join(REPO, "launch", "score_corpus.py")
+KEPT_DROPPED = os.path.join(REPO, "launch", "kept_dropped.py")
 
 
 def ok(proc):
@@ -46,6 +47,14 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     assert 0 < values["unique_share"].min() and values["unique_share"].max() <= 1
     cost = meta["scores"]["reference_loss"]["reference_training"]
     assert cost["steps"] == 2 and cost["samples"] == metrics(reference)[-1]["samples"] > 0
+
+    # What a stored unique-token share keeps: the blocks of the higher shares, by the tool's own count.
+    table = ok(subprocess.run([sys.executable, KEPT_DROPPED, "--checkpoint", reference / "checkpoints" / "global_step2",
+                               "--batches", "4", "--", *common, "--sift_criterion", "stored", "--sift_score_file",
+                               scores, "--sift_score_name", "unique_share"], cwd=REPO, env=cpu_env(),
+                              capture_output=True, text=True, timeout=300)).stdout
+    row = next(line for line in table.splitlines() if line.startswith("| unique_share |")).split("|")
+    assert float(row[2]) > float(row[3]) and "Examples, kept:" in table
 
     # Criterion stored: an uninterrupted run, and the same run stopped at step 3 and resumed.
     stored = common + ["--sift_criterion", "stored", "--sift_score_file", scores, "--sift_score_name", "frozen_entropy"]

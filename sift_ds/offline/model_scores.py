@@ -9,6 +9,7 @@ estimate of the expected score over masks, closer the more masks are drawn.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from ..adapters import detect_adapter
 from ..pretrain.checkpoint import weights_only_loads
+from ..pretrain.models import build_model, set_special_tokens
 from ..scorer import early_exit_scores
 
 SCORE_STREAM = 0x5C0_4E5  # seed-sequence tag of the scoring masks (apart from training and validation masks)
@@ -58,3 +60,12 @@ def model_from_checkpoint(model, checkpoint_dir: str):
         state = torch.load(path, map_location="cpu")
     model.load_state_dict(state["module"])
     return model
+
+
+def checkpoint_model(plan, tokenizer, checkpoint_dir: str):
+    """The model of a pretraining ``RunPlan`` (its config, the tokenizer's vocabulary) with the weights
+    of ``checkpoint_dir``."""
+    config = copy.deepcopy(plan.model_config)
+    config.vocab_size = len(tokenizer)
+    set_special_tokens(config, tokenizer)
+    return model_from_checkpoint(build_model(config, plan.options.objective), checkpoint_dir)
