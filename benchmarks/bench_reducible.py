@@ -8,9 +8,9 @@ Times ``sift_ds.selection.select`` on one rank's gross batch (random token ids, 
 entropy at exit k (the baseline), reducible with a stored reference (the exit-k loss plus a column:
 no extra model), and reducible online (plus the reference model's full forward on the gross batch),
 with the training forward + backward of the kept micro-batch for scale; median of --reps after one
-warm-up. Beside each, the FLOPs model's count (``sift_ds.pretrain.metrics.FlopsModel``): the
-selection pass per gross token, plus for online the reference model's own forward (every layer, the
-head on the masked positions), against the training pass on the kept tokens. Prints a Markdown table.
+warm-up. Beside each, the job's FLOPs model (``sift_ds.pretrain.metrics.charge_criterion``): the selection
+pass per gross token, plus for online the reference model's own forward (every layer, the head on
+the masked positions), against the training pass on the kept tokens. Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from transformers import BertConfig
 
 from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
-from sift_ds.pretrain.metrics import FlopsModel
+from sift_ds.pretrain.metrics import FlopsModel, charge_criterion
 from sift_ds.pretrain.models import build_model
 from sift_ds.row_scores import REFERENCE_COLUMN
 from sift_ds.selection import select
@@ -90,6 +90,9 @@ def main() -> None:
         with_column = {**batch, REFERENCE_COLUMN: torch.rand(gross, dtype=torch.float64)}
         seconds = {name: timed(lambda c=cfg: select(adapter, c, with_column, 0, 0, args.micro, device=device),
                                args.reps, device) for name, cfg in configs.items()}
+        flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, 0.15, sparse_head=True)
+        select_per_token = {name: charge_criterion(flops, cfg, args.seq_len, 0.15).select_per_token
+                            for name, cfg in configs.items()}
     kept = {k: v[: args.micro].to(device) for k, v in batch.items()}
 
     def train():
@@ -98,14 +101,10 @@ def main() -> None:
 
     model.train()
     seconds["train forward + backward (kept rows)"] = timed(train, args.reps, device)
-    flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, 0.15, sparse_head=True)
     ref_layers = detect_adapter(reference).num_layers
-    ref_flops = FlopsModel.for_masked_lm(reference, args.seq_len, ref_layers, 0.15, sparse_head=True).select_per_token
     gross_tokens, train_tokens = gross * args.seq_len, args.micro * args.seq_len
-    model_flops = {"entropy": flops.select_per_token * gross_tokens,
-                   "reducible, stored reference": flops.select_per_token * gross_tokens,
-                   "reducible, online reference": (flops.select_per_token + ref_flops) * gross_tokens,
-                   "train forward + backward (kept rows)": flops.train_per_token * train_tokens / 1.0}
+    model_flops = {name: per_token * gross_tokens for name, per_token in select_per_token.items()}
+    model_flops["train forward + backward (kept rows)"] = flops.train_per_token * train_tokens
     train_s, train_f = seconds["train forward + backward (kept rows)"], model_flops["train forward + backward (kept rows)"]
     print(f"device {device}, model {os.path.basename(args.model)}, reference {os.path.basename(args.reference)} "
           f"({ref_layers} layers), seq {args.seq_len}, gross {gross} -> micro {args.micro}, exit {args.exit_layer}, "

@@ -14,16 +14,14 @@ import torch.distributed as dist
 from transformers import set_seed
 
 from .. import initialize
-from ..config import STORED
 from ..offline.score_file import attach_scores
-from ..row_scores import is_online, reference_model
 from ..zero import full_parameters
 from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
 from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
-from .metrics import FlopsModel, MetricsLogger
+from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
@@ -188,7 +186,7 @@ def build_engine(plan: RunPlan, tokenizer):
     else:
         flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
                                          sparse_head=opts.sparse_mlm_head)
-    flops = charge_criterion(flops, plan)
+    flops = charge_criterion(flops, plan.sift, opts.seq_len, opts.mlm_probability)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer
@@ -200,20 +198,6 @@ def build_engine(plan: RunPlan, tokenizer):
                 plan.batch.micro, engine.gross_batch_size, plan.batch.grad_accum, plan.world_size, plan.batch.total,
                 json.dumps(plan.sift.to_dict()))
     return engine, flops
-
-
-def charge_criterion(flops: FlopsModel, plan: RunPlan) -> FlopsModel:
-    """The selection FLOPs of the criterion: none for a stored score; for the reducible loss with an
-    online reference, the reference model's own forward (every layer, the head on the masked
-    positions) on every gross token as well."""
-    if plan.sift.criterion == STORED:
-        return dataclasses.replace(flops, select_per_token=0.0)
-    if is_online(plan.sift):
-        reference, adapter = reference_model(plan.sift.reference, "cpu")
-        extra = FlopsModel.for_masked_lm(reference, plan.options.seq_len, adapter.num_layers,
-                                         plan.options.mlm_probability, sparse_head=True).select_per_token
-        return dataclasses.replace(flops, select_per_token=flops.select_per_token + extra)
-    return flops
 
 
 def auto_interval(value: Optional[int], max_steps: int, fraction: float, cap: int) -> int:
