@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3, help="example texts per side")
     p.add_argument("--title", help="the report's heading (default: the criterion and the checkpoint)")
     p.add_argument("--out", help="also write the report to this Markdown file")
+    p.add_argument("--save_selection", metavar="NPZ", help="also write the block indices and kept flags (numpy .npz: "
+                                                           "block, kept), to compare two criteria's selections")
     return p
 
 
@@ -61,11 +63,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.checkpoint.rstrip("/")).removeprefix("global_step") or 0)
         step = max(sift.warmup_steps, first)
         adapter, rows = detect_adapter(model), train.with_format("numpy")
-        profiles, kept, texts = [], [], []
+        profiles, kept, texts, blocks = [], [], [], []
         for position in range(first, first + args.batches):
             epoch, p = divmod(position, loader.batches_per_epoch)
             sel = select(adapter, sift, loader.batch_at(epoch, p), step, 0, plan.batch.micro)
             block_ids = loader.indices(epoch, p)
+            blocks += block_ids.tolist()
             chunk = rows[block_ids.tolist()]
             for i in range(len(block_ids)):
                 text = tokenizer.decode(chunk["input_ids"][i], skip_special_tokens=True)
@@ -80,6 +83,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                            f"gross batches from batch {first}, model {args.checkpoint}")
     text = report(result, title)
     print(text)
+    if args.save_selection:
+        np.savez(args.save_selection, block=np.array(blocks), kept=np.array(kept, dtype=bool))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
