@@ -112,20 +112,22 @@ def test_loader_and_selection_keep_exactly_the_blocks_of_the_highest_stored_scor
     assert warm.warmup and SCORE_COLUMN not in warm.batch
 
 
-def test_frozen_entropy_of_every_block_matches_a_float64_hf_forward(tokenizer):
-    """Mean over maskings of the exit-1 entropy, each masking re-made from its seed key and scored by
-    ``output_hidden_states`` + ``cls.predictions`` in float64."""
+@pytest.mark.parametrize("exit_layer, criterion", [(1, "entropy"), (3, "loss")], ids=["frozen_entropy", "reference_loss"])
+def test_model_scores_of_every_block_match_a_float64_hf_forward(tokenizer, exit_layer, criterion):
+    """Mean over maskings of the exit-1 entropy (frozen_entropy) or of the whole model's loss
+    (reference_loss), each masking re-made from its seed key and scored by ``output_hidden_states``
+    + ``cls.predictions`` in float64."""
     blocks = blocks_of(n=10)
     model = spread_weights(tiny_bert(layers=3, seed=4), 5)
     collator = MaskingCollator(tokenizer, mlm_probability=0.3)
-    got = block_model_scores(model, blocks, collator, exit_layer=1, criterion="entropy", masks=3, batch_size=4, seed=7)
+    got = block_model_scores(model, blocks, collator, exit_layer, criterion, masks=3, batch_size=4, seed=7)
     rows = blocks.with_format("numpy")
     want = np.zeros(len(blocks))
     count = np.zeros(len(blocks))
     for chunk, start in enumerate(range(0, len(blocks), 4)):
         for m in range(3):
             batch = collator(rows[start : start + 4], 7, SCORE_STREAM, chunk, m)
-            ref = hf_reference_scores(model, batch, 1, "entropy").numpy()
+            ref = hf_reference_scores(model, batch, exit_layer, criterion).numpy()
             finite = np.isfinite(ref)
             want[start : start + len(ref)] += np.where(finite, ref, 0)
             count[start : start + len(ref)] += finite
