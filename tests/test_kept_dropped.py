@@ -13,12 +13,13 @@ CODE = "static int probe ( struct device * dev ) { if ( ! dev ) return - einval 
 HTML = "< html > < body > < p > see the < a href = x > manual < / a > < / p >"
 ROFF = ". TH LS 1 . SH NAME ls \\ fB list \\ fR directory contents"
 BARS = "| option | default | meaning | unit |"
-RULE = "name value + - - - - - - - + - - - - + first 1"
+RULE = "= = = = = = = = = = = = name value = = = = = = = = = = = = first 1 second 2 = = = = = = = = = = = ="
+HEADING = "configuration = = = = = = = = = = = = = the options below set the driver up"
 
 
 @pytest.mark.parametrize("text, kinds", [
     (PROSE, set()), (CODE, {"code"}), (HTML, {"markup"}), (ROFF, {"markup"}), (BARS, {"table"}),
-    (RULE, {"table"}), ("a ( b ) c = d", set()),
+    (RULE, {"table"}), (HEADING, set()), ("a ( b ) c = d", set()),
 ])
 def test_detectors(text, kinds):
     assert {k for k, f in (("code", is_code), ("markup", is_markup), ("table", is_table)) if f(text)} == kinds

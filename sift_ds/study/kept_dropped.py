@@ -6,11 +6,14 @@ line breaks lost), so they look at characters and token patterns, not at layout:
 
 * **code**: at least ``CODE_MIN`` of the non-space characters, and at least ``CODE_DENSITY`` of them,
   are among ``{ } [ ] ; = _ * &`` (prose stays near 0.01; C, shell and config snippets run at 0.08
-  and more; parentheses, angle brackets and bars are left out: prose, markup and tables use them);
+  and more; parentheses, angle brackets and bars are left out, as are rules of ``-``, ``=``, ``+``:
+  prose, markup, titles and tables use them);
 * **markup**: at least ``MARKUP_HITS`` matches of a tag (``< tag``, ``< / tag``), a roff request or
   font escape (``.TH``, ``.SH``, ``\\fB``), or a reStructuredText / Markdown construct (``..``
   directive, ``:role:``, ``**``, ``##``);
-* **table**: at least ``TABLE_BARS`` column bars ``|``, or a rule of at least six ``-``, ``=`` or ``+``.
+* **table**: at least ``TABLE_BARS`` column bars ``|``, or at least ``TABLE_RULES`` rules (runs of six or
+  more ``-``, ``=`` or ``+``): a grid or simple reStructuredText table has a rule above, below and
+  under its header, where a section title's underline (and overline) makes one or two.
 
 A block can be several of these at once; the shares are per kind.
 """
@@ -32,12 +35,13 @@ MARKUP = re.compile(r"<\s*/?\s*[A-Za-z][A-Za-z0-9]*|(?:^|\s)\.\s?[A-Z]{1,2}\b|\\
 MARKUP_HITS = 3
 TABLE_RULE = re.compile(r"(?:[-=+]\s*){6,}")
 TABLE_BARS = 4
+TABLE_RULES = 3
 KINDS = ("code", "markup", "table")
 MEASURES = ("length", "documents", "unique_share", "unigram_entropy") + tuple(f"{k}_share" for k in KINDS)
 
 
 def is_code(text: str) -> bool:
-    chars = [c for c in text if not c.isspace()]
+    chars = [c for c in TABLE_RULE.sub(" ", text) if not c.isspace()]  # rules (underlines, table borders) aside
     hits = sum(c in CODE_CHARS for c in chars)
     return hits >= CODE_MIN and hits / len(chars) >= CODE_DENSITY
 
@@ -47,7 +51,7 @@ def is_markup(text: str) -> bool:
 
 
 def is_table(text: str) -> bool:
-    return text.count("|") >= TABLE_BARS or TABLE_RULE.search(text) is not None
+    return text.count("|") >= TABLE_BARS or len(TABLE_RULE.findall(text)) >= TABLE_RULES
 
 
 def text_kinds(text: str) -> Dict[str, bool]:
