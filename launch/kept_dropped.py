@@ -27,7 +27,7 @@ from sift_ds.offline.score_file import attach_scores
 from sift_ds.offline.run_blocks import fail, run_blocks, split_argv
 from sift_ds.pretrain.loader import GrossBatchLoader, make_collator
 from sift_ds.selection import select
-from sift_ds.study.kept_dropped import block_profile, compare, report
+from sift_ds.study.kept_dropped import block_profile, compare, kept_agreement, report
 
 PROG = "kept_dropped.py"
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the report to this Markdown file")
     p.add_argument("--save_selection", metavar="NPZ", help="also write the block indices and kept flags (numpy .npz: "
                                                            "block, kept), to compare two criteria's selections")
+    p.add_argument("--against", metavar="NPZ", help="another criterion's --save_selection over the same batches: "
+                                                    "report the share of its kept rows this selection keeps too")
     return p
 
 
@@ -77,11 +79,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 texts.append(text)
             kept += sel.kept.cpu().tolist()
         result = compare(profiles, np.array(kept), texts, args.examples)
+        agreement = None
+        if args.against:
+            with np.load(args.against) as other:
+                agreement = kept_agreement(np.array(blocks), np.array(kept), other["block"], other["kept"])
     except (ValueError, FileNotFoundError, OSError) as err:
         fail(PROG, err)
     title = args.title or (f"{sift.criterion} at exit {sift.exit_layer}, keep {sift.keep_ratio}: {args.batches} "
                            f"gross batches from batch {first}, model {args.checkpoint}")
     text = report(result, title)
+    if agreement is not None:
+        text += (f"\nOf the rows that {args.against} keeps, this selection keeps {agreement:.3f} "
+                 f"(chance: the keep ratio, {sift.keep_ratio}).\n")
     print(text)
     if args.save_selection:
         np.savez(args.save_selection, block=np.array(blocks), kept=np.array(kept, dtype=bool))

@@ -6,7 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sift_ds.study.kept_dropped import MEASURES, block_profile, compare, is_code, is_markup, is_table, report
+from sift_ds.study.kept_dropped import (MEASURES, block_profile, compare, is_code, is_markup, is_table, kept_agreement,
+                                      report)
 
 PROSE = "the kernel schedules tasks on every processor, and the scheduler balances the load between them."
 CODE = "static int probe ( struct device * dev ) { if ( ! dev ) return - einval ; dev _ set _ drvdata ( dev , p ) ; }"
@@ -56,3 +57,13 @@ def test_kept_and_dropped_means_and_examples():
     assert "| code_share | 0.6667 | 0 | +0.667 |" in text and f"* `{CODE[:20]}`" in text
     with pytest.raises(ValueError, match="kept and dropped blocks are both needed"):
         compare(profiles, np.ones(6, dtype=bool), texts)
+
+
+def test_agreement_of_two_selections():
+    blocks = np.array([4, 9, 1, 7, 3, 8])
+    a = np.array([True, True, False, False, True, False])
+    b = np.array([True, False, True, False, True, False])
+    assert kept_agreement(blocks, a, blocks, b) == pytest.approx(2 / 3)
+    assert kept_agreement(blocks, a, blocks, a) == 1.0
+    with pytest.raises(ValueError, match="different blocks"):
+        kept_agreement(blocks, a, blocks[::-1], b)

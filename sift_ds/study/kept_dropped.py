@@ -102,6 +102,15 @@ def compare(profiles: Sequence[Dict[str, float]], kept: Sequence[bool], texts: S
     return KeptDropped(means["kept"], means["dropped"], {k: int(v.sum()) for k, v in side.items()}, shown)
 
 
+def kept_agreement(blocks: np.ndarray, kept: np.ndarray, other_blocks: np.ndarray, other_kept: np.ndarray) -> float:
+    """The share of the other selection's kept rows that this one keeps too, over the same gross
+    batches (0.5: chance at keep ratio 0.5; 1: the same rows)."""
+    if not np.array_equal(np.asarray(blocks), np.asarray(other_blocks)):
+        raise ValueError("the two selections are over different blocks: use the same run arguments and batches")
+    other_kept = np.asarray(other_kept, dtype=bool)
+    return float((np.asarray(kept, dtype=bool) & other_kept).sum() / max(1, other_kept.sum()))
+
+
 def one_line(text: str) -> str:
     """An example text as one line of Markdown code (its backticks turned into quotes)."""
     return " ".join(text.replace("`", "'").split())
