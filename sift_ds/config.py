@@ -19,9 +19,11 @@ from .kernels import BACKENDS, CRITERIA
 SECTION = "sift"
 SCOPES = ("global", "local")
 SAMPLINGS = ("topk", "rank")
-# Criteria beyond the early exit's own scores (sift_ds.row_scores): a per-block score stored by
-# launch/score_corpus.py (offline sifting), and the reducible loss against a reference model.
-STORED, REDUCIBLE = "stored", "reducible"
+# The selection criteria: the kernels' scores (mean loss, entropy), then those of ``sift_ds.criteria``:
+# freq_loss, importance, and (``sift_ds.row_scores``) a stored per-block score and the reducible loss.
+FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
+SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
+FREQUENCY_BASELINES = ("running", "unigram")
 
 
 def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None):
@@ -39,10 +41,12 @@ class SiftConfig:
     """
 
     enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
-    criterion: str = _key("entropy", "early-exit score: prediction entropy (the best measured) or the masked-LM "
-                                      "cross-entropy (loss, the paper's default); stored: a per-block score of "
-                                      "score_file (offline sifting, no model pass); reducible: z(exit-k loss) - "
-                                      "z(reference loss)", CRITERIA + (STORED, REDUCIBLE))
+    criterion: str = _key("entropy", "early-exit score: prediction entropy (the best measured), the masked-LM "
+                                      "cross-entropy (loss, the paper's default), the loss minus a per-token-id "
+                                      "baseline (freq_loss), unbiased importance sampling by the gradient-norm "
+                                      "bound (importance), a per-block score of score_file (stored: offline "
+                                      "sifting, no model pass) or z(exit-k loss) - z(reference loss) (reducible)",
+                          SELECTION_CRITERIA)
     exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
     keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
     warmup_steps: int = _key(0, "optimizer steps before selection starts: a uniform random subset is kept")
@@ -60,16 +64,25 @@ class SiftConfig:
         "topk", "topk: the highest scores; rank: sample rows with probability percentile^(1/keep - 1) of their "
                 "score rank (Composer SelectiveBackprop)", SAMPLINGS)
     outlier_fraction: float = _key(0.0, "drop this top share of the scores (noisy, unlearnable rows) before selecting")
+    frequency_baseline: str = _key(
+        "running", "freq_loss's per-token-id baseline: a running mean of the exit loss per target id (running) or "
+                   "the corpus unigram -log p of the target id (unigram, from frequency_table)", FREQUENCY_BASELINES)
+    frequency_table: str = _key(
+        "", "freq_loss with frequency_baseline unigram: a .npy file of token counts per vocabulary id "
+            "(sift_ds.criteria.save_unigram_counts; the pretraining job writes it from its training split)")
+    baseline_decay: float = _key(
+        0.9, "freq_loss with frequency_baseline running: the per-id mean moves by (1 - decay) towards the id's "
+             "mean exit loss of each selection that scores it (0 <= decay < 1)")
+    importance_mix: float = _key(
+        0.5, "importance: the uniform share lambda of the sampling probability p_i = (1 - lambda) g_i / sum g + "
+             "lambda / N (0 < lambda <= 1: every row can be drawn, so the 1 / (N p_i) weights stay bounded)")
     max_positions: int = _key(
         0, "score at most this many positions per row, a seeded random subset (0: every labelled position); "
            "for long causal-LM rows, where the vocabulary projection at every position would cost more than the prefix")
-
-    score_file: str = _key("", "criterion stored: the score file of launch/score_corpus.py (one score per training "
-                               "block, checked against the blocks at start-up)")
-    score_name: str = _key("", "criterion stored: which score of score_file selects (e.g. unigram_entropy, "
-                               "unique_share, frozen_entropy)")
-    reference: str = _key("", "criterion reducible: the reference model's directory (online: its loss on every gross "
-                              "batch) or a score file with its stored reference_loss per block")
+    score_file: str = _key("", "criterion stored: the score file of launch/score_corpus.py (scores per training block)")
+    score_name: str = _key("", "criterion stored: which score of score_file selects (e.g. unique_share)")
+    reference: str = _key("", "criterion reducible: the reference model's directory (online) or a score file with its "
+                              "stored reference_loss per block")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -120,6 +133,17 @@ class SiftConfig:
         for key in ("random_fraction", "outlier_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
+        if not 0.0 <= float(self.baseline_decay) < 1.0:
+            raise ValueError(f"sift.baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if not 0.0 < float(self.importance_mix) <= 1.0:
+            raise ValueError(f"sift.importance_mix must be in (0, 1], got {self.importance_mix}")
+        if (self.criterion == FREQUENCY_LOSS and self.frequency_baseline == "unigram" and self.enabled
+                and not self.frequency_table):
+            raise ValueError("sift.frequency_table must name a .npy file of token counts when sift.criterion is "
+                             "'freq_loss' with sift.frequency_baseline 'unigram'")
+        if self.criterion == IMPORTANCE and not self.plain_topk:
+            raise ValueError("sift.criterion='importance' samples rows itself: sift.sampling must be 'topk' and "
+                             "sift.anneal_end_step, sift.random_fraction, sift.outlier_fraction 0")
         self._validate_criterion_inputs()
         if self.outlier_fraction + self.keep_ratio > 1.0 + 1e-9:
             raise ValueError(f"sift.outlier_fraction={self.outlier_fraction} + sift.keep_ratio={self.keep_ratio} "
@@ -135,15 +159,8 @@ class SiftConfig:
             if value and criterion != self.criterion:
                 raise ValueError(f"sift.{key}={value!r} is only read by sift.criterion={criterion!r}, "
                                  f"not {self.criterion!r}")
-        for key in ("score_file", "reference"):
-            if getattr(self, key) and not os.path.exists(getattr(self, key)):
-                raise ValueError(f"sift.{key}: no such file or directory: {getattr(self, key)}")
-
-    @property
-    def exit_criterion(self) -> Optional[str]:
-        """The early exit's per-token score the criterion is built on (the kernels' loss or entropy);
-        None for a stored score, which runs no model."""
-        return {STORED: None, REDUCIBLE: "loss"}.get(self.criterion, self.criterion)
+            if value and key != "score_name" and not os.path.exists(value):
+                raise ValueError(f"sift.{key}: no such file or directory: {value}")
 
     def validate_for_model(self, num_layers: int) -> None:
         if self.exit_layer > num_layers:

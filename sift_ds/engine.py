@@ -17,6 +17,7 @@ from .batching import batch_rows
 from .config import SiftConfig
 from .selection import Selection
 from .telemetry import SelectionTelemetry
+from .weighted_loss import weighted_output_loss
 
 
 class SiftEngine:
@@ -87,7 +88,9 @@ class SiftEngine:
         t0 = timer.now()
         sel = self.select(batch)
         t1 = timer.now()
-        loss = _loss_of(self.engine(**sel.batch))
+        output = self.engine(**sel.batch)
+        loss = _loss_of(output) if sel.weights is None else weighted_output_loss(output, sel.batch, sel.weights,
+                                                                                 self.labels_key)
         self.engine.backward(loss)
         self.engine.step()
         self.telemetry.clear()

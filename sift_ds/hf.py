@@ -34,9 +34,11 @@ from . import kernels, selection
 from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import batch_rows
 from .config import SECTION, SiftConfig, load_ds_config
+from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
 from .telemetry import SelectionTelemetry
+from .weighted_loss import ROW_WEIGHTS_KEY, weighted_output_loss
 
 __all__ = ["SiftTrainer", "apply_sparse_mlm_head", "sift_config_for"]
 
@@ -92,6 +94,7 @@ class SiftTrainer(Trainer):
         self.sift_telemetry = SelectionTelemetry(self.args.device)
         self._step_marks = None  # (start, selection done) of the step whose end is not marked yet
         self.last_selections: list = []  # the last optimizer step's selections (for inspection and tests)
+        self.add_callback(CriterionStateCallback(self))  # freq_loss's running baseline in the checkpoints
 
     # ------------------------------------------------------------------ selection
     @property
@@ -116,6 +119,11 @@ class SiftTrainer(Trainer):
                                 keep if cfg.enabled else rows, None, device=self.args.device)
 
     # ------------------------------------------------------------------ Trainer hooks
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer's ``train``; a resumed run first restores the criterion state (``hf_checkpoint``)."""
+        load_criterion_state(self, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def call_model_init(self, trial=None):
         """Trainer's ``model_init`` call, the model it makes with the sparse head (``sparse_mlm_head``)."""
         model = super().call_model_init(trial)
@@ -145,8 +153,23 @@ class SiftTrainer(Trainer):
             self.last_selections.append(self.select(gross, micro_step))
             self.sift_telemetry.add(self.last_selections[-1].stats())
         self._step_marks = (start, timer.now())
-        kept = [sel.batch for sel in self.last_selections]
+        kept = [sel.batch if sel.weights is None else {**sel.batch, ROW_WEIGHTS_KEY: sel.weights}
+                for sel in self.last_selections]
         return super().get_batch_samples(iter(kept), len(kept), device)
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """Trainer's loss; rows drawn by importance sampling (``Selection.weights``) weight their tokens'
+        losses, with the model's own normalisation (``num_items_in_batch`` when the model takes it)."""
+        weights = inputs.pop(ROW_WEIGHTS_KEY, None)
+        if weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        batch = dict(inputs)  # Trainer may pop the labels
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        weighted = weighted_output_loss(outputs, batch, weights, num_items=items)
+        # Trainer's own scaling of the model's loss (token averaging across devices), applied alike.
+        weighted = weighted * (loss.detach() / outputs["loss"].detach().clamp_min(1e-30))
+        return (weighted, outputs) if return_outputs else weighted
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         """Training logs (those with ``loss``) also carry the window's ``sift/*`` means over all ranks."""

@@ -155,10 +155,35 @@ def early_exit_scores(
     return kernels.reduce_to_sequences(token, seq, num_seqs)
 
 
+# The per-token statistics ``early_exit_token_statistic`` computes: the kernels' criteria, and the
+# gradient-norm bound of importance sampling (``kernels.token_gradient_norms``).
+GRADIENT_NORM = "gradnorm"
+STATISTICS = kernels.CRITERIA + (GRADIENT_NORM,)
+
+
 @torch.no_grad()
+def early_exit_token_statistic(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int,
+                               statistic: str = "loss", backend: str = "auto", positions: Optional[tuple] = None,
+                               labels_key: str = "labels", check_targets: bool = True, max_positions: int = 0,
+                               seed: int = 0):
+    """(float32 [N] the per-token ``statistic`` (one of ``STATISTICS``) at the scored positions after
+    ``exit_layer`` layers, int64 [N] their target ids, int64 [N] the row of each), in flat position
+    order; the arguments are ``early_exit_scores``'s. No host sync with ``check_targets=False``."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed) as (
+            rows, weight, bias, targets, seq):
+        if statistic != GRADIENT_NORM:
+            return _token_scores(adapter, rows, weight, bias, targets, statistic, backend, check_targets), targets, seq
+        if vocab_group(adapter) is not None:
+            raise ValueError("the gradient-norm statistic (sift.criterion='importance') needs the whole vocabulary "
+                             "head on each rank: a vocabulary-parallel head is not supported")
+        return kernels.token_gradient_norms(rows, weight, bias, targets, check_targets=check_targets), targets, seq
+
+
 def early_exit_token_scores(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int,
                             criterion: str = "loss", backend: str = "auto"):
     """(float32 [N] per-token CE or entropy at the labelled positions after ``exit_layer`` layers,
     int64 [N] the row of each token), in flat position order: what ``early_exit_scores`` averages."""
-    with _head_inputs(adapter, batch, exit_layer, None, "labels") as (rows, weight, bias, targets, seq):
-        return _token_scores(adapter, rows, weight, bias, targets, criterion, backend, True), seq
+    token, _, seq = early_exit_token_statistic(adapter, batch, exit_layer, criterion, backend)
+    return token, seq

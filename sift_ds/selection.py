@@ -19,13 +19,13 @@ from typing import Dict, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from . import selector
-from .adapters import EarlyExitAdapter
+from . import criteria, importance, kernels, selector
+from .adapters import EarlyExitAdapter, aligned_labels
 from .batching import batch_rows
-from .config import SiftConfig
+from .config import IMPORTANCE, SiftConfig
 from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
-from .row_scores import criterion_scores, split_row_columns
-from .scorer import check_labels, early_exit_scores, labelled_positions
+from .row_scores import split_row_columns
+from .scorer import check_labels, labelled_positions
 from .seeding import derive_seed
 from .telemetry import selection_stats
 
@@ -50,6 +50,10 @@ class Selection:
     step: int = 0  # the optimizer step and micro-step within it that the random choices followed
     micro_step: int = 0
     keep_ratio: float = 1.0  # the effective keep ratio of the step (annealing)
+    # Criterion "importance" only: float32 [keep], the factor of each trained row's token losses in
+    # the training loss (``sift_ds.importance``; the loss's token-mean normalisation is unchanged).
+    # None: every row counts once (all other criteria, the warm-up).
+    weights: Optional[torch.Tensor] = None
 
     def stats(self) -> Dict[str, torch.Tensor]:
         """The ``sift/*`` statistics as ``[sum, count]`` device pairs (``telemetry.selection_stats``)."""
@@ -112,11 +116,11 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
         return Selection(take_rows(batch, local), indices, nan_scores, local_rows_kept(local, 0, gross), warmup=True,
                          trained=trained, **common)
 
-    scores = None if config.exit_criterion is None else early_exit_scores(
-        adapter, batch, config.exit_layer, config.exit_criterion, config.kernel, positions, labels_key,
-        check_targets=not on_host, max_positions=config.max_positions, seed=subset_seed)
-    if config.exit_criterion != config.criterion:  # stored, reducible (sift_ds.row_scores)
-        scores = criterion_scores(config, scores, batch, columns, labels_key)
+    scores = criteria.sequence_scores(adapter, config, batch, positions, labels_key, check_targets=not on_host,
+                                      seed=subset_seed, group=group, update=True, columns=columns)
+    if config.criterion == IMPORTANCE:
+        return _importance_selection(adapter, config, batch, scores, keep, group, world if global_scope else 1, rank,
+                                     labels_key, common)
     if global_scope:
         everyone = selector.gather_scores(scores, group)
         indices = selector.select_by_score(everyone, keep * world, config, step, micro_step)
@@ -126,3 +130,31 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
         indices = selector.select_by_score(scores, keep, config, step, micro_step)
         kept, trained, kept_mask = take_rows(batch, indices), None, local_rows_kept(indices, 0, gross)
     return Selection(kept, indices, scores, kept_mask, trained=trained, by_score=True, **common)
+
+
+def labelled_counts(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], labels_key: str) -> torch.Tensor:
+    """int64 [B]: each row's tokens in the training loss (labels other than -100, or the adapter's
+    ``labelled_mask``), counted on the device (no host sync)."""
+    hook = getattr(adapter, "labelled_mask", None)
+    mask = hook(batch) != 0 if hook is not None else aligned_labels(adapter, batch[labels_key]) != kernels.IGNORE_INDEX
+    return mask.sum(dim=1)
+
+
+def _importance_selection(adapter, config, batch, scores, keep, group, world, rank, labels_key, common):
+    """Rows drawn with replacement by ``sift_ds.importance`` (over every rank's rows when ``world`` > 1:
+    scope "global"), with their loss weights."""
+    if getattr(adapter, "align_labels", None) is not None:
+        raise ValueError("sift.criterion='importance' weights a masked-LM loss: causal LMs are not supported")
+    counts = labelled_counts(adapter, batch, labels_key)
+    if world > 1:
+        everyone, counts = selector.gather_scores(scores, group), selector.gather_scores(counts, group)
+        p = importance.sampling_probabilities(everyone, config.importance_mix)
+        indices = importance.draw_rows(p, keep * world, config.seed, common["step"], common["micro_step"])
+        kept, trained = exchange_kept_rows(batch, indices, keep, group)
+        kept_mask = local_rows_kept(indices, rank, batch_rows(batch))
+    else:
+        p = importance.sampling_probabilities(scores, config.importance_mix)
+        indices = importance.draw_rows(p, keep, config.seed, common["step"], common["micro_step"], rank)
+        kept, trained, kept_mask = take_rows(batch, indices), None, local_rows_kept(indices, 0, batch_rows(batch))
+    weights = importance.loss_weights(p, counts, trained if trained is not None else indices)
+    return Selection(kept, indices, scores, kept_mask, trained=trained, by_score=True, weights=weights, **common)

@@ -41,7 +41,7 @@ def run_python(args, timeout: int = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def pretrain_2_ranks(args, timeout: int = 300) -> subprocess.CompletedProcess:
+def pretrain_2_ranks(args, timeout: int = 600) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus 2 launch/pretrain_bert.py ARGS`` on the CPU (gloo); fails with the output."""
     return run_deepspeed(SCRIPT, args, num_gpus=2, timeout=timeout, env={"DS_ACCELERATOR": "cpu"})
 

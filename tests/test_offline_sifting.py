@@ -187,17 +187,12 @@ def test_reducible_scores_are_the_difference_of_z_scored_losses(tmp_path, refere
     ({"criterion": "reducible"}, "sift.reference is required by sift.criterion='reducible'"),
     ({"criterion": "entropy", "reference": "x"}, "sift.reference='x' is only read by sift.criterion='reducible'"),
     ({"score_name": "x"}, "sift.score_name='x' is only read by sift.criterion='stored'"),
-    ({"criterion": "importance"}, "sift.criterion must be one of"),
+    ({"criterion": "bogus"}, "sift.criterion must be one of"),
 ])
 def test_criterion_inputs_are_checked_at_start_up(section, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
         SiftConfig.from_dict(section)
     assert len(str(err.value).splitlines()) == 1
-
-
-def test_exit_criterion_of_each_criterion():
-    assert [SiftConfig(criterion=c).exit_criterion for c in ("loss", "entropy", "stored", "reducible")] == \
-        ["loss", "entropy", None, "loss"]
 
 
 # ------------------------------------------------------------------ study arms

@@ -32,6 +32,7 @@ from .reference import (
     check_targets as check_target_ids,
     compact_labelled,
     finish_token_scores,
+    gradient_norm_bounds_torch,
     merge_vocab_stats,
     packed_sequence_scores_torch,
     reduce_to_sequences,
@@ -155,6 +156,14 @@ def token_scores(rows, weight, bias, targets, criterion: str = "loss", backend: 
     return token_scores_torch(rows, weight, bias, targets, criterion)
 
 
+def token_gradient_norms(rows, weight, bias, targets, *, check_targets: bool = True) -> torch.Tensor:
+    """float32 [N]: ``||softmax(z) - onehot(target)||_2`` of each row through the vocab head (the
+    importance-sampling criterion's per-token statistic). The torch twin on every device: the fused
+    kernel keeps no sum of squared probabilities (docs/kernels.md)."""
+    _check(rows, weight, bias, targets, check_targets)
+    return gradient_norm_bounds_torch(rows, weight, bias, targets)
+
+
 def vocab_shard_stats(rows, weight_shard, bias_shard, targets, vocab_start: int = 0, backend: str = "auto") -> VocabStats:
     """Partial statistics of one vocabulary shard (Megatron-style tensor parallelism: W split over V).
 
@@ -205,6 +214,7 @@ __all__ = [
     "sequence_scores",
     "token_scores",
     "token_scores_torch",
+    "token_gradient_norms",
     "vocab_shard_stats",
     "triton_available",
     "vocab_partial_stats",

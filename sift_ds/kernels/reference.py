@@ -201,6 +201,29 @@ def token_scores_torch(rows, weight, bias, targets, criterion: str = "loss") -> 
     return finish_token_scores(stats, criterion)
 
 
+def gradient_norm_bounds_torch(rows, weight, bias, targets) -> torch.Tensor:
+    """float32 [N]: ``||softmax(z) - onehot(target)||_2`` per row, the norm of the cross-entropy's
+    gradient with respect to the logits (Katharopoulos & Fleuret 2018's bound on the per-sample
+    gradient norm). ``sum p^2 - 2 p_target + 1`` cancels in float32 for a confident right prediction,
+    so it is summed as ``sum_{v != target} p_v^2 + (sum_{v != target} p_v)^2``: every term positive.
+    One pass over each chunk of logits (logits materialised a chunk at a time)."""
+    check_head(rows, weight, bias)
+    n, v = rows.shape[0], weight.shape[0]
+    w = weight.float()
+    b = None if bias is None else bias.float()
+    out, chunk = [], _row_chunk(v, rows.device)
+    for lo in range(0, n, chunk):
+        z = torch.nn.functional.linear(rows[lo : lo + chunk].float(), w, b)
+        e = z.sub_(z.amax(dim=1, keepdim=True)).exp_()  # exp(z - m)
+        target = targets[lo : lo + e.shape[0]].long().clamp(0, v - 1)[:, None]
+        e_target = torch.gather(e, 1, target).squeeze(1)
+        e.scatter_(1, target, 0.0)  # the other ids only
+        rest = e.sum(dim=1)
+        s = rest + e_target
+        out.append((torch.linalg.vecdot(e, e) + rest * rest).sqrt() / s)
+    return torch.cat(out) if out else rows.new_zeros(0, dtype=torch.float32)
+
+
 def packed_sequence_scores_torch(rows, weight, bias, targets, seq_index, num_seqs, criterion="loss"):
     return reduce_to_sequences(token_scores_torch(rows, weight, bias, targets, criterion), seq_index, num_seqs)
 

@@ -43,7 +43,8 @@ def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
         step, micro_step = sift.position(model)
         kept, stats = sift.select(model, gross, step, micro_step)
         output_tensor, loss_func = forward_step_func(iter([kept]), model, *args, **kwargs)
-        return output_tensor, wrap_loss_func(loss_func, stats, pairs=not hasattr(model, "global_steps"))
+        return output_tensor, wrap_loss_func(loss_func, stats, pairs=not hasattr(model, "global_steps"),
+                                             row_weights=sift.last.weights)
 
     return forward_step
 
@@ -85,13 +86,18 @@ def broadcast_batch(batch: Optional[Mapping[str, torch.Tensor]], src: int, group
     return unpack_rows(packed, layout)
 
 
-def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: bool = True) -> Callable:
-    """``loss_func`` whose loss dict (the last element of its 2- or 3-tuple) also carries ``stats``."""
+def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: bool = True,
+                   row_weights: Optional[torch.Tensor] = None) -> Callable:
+    """``loss_func`` whose loss dict (the last element of its 2- or 3-tuple) also carries ``stats``;
+    with ``row_weights`` (importance sampling, ``Selection.weights``) the per-token loss ``[b, s]`` it
+    is given has each row scaled by its weight first (the script's masking and normalisation stay)."""
     if not pairs:
         stats = {k: (v[0] / v[1].clamp_min(1)).reshape(1) for k, v in stats.items()}
 
     @functools.wraps(loss_func)
     def sift_loss_func(output_tensor, *args, **kwargs):
+        if row_weights is not None:
+            output_tensor = output_tensor * row_weights.to(output_tensor.dtype).view(-1, 1)  # [b, s]
         out = loss_func(output_tensor, *args, **kwargs)
         if kwargs.get("non_loss_data") or not isinstance(out, tuple) or not isinstance(out[-1], dict):
             return out

@@ -22,7 +22,7 @@ from megatron.core import parallel_state
 
 from .. import selection
 from ..config import SiftConfig
-from ..scorer import early_exit_scores
+from ..criteria import sequence_scores
 from ..selection import Selection
 from ..batching import batch_rows
 from .adapter import MCoreBertAdapter, unwrap_model
@@ -141,7 +141,7 @@ class Sift:
         adapter, cfg = self.adapter(model), self.config
         device = adapter.vocab_projection()[0].device
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        return early_exit_scores(adapter, batch, cfg.exit_layer, cfg.criterion, cfg.kernel)
+        return sequence_scores(adapter, cfg, batch, max_positions=0)
 
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
         """(the kept rows, telemetry) of a gross batch ``[gross, ...]`` that every TP rank holds."""

@@ -28,6 +28,7 @@ from .plan import RunPlan
 from .resume import MODEL_KEYS
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
+from .unigram import write_unigram_counts
 
 logger = logging.getLogger("sift_ds.pretrain")
 
@@ -72,6 +73,7 @@ def setup_job(plan: RunPlan) -> Job:
     set_seed(opts.seed)
     tokenizer, data = prepare_data(plan)
     check_vocab(plan, len(tokenizer))
+    write_unigram_counts(plan, data, len(tokenizer))
     engine, flops = build_engine(plan, tokenizer)
     data = dataclasses.replace(data, train=attach_scores(data.train, plan.sift, tokenizer))  # criteria stored, reducible
 

@@ -12,7 +12,7 @@ from deepspeed.accelerator import get_accelerator
 from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
-from ..config import SECTION, SiftConfig, load_ds_config
+from ..config import FREQUENCY_LOSS, SECTION, SiftConfig, load_ds_config
 from . import checkpoint, ds_check, ds_policy
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
@@ -21,6 +21,7 @@ from .models import CAUSAL_PRESETS, FAMILY_PRESETS, PRESETS, is_causal, max_sequ
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
+from .unigram import job_unigram_table
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
             "max_val_samples")
@@ -65,7 +66,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
         raise ValueError("--ds_config is required (a DeepSpeed JSON config with a 'sift' section; see ds_configs/)")
     ds_config = load_ds_config(options.ds_config)
     ds_config.pop(PRETRAIN_SECTION, None)
-    sift = resolve_sift(ds_config.get(SECTION), options.sift)
+    sift = resolve_sift(ds_config.get(SECTION), options.sift, options.output_dir)
     ds_config[SECTION] = sift.to_dict()
     batch = resolve_batch_sizes(ds_config, world_size)
     ds_config.update(batch.as_ds_config())
@@ -108,12 +109,17 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                    decision.identity, notes, warnings)
 
 
-def resolve_sift(section, overrides) -> SiftConfig:
-    """The "sift" section with the ``--sift_*`` overrides applied; an error names the flag that set it."""
+def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
+    """The "sift" section with the ``--sift_*`` overrides applied; an error names the flag that set it.
+    freq_loss's unigram baseline without a table gets the one the job computes in ``output_dir``."""
     if section is not None and not isinstance(section, dict):
         raise ValueError("ds_config key 'sift' must be a JSON object")
+    merged = {**(section or {}), **overrides}
+    if (merged.get("criterion") == FREQUENCY_LOSS and merged.get("frequency_baseline") == "unigram"
+            and not merged.get("frequency_table") and output_dir):
+        merged["frequency_table"] = job_unigram_table(output_dir)
     try:
-        return SiftConfig.from_dict({**(section or {}), **overrides})
+        return SiftConfig.from_dict(merged)
     except ValueError as err:
         flags = [f"--sift_{key}" for key in overrides if f"sift.{key}" in str(err)]
         raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from .. import criteria
 from . import checkpoint
 from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
@@ -73,7 +74,7 @@ class Trainer:
         window = self._window.state() if self._window is not None else None
         return dict(self.run_info, step=self.step, consumed_samples=self.step * self.engine.train_batch_size(),
                     gross_samples=self.loader.samples_seen, data=self.loader.state_dict(), elapsed_s=self.elapsed_s,
-                    log_window=window)
+                    log_window=window, sift_criterion=criteria.state_dict(self.engine.adapter))
 
     def restore(self, state: dict) -> None:
         for key in ("seq_len", "objective"):
@@ -84,6 +85,8 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         if state.get("log_window"):
             self._window = LogWindow.restored(self.engine.device, state["log_window"])
+        criteria.load_state_dict(self.engine.adapter, self.engine.sift_config, state.get("sift_criterion"),
+                                 self.engine.device)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
