@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sift_ds.study.kept_dropped import (MEASURES, block_profile, compare, is_code, is_markup, is_table, kept_agreement,
-                                      report)
+from sift_ds.study.kept_dropped import (MEASURES, block_profile, compare, is_code, is_markup, is_non_latin, is_table,
+                                      kept_agreement, report)
 
 PROSE = "the kernel schedules tasks on every processor, and the scheduler balances the load between them."
 CODE = "static int probe ( struct device * dev ) { if ( ! dev ) return - einval ; dev _ set _ drvdata ( dev , p ) ; }"
@@ -20,10 +20,12 @@ HEADING = "configuration = = = = = = = = = = = = = the options below set the dri
 
 @pytest.mark.parametrize("text, kinds", [
     (PROSE, set()), (CODE, {"code"}), (HTML, {"markup"}), (ROFF, {"markup"}), (BARS, {"table"}),
-    (RULE, {"table"}), (HEADING, set()), ("a ( b ) c = d", set()),
+    (RULE, {"table"}), (HEADING, set()), ("a ( b ) c = d", set()), ("内 核 的 补 丁 from : 作 者", {"non_latin"}),
+    ("the café in zürich", set()),
 ])
 def test_detectors(text, kinds):
-    assert {k for k, f in (("code", is_code), ("markup", is_markup), ("table", is_table)) if f(text)} == kinds
+    detectors = (("code", is_code), ("markup", is_markup), ("table", is_table), ("non_latin", is_non_latin))
+    assert {k for k, f in detectors if f(text)} == kinds
 
 
 def test_block_measures_against_direct_counts():
@@ -33,7 +35,7 @@ def test_block_measures_against_direct_counts():
     p = np.array(list(Counter([10, 11, 10, 12, 12, 12]).values()), dtype=np.float64) / 6
     assert profile["length"] == 6 and profile["documents"] == 2
     assert profile["unique_share"] == pytest.approx(3 / 6) and profile["unigram_entropy"] == pytest.approx(-(p * np.log(p)).sum())
-    assert (profile["code_share"], profile["markup_share"], profile["table_share"]) == (1.0, 0.0, 0.0)
+    assert [profile[f"{k}_share"] for k in ("code", "markup", "table", "non_latin")] == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_kept_and_dropped_means_and_examples():

@@ -1,5 +1,6 @@
 """What a criterion keeps and drops: kept against dropped blocks by length, unique-token share,
-unigram entropy and the share of code, markup and tables, with example texts (``launch/kept_dropped.py``).
+unigram entropy and the share of code, markup, tables and non-Latin text, with example texts
+(``launch/kept_dropped.py``).
 
 The detectors work on a block's decoded text (WordPiece decoding: tokens separated by spaces,
 line breaks lost), so they look at characters and token patterns, not at layout:
@@ -14,6 +15,9 @@ line breaks lost), so they look at characters and token patterns, not at layout:
 * **table**: at least ``TABLE_BARS`` column bars ``|``, or at least ``TABLE_RULES`` rules (runs of six or
   more ``-``, ``=`` or ``+``): a grid or simple reStructuredText table has a rule above, below and
   under its header, where a section title's underline (and overline) makes one or two.
+
+* **non_latin**: at least ``NON_LATIN`` of the non-space characters are outside ASCII (a translation
+  into Chinese, Japanese, Russian, ...).
 
 A block can be several of these at once; the shares are per kind.
 """
@@ -36,7 +40,8 @@ MARKUP_HITS = 3
 TABLE_RULE = re.compile(r"(?:[-=+]\s*){6,}")
 TABLE_BARS = 4
 TABLE_RULES = 3
-KINDS = ("code", "markup", "table")
+NON_LATIN = 0.5
+KINDS = ("code", "markup", "table", "non_latin")
 MEASURES = ("length", "documents", "unique_share", "unigram_entropy") + tuple(f"{k}_share" for k in KINDS)
 
 
@@ -54,8 +59,13 @@ def is_table(text: str) -> bool:
     return text.count("|") >= TABLE_BARS or len(TABLE_RULE.findall(text)) >= TABLE_RULES
 
 
+def is_non_latin(text: str) -> bool:
+    chars = [c for c in text if not c.isspace()]
+    return bool(chars) and sum(not c.isascii() for c in chars) / len(chars) >= NON_LATIN
+
+
 def text_kinds(text: str) -> Dict[str, bool]:
-    return {"code": is_code(text), "markup": is_markup(text), "table": is_table(text)}
+    return {"code": is_code(text), "markup": is_markup(text), "table": is_table(text), "non_latin": is_non_latin(text)}
 
 
 def block_profile(ids: np.ndarray, special: np.ndarray, text: str) -> Dict[str, float]:
