@@ -19,10 +19,10 @@ from .kernels import BACKENDS, CRITERIA
 SECTION = "sift"
 SCOPES = ("global", "local")
 SAMPLINGS = ("topk", "rank")
-# The selection criteria: the kernels' per-token scores (mean loss, entropy), the frequency-corrected
-# loss and importance sampling by the gradient-norm bound (``sift_ds.criteria``).
-FREQUENCY_LOSS, IMPORTANCE = "freq_loss", "importance"
-SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE)
+# The selection criteria: the kernels' scores (mean loss, entropy), then those of ``sift_ds.criteria``:
+# freq_loss, importance, and (``sift_ds.row_scores``) a stored per-block score and the reducible loss.
+FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
+SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
 FREQUENCY_BASELINES = ("running", "unigram")
 
 
@@ -43,8 +43,10 @@ class SiftConfig:
     enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
     criterion: str = _key("entropy", "early-exit score: prediction entropy (the best measured), the masked-LM "
                                       "cross-entropy (loss, the paper's default), the loss minus a per-token-id "
-                                      "baseline (freq_loss), or unbiased importance sampling by the gradient-norm "
-                                      "bound (importance)", SELECTION_CRITERIA)
+                                      "baseline (freq_loss), unbiased importance sampling by the gradient-norm "
+                                      "bound (importance), a per-block score of score_file (stored: offline "
+                                      "sifting, no model pass) or z(exit-k loss) - z(reference loss) (reducible)",
+                          SELECTION_CRITERIA)
     exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
     keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
     warmup_steps: int = _key(0, "optimizer steps before selection starts: a uniform random subset is kept")
@@ -77,6 +79,10 @@ class SiftConfig:
     max_positions: int = _key(
         0, "score at most this many positions per row, a seeded random subset (0: every labelled position); "
            "for long causal-LM rows, where the vocabulary projection at every position would cost more than the prefix")
+    score_file: str = _key("", "criterion stored: the score file of launch/score_corpus.py (scores per training block)")
+    score_name: str = _key("", "criterion stored: which score of score_file selects (e.g. unique_share)")
+    reference: str = _key("", "criterion reducible: the reference model's directory (online) or a score file with its "
+                              "stored reference_loss per block")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -138,9 +144,23 @@ class SiftConfig:
         if self.criterion == IMPORTANCE and not self.plain_topk:
             raise ValueError("sift.criterion='importance' samples rows itself: sift.sampling must be 'topk' and "
                              "sift.anneal_end_step, sift.random_fraction, sift.outlier_fraction 0")
+        self._validate_criterion_inputs()
         if self.outlier_fraction + self.keep_ratio > 1.0 + 1e-9:
             raise ValueError(f"sift.outlier_fraction={self.outlier_fraction} + sift.keep_ratio={self.keep_ratio} "
                              "exceeds 1: too few rows would remain to keep")
+
+    def _validate_criterion_inputs(self) -> None:
+        """The files that criteria stored and reducible read: given when needed, present, unused otherwise."""
+        reader = {"score_file": STORED, "score_name": STORED, "reference": REDUCIBLE}
+        for key, criterion in reader.items():
+            value = getattr(self, key)
+            if criterion == self.criterion and not value:
+                raise ValueError(f"sift.{key} is required by sift.criterion={self.criterion!r}")
+            if value and criterion != self.criterion:
+                raise ValueError(f"sift.{key}={value!r} is only read by sift.criterion={criterion!r}, "
+                                 f"not {self.criterion!r}")
+            if value and key != "score_name" and not os.path.exists(value):
+                raise ValueError(f"sift.{key}: no such file or directory: {value}")
 
     def validate_for_model(self, num_layers: int) -> None:
         if self.exit_layer > num_layers:

@@ -7,6 +7,8 @@
   not for holding rare ids.
 * ``importance``: the mean over the row's scored tokens of ``||softmax(z) - onehot(y)||_2``, the
   gradient-norm bound that ``sift_ds.importance`` samples rows by.
+* ``stored`` and ``reducible``: a score stored per block, or the exit loss against a reference
+  model's loss (``sift_ds.row_scores``, which reads the gross batch's stored per-row columns).
 
 The running baseline is state: one ``RunningLossBaseline`` per adapter (``baseline_of``), identical
 on every data-parallel rank (its per-id sums are all-reduced), saved and restored with the
@@ -23,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from .adapters import EarlyExitAdapter
-from .config import FREQUENCY_LOSS, IMPORTANCE, SiftConfig
+from .config import FREQUENCY_LOSS, IMPORTANCE, REDUCIBLE, STORED, SiftConfig
+from .row_scores import criterion_scores
 from .scorer import GRADIENT_NORM, early_exit_scores, early_exit_token_statistic, vocab_size
 
 _STATE_ATTRIBUTE = "_sift_criterion_state"  # where an adapter holds its criterion's state
@@ -187,13 +190,19 @@ def row_means(token: torch.Tensor, seq: torch.Tensor, rows: int) -> torch.Tensor
 def sequence_scores(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, torch.Tensor],
                     positions: Optional[tuple] = None, labels_key: str = "labels", check_targets: bool = True,
                     seed: int = 0, group=None, update: bool = False,
-                    max_positions: Optional[int] = None) -> torch.Tensor:
+                    max_positions: Optional[int] = None, columns: Optional[Mapping[str, torch.Tensor]] = None
+                    ) -> torch.Tensor:
     """float32 [B]: the rows' scores under ``config.criterion`` (``-inf`` for a row with no scored
     token); the arguments are ``scorer.early_exit_scores``'s (``max_positions`` None: the config's).
     ``update``: the selection's call, which moves the running baseline (a collective over ``group``)
-    after scoring with it."""
+    after scoring with it. ``columns``: the gross batch's stored per-row columns, which criteria
+    stored and reducible read (``sift_ds.row_scores``)."""
     common = dict(positions=positions, labels_key=labels_key, check_targets=check_targets,
                   max_positions=config.max_positions if max_positions is None else max_positions, seed=seed)
+    if config.criterion in (STORED, REDUCIBLE):
+        exit_loss = None if config.criterion == STORED else early_exit_scores(
+            adapter, batch, config.exit_layer, "loss", config.kernel, **common)
+        return criterion_scores(config, exit_loss, batch, columns or {}, labels_key)
     if config.criterion not in (FREQUENCY_LOSS, IMPORTANCE):
         return early_exit_scores(adapter, batch, config.exit_layer, config.criterion, config.kernel, **common)
     rows = batch[labels_key].shape[0]

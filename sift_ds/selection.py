@@ -24,6 +24,7 @@ from .adapters import EarlyExitAdapter, aligned_labels
 from .batching import batch_rows
 from .config import IMPORTANCE, SiftConfig
 from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
+from .row_scores import split_row_columns
 from .scorer import check_labels, labelled_positions
 from .seeding import derive_seed
 from .telemetry import selection_stats
@@ -83,6 +84,7 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
     scope "global", and over the adapter's ``vocab_group`` when it has one.
     """
     gross = batch_rows(batch)
+    batch, columns = split_row_columns(batch)  # stored per-row scores: read here, never given to the model
     if not 0 < keep <= gross:
         raise ValueError(f"cannot keep {keep} rows of a gross batch of {gross}")
     labels = batch.get(labels_key)
@@ -115,7 +117,7 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
                          trained=trained, **common)
 
     scores = criteria.sequence_scores(adapter, config, batch, positions, labels_key, check_targets=not on_host,
-                                      seed=subset_seed, group=group, update=True)
+                                      seed=subset_seed, group=group, update=True, columns=columns)
     if config.criterion == IMPORTANCE:
         return _importance_selection(adapter, config, batch, scores, keep, group, world if global_scope else 1, rank,
                                      labels_key, common)

@@ -219,21 +219,24 @@ def test_every_sift_config_field_has_a_flag(tmp_path):
 
     from sift_ds import SiftConfig
 
-    values = {"enabled": "false", "criterion": "entropy", "exit_layer": "2", "keep_ratio": "0.25",
+    (tmp_path / "scores.npz").write_bytes(b"")
+    values = {"enabled": "false", "criterion": "stored", "exit_layer": "2", "keep_ratio": "0.25",
               "warmup_steps": "7", "scope": "local", "kernel": "torch", "seed": "9", "anneal_end_step": "50",
               "random_fraction": "0.25", "sampling": "rank", "outlier_fraction": "0.05", "anneal_start_step": "20",
               "max_positions": "16", "frequency_baseline": "unigram", "frequency_table": "counts.npy",
-              "baseline_decay": "0.5", "importance_mix": "0.25"}
+              "baseline_decay": "0.5", "importance_mix": "0.25", "score_file": str(tmp_path / "scores.npz"),
+              "score_name": "unique_share", "reference": ""}
     assert set(values) == {f.name for f in dataclasses.fields(SiftConfig)}
     argv = ["--ds_config", tiny(tmp_path), "--output_dir", str(tmp_path / "o")]
     for key, value in values.items():
         argv += [f"--sift_{key}", value]
     plan = cli.resolve(argv)
-    assert plan.sift == SiftConfig(enabled=False, criterion="entropy", exit_layer=2, keep_ratio=0.25,
+    assert plan.sift == SiftConfig(enabled=False, criterion="stored", exit_layer=2, keep_ratio=0.25,
                                    warmup_steps=7, scope="local", kernel="torch", seed=9, anneal_end_step=50,
                                    random_fraction=0.25, sampling="rank", outlier_fraction=0.05,
                                    anneal_start_step=20, max_positions=16, frequency_baseline="unigram",
-                                   frequency_table="counts.npy", baseline_decay=0.5, importance_mix=0.25)
+                                   frequency_table="counts.npy", baseline_decay=0.5, importance_mix=0.25,
+                                   score_file=str(tmp_path / "scores.npz"), score_name="unique_share")
 
 
 def test_errors_after_start_up_are_one_line_too(tmp_path):

@@ -219,7 +219,7 @@ def load_compare():
     (["--arms", "vanilla", "--parallel", "0"], "argument --parallel: expected a positive integer"),
     (["--arms", "vanilla", "--bogus"], "unrecognized arguments: --bogus"),
     (["--arms", "vanilla,loss:1@bogus=1"], "arm 'loss-exit1_bogus-1': the pretraining job has no option --sift_bogus"),
-    (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': --sift_criterion lost is not one of {loss,entropy}"),
+    (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': --sift_criterion lost is not one of {loss,entropy,"),
     (["--arms", "vanilla", "--ds_config", "missing.json"], "--ds_config missing.json: no such file"),
     (["--arms", "vanilla", "--out", "/proc/x"], "--out /proc/x: cannot create it"),
     (["--arms", "vanilla", "--pin_cores", "0,0"], "--pin_cores: a core is listed twice"),

@@ -178,6 +178,17 @@ def split_blocks(blocks, val_fraction: float, max_val: int, seed: int = 0):
     return blocks.select(np.sort(perm[n_val:])), blocks.select(np.sort(perm[:n_val]))
 
 
+def holdout_split(train, fraction: float, seed: int = 0):
+    """(rest, holdout) of the training blocks: a fixed random ``fraction`` (a function of ``seed`` and
+    the block count only) held out, e.g. to train a reference model on text the main run never sees."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--holdout_fraction must be in [0, 1), got {fraction}")
+    n = len(train)
+    n_holdout = min(n - 1, max(1, int(round(fraction * n))))
+    perm = np.random.default_rng([seed, n]).permutation(n)
+    return train.select(np.sort(perm[n_holdout:])), train.select(np.sort(perm[:n_holdout]))
+
+
 @dataclass
 class PretrainData:
     train: "object"  # datasets.Dataset of blocks

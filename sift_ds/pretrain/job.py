@@ -14,13 +14,14 @@ import torch.distributed as dist
 from transformers import set_seed
 
 from .. import initialize
+from ..offline.score_file import attach_scores
 from ..zero import full_parameters
 from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
 from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
-from .metrics import FlopsModel, MetricsLogger
+from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
@@ -74,6 +75,7 @@ def setup_job(plan: RunPlan) -> Job:
     check_vocab(plan, len(tokenizer))
     write_unigram_counts(plan, data, len(tokenizer))
     engine, flops = build_engine(plan, tokenizer)
+    data = dataclasses.replace(data, train=attach_scores(data.train, plan.sift, tokenizer))  # criteria stored, reducible
 
     collator = make_collator(opts, tokenizer, engine.module)
     loader = GrossBatchLoader(data.train, collator, engine.gross_batch_size, engine.rank, engine.world_size, opts.seed)
@@ -127,6 +129,10 @@ def prepare_data(plan: RunPlan):
                                             opts.max_val_samples, opts.data_seed, opts.cache_dir)
     logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
                 data.num_documents, data.num_tokens, len(data.train), len(data.val), opts.seq_len, opts.objective)
+    if opts.holdout_fraction:
+        rest, holdout = data_lib.holdout_split(data.train, opts.holdout_fraction, opts.data_seed)
+        data = dataclasses.replace(data, train=holdout if opts.train_on == "holdout" else rest)
+        logger.info("holdout: %d blocks held out, %d rest; training on the %s", len(holdout), len(rest), opts.train_on)
     return tokenizer, data
 
 
@@ -182,6 +188,7 @@ def build_engine(plan: RunPlan, tokenizer):
     else:
         flops = FlopsModel.for_masked_lm(model, opts.seq_len, plan.sift.exit_layer, opts.mlm_probability,
                                          sparse_head=opts.sparse_mlm_head)
+    flops = charge_criterion(flops, plan.sift, opts.seq_len, opts.mlm_probability)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer

@@ -17,6 +17,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from ..kernels import IGNORE_INDEX
+from ..row_scores import ROW_COLUMNS
 from ..seeding import derive_seed
 from .models import takes_token_types
 
@@ -60,10 +61,11 @@ class MaskingCollator:
 class CausalCollator:
     """A batch of packed causal-LM blocks as tensors with ``labels = input_ids`` (HF's unshifted
     convention: the model and the early-exit adapter shift them); -100 only where ``attention_mask``
-    is 0. A pure function of the batch: the seed key is accepted and unused."""
+    is 0. A stored per-block score column (``sift_ds.row_scores.ROW_COLUMNS``) is passed on. A pure function of the batch: the seed key is accepted and unused."""
 
     def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
-        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items() if k in ("input_ids", "attention_mask")}
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items()
+                 if k in ("input_ids", "attention_mask") + ROW_COLUMNS}
         labels = batch["input_ids"].clone()
         if "attention_mask" in batch:
             labels.masked_fill_(batch["attention_mask"] == 0, IGNORE_INDEX)

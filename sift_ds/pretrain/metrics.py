@@ -7,13 +7,15 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import detect_adapter
+from ..config import STORED, SiftConfig
+from ..row_scores import is_online, reference_model
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,19 @@ class FlopsModel:
 
     def step_flops(self, train_tokens: int, gross_tokens: int, selecting: bool) -> float:
         return self.train_per_token * train_tokens + (self.select_per_token * gross_tokens if selecting else 0.0)
+
+
+def charge_criterion(flops: FlopsModel, sift: SiftConfig, seq_len: int, masked_fraction: float) -> FlopsModel:
+    """``flops`` with the selection pass of the criterion: none for a stored score; for the reducible
+    loss with an online reference, the reference model's own forward (every layer, the head on the
+    masked positions) on every gross token as well."""
+    if sift.criterion == STORED:
+        return replace(flops, select_per_token=0.0)
+    if is_online(sift):
+        reference, adapter = reference_model(sift.reference, "cpu")
+        extra = FlopsModel.for_masked_lm(reference, seq_len, adapter.num_layers, masked_fraction, sparse_head=True)
+        return replace(flops, select_per_token=flops.select_per_token + extra.select_per_token)
+    return flops
 
 
 def _numel(*modules, extra=()) -> int:

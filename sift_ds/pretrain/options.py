@@ -55,6 +55,10 @@ class PretrainOptions:
     val_fraction: float = _opt(0.05, "fraction of blocks held out for validation", "model and data")
     max_val_samples: int = _opt(2000, "cap on the validation blocks", "model and data")
     data_seed: int = _opt(0, "seed of the validation split and NSP pairs", "model and data")
+    holdout_fraction: float = _opt(0.0, "share of the training blocks held out for a reference model (reducible "
+                                        "loss); 0: none", "model and data")
+    train_on: str = _opt("rest", "with --holdout_fraction: train on the rest of the training blocks, or on the "
+                                 "held-out share (the reference model)", "model and data", ("rest", "holdout"))
     mlm_probability: float = _opt(0.15, "masked fraction (80/10/10)", "model and data")
     max_steps: Optional[int] = _opt(None, "optimizer steps; None: the scheduler's total_num_steps", "training")
     time_budget: Optional[float] = _opt(None, "stop (with a checkpoint) after this much training wall time, "

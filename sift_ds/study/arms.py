@@ -5,28 +5,35 @@ Grammar of one spec (``--arms`` takes a comma-separated list of them):
 
     vanilla                          --sift_enabled false
     CRITERION:EXIT                   --sift_enabled true --sift_criterion CRITERION --sift_exit_layer EXIT
+    stored:NAME                      --sift_enabled true --sift_criterion stored --sift_score_name NAME
+                                     (offline sifting: give the file as @score_file=PATH)
     SPEC@key=value[@key=value...]    ... --sift_key value (any SiftConfig field, e.g. keep_ratio)
     SPEC@max_steps=N                 ... --max_steps N (the arm's own budget; its schedule decays at N)
 
-e.g. ``loss:1@random_fraction=0.25@keep_ratio=0.5``, ``vanilla@max_steps=900``. Vanilla arms at
+e.g. ``loss:1@random_fraction=0.25@keep_ratio=0.5``, ``vanilla@max_steps=900``,
+``stored:unigram_entropy@score_file=runs/scores.npz``, ``reducible:1@reference=runs/reference/final``
+(a path value names the arm by its file or directory name). Vanilla arms at
 several budgets form the budget-matched frontier (``sift_ds.study.frontier``). Arbitrary arms come from a JSON file
 (``--arms_file``): an object mapping a label to the list of extra command-line words.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 BASELINE = "vanilla"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VALUE = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+_VALUE = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 # Keys that the CRITERION:EXIT part already sets; repeating them after '@' would contradict it.
 _BASE_KEYS = ("enabled", "criterion", "exit_layer")
 # '@' keys that are options of the job rather than SiftConfig fields.
 JOB_KEYS = ("max_steps",)
+STORED = "stored"  # the head stored:NAME (criterion stored, selecting by the score NAME of @score_file)
+PATH_KEYS = ("score_file", "reference")  # named in the label by their file or directory name
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,12 @@ def parse_arm(spec: str) -> Arm:
         label = BASELINE
         if any(not e.startswith("max_steps=") for e in extras):
             raise ValueError(f"arm {spec!r}: a vanilla arm takes only @max_steps=N")
+    elif head.startswith(STORED + ":"):
+        name = head.split(":", 1)[1]
+        if not _NAME.match(name):
+            raise ValueError(f"arm {spec!r}: expected stored:SCORE_NAME (e.g. stored:unigram_entropy)")
+        overrides = ["--sift_enabled", "true", "--sift_criterion", STORED, "--sift_score_name", name]
+        label = f"{STORED}-{name}"
     else:
         parts = head.split(":")
         if len(parts) != 2 or not _NAME.match(parts[0]) or not parts[1].isdigit() or int(parts[1]) < 1:
@@ -82,7 +95,7 @@ def parse_arm(spec: str) -> Arm:
         if not sep or not _NAME.match(key) or not _VALUE.match(value):
             raise ValueError(f"arm {spec!r}: {'@' + extra!r} is not @key=value (key a SiftConfig field name, "
                              f"value without spaces or commas)")
-        if key in _BASE_KEYS or key in seen:
+        if key in _BASE_KEYS + (("score_name",) if head.startswith(STORED + ":") else ()) or key in seen:
             raise ValueError(f"arm {spec!r}: key {key!r} is set twice")
         seen.add(key)
         if key in JOB_KEYS:
@@ -91,8 +104,16 @@ def parse_arm(spec: str) -> Arm:
             overrides += [f"--{key}", value]
         else:
             overrides += [f"--sift_{key}", value]
-        label += f"_{key}-{_safe(value)}"
+        label += f"_{key}-{_safe(_path_label(value) if key in PATH_KEYS else value)}"
     return Arm(label=label, overrides=tuple(overrides), spec=text, vanilla=head == BASELINE)
+
+
+def _path_label(path: str) -> str:
+    """A path's name in a label: the file name without its extension, or a run directory's name
+    for its ``final/`` model."""
+    parts = [p for p in path.split("/") if p]
+    name = parts[-2] if len(parts) > 1 and parts[-1] == "final" else parts[-1]
+    return os.path.splitext(name)[0] or name
 
 
 def parse_arms(text: str) -> List[Arm]:

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""The cost of the reducible loss's reference term, stored against online, per selection step.
+
+    python benchmarks/bench_reducible.py --model ds_configs/models/bert_L12_H128.json \\
+        --reference ds_configs/models/bert_L4_H128.json --vocab 8192 --seq_len 128 --micro 16 --keep_ratio 0.5
+
+Times ``sift_ds.selection.select`` on one rank's gross batch (random token ids, 15 % masked) for
+entropy at exit k (the baseline), reducible with a stored reference (the exit-k loss plus a column:
+no extra model), and reducible online (plus the reference model's full forward on the gross batch),
+with the training forward + backward of the kept micro-batch for scale; median of --reps after one
+warm-up. Beside each, the job's FLOPs model (``sift_ds.pretrain.metrics.charge_criterion``): the selection
+pass per gross token, plus for online the reference model's own forward (every layer, the head on
+the masked positions), against the training pass on the kept tokens. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import BertConfig
+
+from sift_ds.adapters import detect_adapter
+from sift_ds.config import SiftConfig
+from sift_ds.pretrain.metrics import FlopsModel, charge_criterion
+from sift_ds.pretrain.models import build_model
+from sift_ds.row_scores import REFERENCE_COLUMN
+from sift_ds.selection import select
+
+
+def model_of(path: str, vocab: int, seq_len: int, sparse_head: bool):
+    config = BertConfig.from_json_file(path)
+    config.vocab_size, config.max_position_embeddings = vocab, max(seq_len, config.max_position_embeddings)
+    return build_model(config, "mlm", sparse_head=sparse_head)
+
+
+def gross_batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (rows, seq_len), generator=g)
+    masked = torch.rand(rows, seq_len, generator=g) < 0.15
+    return {"input_ids": torch.where(masked, torch.full_like(ids, 4), ids), "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids), "labels": torch.where(masked, ids, torch.full_like(ids, -100))}
+
+
+def timed(fn, reps: int, device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ds_configs/models/bert_L12_H128.json")
+    p.add_argument("--reference", default="ds_configs/models/bert_L4_H128.json")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--micro", type=int, default=16)
+    p.add_argument("--keep_ratio", type=float, default=0.5)
+    p.add_argument("--exit_layer", type=int, default=1)
+    p.add_argument("--reps", type=int, default=10)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = model_of(args.model, args.vocab, args.seq_len, sparse_head=True).to(device)
+    reference = model_of(args.reference, args.vocab, args.seq_len, sparse_head=False)
+    gross = round(args.micro / args.keep_ratio)
+    batch = gross_batch(gross, args.seq_len, args.vocab)
+    adapter = detect_adapter(model)
+    with tempfile.TemporaryDirectory() as folder:
+        reference.save_pretrained(folder)
+        stored_file = os.path.join(folder, "stored.npz")
+        open(stored_file, "wb").close()  # the column below stands for the file's attached values
+        common = dict(exit_layer=args.exit_layer, keep_ratio=args.keep_ratio, scope="local", kernel="auto")
+        configs = {"entropy": SiftConfig.from_dict({**common, "criterion": "entropy"}),
+                   "reducible, stored reference": SiftConfig.from_dict({**common, "criterion": "reducible",
+                                                                        "reference": stored_file}),
+                   "reducible, online reference": SiftConfig.from_dict({**common, "criterion": "reducible",
+                                                                        "reference": folder})}
+        with_column = {**batch, REFERENCE_COLUMN: torch.rand(gross, dtype=torch.float64)}
+        seconds = {name: timed(lambda c=cfg: select(adapter, c, with_column, 0, 0, args.micro, device=device),
+                               args.reps, device) for name, cfg in configs.items()}
+        flops = FlopsModel.for_masked_lm(model, args.seq_len, args.exit_layer, 0.15, sparse_head=True)
+        select_per_token = {name: charge_criterion(flops, cfg, args.seq_len, 0.15).select_per_token
+                            for name, cfg in configs.items()}
+    kept = {k: v[: args.micro].to(device) for k, v in batch.items()}
+
+    def train():
+        model.zero_grad(set_to_none=True)
+        model(**kept).loss.backward()
+
+    model.train()
+    seconds["train forward + backward (kept rows)"] = timed(train, args.reps, device)
+    ref_layers = detect_adapter(reference).num_layers
+    gross_tokens, train_tokens = gross * args.seq_len, args.micro * args.seq_len
+    model_flops = {name: per_token * gross_tokens for name, per_token in select_per_token.items()}
+    model_flops["train forward + backward (kept rows)"] = flops.train_per_token * train_tokens
+    train_s, train_f = seconds["train forward + backward (kept rows)"], model_flops["train forward + backward (kept rows)"]
+    print(f"device {device}, model {os.path.basename(args.model)}, reference {os.path.basename(args.reference)} "
+          f"({ref_layers} layers), seq {args.seq_len}, gross {gross} -> micro {args.micro}, exit {args.exit_layer}, "
+          f"median of {args.reps}\n")
+    print("| pass | seconds | / training | model GFLOPs | / training (FLOPs model) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, s in seconds.items():
+        f = model_flops[name]
+        print(f"| {name} | {s:.4f} | {s / train_s:.3f} | {f / 1e9:.3f} | {f / train_f:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Offline sifting: score a corpus's training blocks once, store the scores beside the dataset, and
+select by them at load time with no model pass per step (criterion ``stored``); the same files carry
+a reference model's stored loss per block (criterion ``reducible``).
+
+``text_stats``   free statistics of a block's token ids (unigram entropy, unique-token share)
+``model_scores`` a model's masked-LM score of every block (a frozen early exit's entropy, a reference loss)
+``score_file``   the score file: scores keyed by block index plus a digest of the blocks and vocabulary;
+                 attaching a score to the training blocks as the column the selection core reads
+"""

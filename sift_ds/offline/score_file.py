@@ -1,0 +1,88 @@
+"""The score file: per-block scores of one run's training blocks, and attaching one to those blocks.
+
+A numpy ``.npz`` archive: one float64 array of ``num_blocks`` values per score name (index ``i`` is
+training block ``i``, in the order of the job's training split), and ``meta``, a JSON string with
+the format, the block count, the sha256 of the blocks' token ids and of the vocabulary, and how each
+score was made (and what it cost). A run whose blocks or vocabulary differ from the file's is refused
+with one line naming the file: the scores would belong to other text.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from ..config import REDUCIBLE, STORED, SiftConfig
+from ..row_scores import REFERENCE_COLUMN, SCORE_COLUMN, is_online
+
+FORMAT = "sift_ds.scores/1"
+REFERENCE_LOSS = "reference_loss"  # the score name of a reference model's stored loss
+
+
+def blocks_digest(blocks) -> str:
+    """sha256 of the blocks' ``input_ids`` (int64, row-major): which text, cut how, in which order."""
+    ids = np.ascontiguousarray(np.asarray(blocks.with_format("numpy")["input_ids"]), dtype=np.int64)
+    return hashlib.sha256(ids.tobytes()).hexdigest()
+
+
+def vocab_digest(tokenizer) -> str:
+    """sha256 of the vocabulary (token -> id, sorted): the same ids mean the same tokens."""
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def write_scores(path: str, scores: Mapping[str, np.ndarray], blocks, tokenizer,
+                 about: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Write ``scores`` (name -> float64 [num_blocks]) for ``blocks`` to ``path``; returns the meta."""
+    n = len(blocks)
+    for name, values in scores.items():
+        if np.shape(values) != (n,):
+            raise ValueError(f"score {name!r} has shape {np.shape(values)}, expected ({n},): one value per block")
+    meta = {"format": FORMAT, "num_blocks": n, "blocks_sha256": blocks_digest(blocks),
+            "vocab_sha256": vocab_digest(tokenizer), "scores": {k: dict((about or {}).get(k, {})) for k in scores}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path without it
+        np.savez(f, meta=np.array(json.dumps(meta)), **{k: np.asarray(v, dtype=np.float64) for k, v in scores.items()})
+    return meta
+
+
+def read_meta(path: str) -> Dict[str, Any]:
+    with np.load(path, allow_pickle=False) as archive:
+        return json.loads(str(archive["meta"]))
+
+
+def read_scores(path: str, name: str, blocks, tokenizer) -> np.ndarray:
+    """float64 [len(blocks)]: score ``name`` of ``path``, after checking that the file was made for
+    exactly these blocks and this vocabulary (else a one-line ValueError naming the file)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        meta = json.loads(str(archive["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"score file {path}: not a score file of launch/score_corpus.py ({err})") from None
+    with archive:
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"score file {path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if name not in meta["scores"]:
+            raise ValueError(f"score file {path} has no score {name!r}; it has {sorted(meta['scores'])}")
+        if meta["num_blocks"] != len(blocks) or meta["blocks_sha256"] != blocks_digest(blocks):
+            raise ValueError(f"score file {path} was computed for other training blocks ({meta['num_blocks']} blocks, "
+                             f"sha256 {meta['blocks_sha256'][:12]}; this run has {len(blocks)}): score the corpus again "
+                             f"with this run's data, tokenizer, --seq_len and split options")
+        if meta["vocab_sha256"] != vocab_digest(tokenizer):
+            raise ValueError(f"score file {path} was computed with another vocabulary: use the tokenizer it was "
+                             f"scored with (--tokenizer), or score the corpus again")
+        return np.asarray(archive[name], dtype=np.float64)
+
+
+def attach_scores(blocks, config: SiftConfig, tokenizer):
+    """The training blocks with the column the criterion reads (``sift_score`` for criterion stored,
+    ``sift_reference_loss`` for reducible with a stored reference); unchanged for the other criteria."""
+    if config.criterion == STORED:
+        path, name, column = config.score_file, config.score_name, SCORE_COLUMN
+    elif config.criterion == REDUCIBLE and not is_online(config):
+        path, name, column = config.reference, REFERENCE_LOSS, REFERENCE_COLUMN
+    else:
+        return blocks
+    return blocks.add_column(column, read_scores(path, name, blocks, tokenizer))

@@ -1,0 +1,82 @@
+"""Real tiny runs of offline sifting and the reducible loss: a reference model trained on a held-out
+share of the training blocks, the corpus scored once by launch/score_corpus.py (text statistics, the
+frozen exit-1 entropy of a checkpoint, the reference loss), a run selecting by a stored score that,
+stopped and resumed, reproduces the uninterrupted run bitwise, and runs with the reducible loss
+(online reference model, and stored reference losses)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from launch_helpers import cpu_env, metrics, run_python, small_config
+from launcher import REPO
+from sift_ds.pretrain.corpus import default_corpus
+from sift_ds.pretrain.tokenizer import batched_texts, train_wordpiece
+
+SCORE_CORPUS = os.path.join(REPO, "launch", "score_corpus.py")
+KEPT_DROPPED = os.path.join(REPO, "launch", "kept_dropped.py")
+
+
+def ok(proc):
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def test_offline_sifting_and_reducible_runs(tmp_path):
+    config = small_config(tmp_path, max_steps=6)
+    train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
+    data = ["--ds_config", config, "--tokenizer", str(tmp_path / "tokenizer"), "--holdout_fraction", "0.2"]
+    common = data + ["--sift_warmup_steps", "2"]
+
+    # The reference model: vanilla, on the held-out share only; its checkpoint doubles as the frozen model.
+    reference = tmp_path / "reference"
+    ok(run_python(data + ["--train_on", "holdout", "--sift_enabled", "false", "--max_steps", "2",
+                          "--output_dir", reference], timeout=300))
+    scores = tmp_path / "scores.npz"
+    ok(subprocess.run([sys.executable, SCORE_CORPUS, "--out", scores, "--masks", "2", "--scores",
+                       "unigram_entropy,unique_share,frozen_entropy,reference_loss",
+                       "--checkpoint", reference / "checkpoints" / "global_step2", "--reference", reference / "final",
+                       "--", *data], cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300))
+    with np.load(scores) as archive:
+        meta = json.loads(str(archive["meta"]))
+        values = {name: archive[name] for name in meta["scores"]}
+    n = meta["num_blocks"]
+    assert all(v.shape == (n,) and np.isfinite(v).all() for v in values.values())
+    assert 0 < values["unique_share"].min() and values["unique_share"].max() <= 1
+    cost = meta["scores"]["reference_loss"]["reference_training"]
+    assert cost["steps"] == 2 and cost["samples"] == metrics(reference)[-1]["samples"] > 0
+
+    # What a stored unique-token share keeps: the blocks of the higher shares, by the tool's own count.
+    table = ok(subprocess.run([sys.executable, KEPT_DROPPED, "--checkpoint", reference / "checkpoints" / "global_step2",
+                               "--batches", "4", "--", *common, "--sift_criterion", "stored", "--sift_score_file",
+                               scores, "--sift_score_name", "unique_share"], cwd=REPO, env=cpu_env(),
+                              capture_output=True, text=True, timeout=300)).stdout
+    row = next(line for line in table.splitlines() if line.startswith("| unique_share |")).split("|")
+    assert float(row[2]) > float(row[3]) and "Examples, kept:" in table
+
+    # Criterion stored: an uninterrupted run, and the same run stopped at step 3 and resumed.
+    stored = common + ["--sift_criterion", "stored", "--sift_score_file", scores, "--sift_score_name", "frozen_entropy"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    ok(run_python(stored + ["--output_dir", whole], timeout=300))
+    ok(run_python(stored + ["--output_dir", split, "--exit_interval", "3"], timeout=300))
+    resumed = ok(run_python(stored + ["--output_dir", split, "--resume", "auto"], timeout=300))
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    want, got = metrics(whole), metrics(split)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 7))
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]  # bitwise
+    selected = [r for r in want if r["sift/warmup"] == 0.0]
+    assert len(selected) == 4 and all(r["sift/score_kept_mean"] > r["sift/score_dropped_mean"] for r in selected)
+    assert [r["sift/score_kept_mean"] for r in got] == [r["sift/score_kept_mean"] for r in want]
+    with open(whole / "run_config.json", encoding="utf-8") as f:
+        assert json.load(f)["sift"]["score_name"] == "frozen_entropy"
+
+    # Criterion reducible: the reference model online, and its stored losses.
+    for name, target in (("online", reference / "final"), ("stored", scores)):
+        out = tmp_path / f"reducible_{name}"
+        ok(run_python(common + ["--sift_criterion", "reducible", "--sift_reference", target, "--max_steps", "4",
+                                "--output_dir", out], timeout=300))
+        last = metrics(out)[-1]
+        assert last["step"] == 4 and last["sift/warmup"] == 0.0 and last["sift/nonfinite_scores"] == 0.0
+        assert last["sift/score_kept_mean"] > last["sift/score_dropped_mean"]  # z-differences: kept above dropped
