@@ -1,5 +1,5 @@
 """sift_ds: SIFT (sample sifting via early exiting) for DeepSpeed BERT-class pretraining."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="sift_ds",
@@ -12,8 +12,7 @@ setup(
     # The Triton kernels (the top-level kernels/ops) are installed as the subpackage sift_ds.kernels.ops.
     # kernels/ has no __init__.py: no checkout, editable install or wheel provides a top-level `kernels`
     # (Hugging Face's package of that name, which transformers imports).
-    packages=["sift_ds", "sift_ds.kernels", "sift_ds.kernels.ops", "sift_ds.pretrain", "sift_ds.study",
-              "sift_ds.megatron", "sift_ds.families"],
+    packages=find_packages(include=["sift_ds", "sift_ds.*"]) + ["sift_ds.kernels.ops"],
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels.ops": "kernels/ops"},
     # Ranges for library users, each capped below the next major release, which nothing here has been
     # tested with; requirements/lock.txt holds the one tested set (what `make setup` installs), and

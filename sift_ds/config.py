@@ -19,8 +19,7 @@ from .kernels import BACKENDS, CRITERIA
 SECTION = "sift"
 SCOPES = ("global", "local")
 SAMPLINGS = ("topk", "rank")
-# The selection criteria: the kernels' scores (mean loss, entropy), then those of ``sift_ds.criteria``:
-# freq_loss, importance, and (``sift_ds.row_scores``) a stored per-block score and the reducible loss.
+# The selection criteria: the kernels' scores (loss, entropy), then ``sift_ds.criteria``'s (the rest).
 FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
 SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
 FREQUENCY_BASELINES = ("running", "unigram")
