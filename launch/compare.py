@@ -58,10 +58,10 @@ def job_script(ds_config: str) -> str:
 
 
 def seed_list(text: str) -> List[int]:
-    """'3' -> seeds 0, 1, 2; '1,5,9' -> those seeds."""
+    """'3' -> seeds 0, 1, 2; '1,5,9' -> those seeds; '4,' -> seed 4 alone."""
     try:
         if "," in text:
-            seeds = [int(s) for s in text.split(",")]
+            seeds = [int(s) for s in (text[:-1] if text.endswith(",") else text).split(",")]
         else:
             seeds = list(range(int(text)))
     except ValueError:
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ds_config", metavar="JSON", help="ds_config of every run (the arms override its 'sift' keys)")
     p.add_argument("--arms", help="comma-separated arm specs: vanilla, CRITERION:EXIT[@key=value...]")
     p.add_argument("--arms_file", metavar="JSON", help="more arms: a JSON object label -> list of extra words")
-    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], metavar="N|S1,S2,...", help="seeds 0..N-1, or a list")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], metavar="N|S1,S2,...", help="seeds 0..N-1, or a list ('S,': seed S alone)")
     p.add_argument("--data", action="append", metavar="PATH", help="--data of every run (repeatable)")
     p.add_argument("--out", default="runs/compare", help="runs/<arm>/seed<S>/, results.md, results.csv, plots/")
     p.add_argument("--num_gpus", type=positive, default=1, help="ranks per run (deepspeed --num_gpus)")

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from launch_helpers import CONFIGS, GPT_SCRIPT, REPO, load_cli, read_config, run_python, set_key, write_config
 
@@ -78,6 +79,26 @@ def test_default_optimizer_is_the_papers_adamw_with_0_2_percent_warmup(tmp_path)
         "total_num_steps": 5000, "warmup_num_steps": 10, "warmup_max_lr": 1e-4, "warmup_type": "linear"}}
 
 
+def test_warmup_steps_sets_the_schedulers_warmup_and_the_lr_follows_it(tmp_path):
+    """--warmup_steps replaces the ds_config's warmup_num_steps; the scheduler DeepSpeed builds from
+    the resolved config then ramps linearly to the peak over exactly that many steps and decays to zero
+    at max_steps (checked against the formula, not the config)."""
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+    plan = cli.resolve(["--ds_config", tiny(tmp_path), "--max_steps", "40", "--warmup_steps", "8",
+                        "--output_dir", str(tmp_path / "o")])
+    params = plan.ds_config["scheduler"]["params"]
+    assert params["warmup_num_steps"] == 8 and params["total_num_steps"] == 40
+    peak = plan.ds_config["optimizer"]["params"]["lr"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    schedule = WarmupDecayLR(optimizer, **params)
+    lrs = []
+    for _ in range(40):  # the lr of iterations 0..39
+        schedule.step()
+        lrs.append(schedule.get_lr()[0])
+    expected = [peak * (t / 8 if t <= 8 else (40 - t) / (40 - 8)) for t in range(40)]
+    assert lrs == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.json"))), ids=os.path.basename)
 def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
     cpu = "_cpu" in path
@@ -134,6 +155,8 @@ ERRORS = [
     (_set(["pretrain", "epochs"], 3), [], 1, "ds_config 'pretrain' section: unknown key 'epochs'"),
     (None, ["--val_fraction", "1.5"], 1, "--val_fraction must be in (0, 1), got 1.5"),
     (None, ["--log_interval", "0"], 1, "--log_interval must be > 0, got 0"),
+    (None, ["--warmup_steps", "-1"], 1, "--warmup_steps must be >= 0, got -1"),
+    (None, ["--warmup_steps", "400"], 1, "--warmup_steps 400 must be below max_steps (400)"),
     (_set(["scheduler", "params", "warmup_min_lr"], "auto"), [], 1, "'auto' is not supported for these keys"),
 ]
 

@@ -211,7 +211,14 @@ def load_compare():
     return module
 
 
+@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1,5,9", [1, 5, 9]), ("4,", [4]), ("0,", [0])])
+def test_seed_list_takes_a_count_a_list_or_one_seed(text, seeds):
+    assert load_compare().seed_list(text) == seeds
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--arms", "vanilla", "--seeds", ","], "argument --seeds: expected a count"),
+    (["--arms", "vanilla", "--seeds", "1,,2"], "argument --seeds: expected a count"),
     (["--arms", "vanilla,loss"], "arm 'loss': expected 'vanilla' or CRITERION:EXIT_LAYER"),
     (["--arms", "loss:1"], "no arm named 'vanilla'"),
     (["--arms", "vanilla,loss:1", "--", "--seed", "3"], "the words after '--' set --seed"),

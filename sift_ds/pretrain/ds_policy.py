@@ -31,9 +31,11 @@ def check_precision(ds_config: dict, accelerator: str) -> None:
                          "use bf16 or fp32 (e.g. ds_configs/tiny_cpu_sift.json)")
 
 
-def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: List[str]) -> int:
+def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: List[str],
+                     warmup_option: Optional[int] = None) -> int:
     """max_steps, and the optimizer / scheduler sections (edited in place): the paper's AdamW when
-    there is none, and "auto" (or absent) scheduler values filled in from the run length and lr."""
+    there is none, ``--warmup_steps`` as the scheduler's warmup_num_steps, and "auto" (or absent)
+    scheduler values filled in from the run length and lr."""
     if "optimizer" not in ds_config:
         ds_config["optimizer"] = copy.deepcopy(PAPER_ADAMW)
         ds_config.setdefault("scheduler", {"type": "WarmupDecayLR", "params": {}})
@@ -52,6 +54,12 @@ def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: Li
     if config_total is not None and max_steps_option and max_steps_option != config_total:
         notes.append(f"--max_steps {max_steps_option} differs from the scheduler's total_num_steps {config_total}; "
                      "the schedule is kept as configured")
+    if warmup_option is not None:
+        if not isinstance(scheduler, dict):
+            raise ValueError("--warmup_steps needs a ds_config scheduler section (e.g. WarmupDecayLR)")
+        if warmup_option >= max_steps:
+            raise ValueError(f"--warmup_steps {warmup_option} must be below max_steps ({max_steps})")
+        params["warmup_num_steps"] = warmup_option
     if isinstance(scheduler, dict):
         if scheduler.get("type") in SCHEDULERS_WITH_TOTAL and total in (None, "auto"):
             params["total_num_steps"] = max_steps

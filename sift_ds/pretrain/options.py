@@ -61,6 +61,8 @@ class PretrainOptions:
                                  "held-out share (the reference model)", "model and data", ("rest", "holdout"))
     mlm_probability: float = _opt(0.15, "masked fraction (80/10/10)", "model and data")
     max_steps: Optional[int] = _opt(None, "optimizer steps; None: the scheduler's total_num_steps", "training")
+    warmup_steps: Optional[int] = _opt(None, "learning-rate warm-up steps (the scheduler's warmup_num_steps); None: the "
+                                             "ds_config's, or 0.2%% of max_steps when it says auto", "training")
     time_budget: Optional[float] = _opt(None, "stop (with a checkpoint) after this much training wall time, "
                                               "cumulative over resumes", "training", metavar="MINUTES")
     seed: int = _opt(42, "initialisation, dropout, data order, masks", "training")

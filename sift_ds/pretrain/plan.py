@@ -26,7 +26,7 @@ from .unigram import job_unigram_table
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
             "max_val_samples")
-NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
+NON_NEGATIVE = ("warmup_steps", "eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
 SEEDS = ("seed", "data_seed")  # numpy's and the loader's seeds: 0 <= seed < 2**32
 SMALL_VOCAB = 1000  # a trained WordPiece vocabulary below this is little more than the corpus's characters
 
@@ -76,7 +76,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     check_ranges(options)
     ds_check.check_types(ds_config)
     ds_check.check_values(ds_config)
-    max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes)
+    max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes, options.warmup_steps)
     ds_policy.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
     warnings += ds_check.check_with_deepspeed(ds_config)

@@ -1,0 +1,231 @@
+"""The budget-matched saving against training length: one ``launch/compare.py`` study per horizon
+(its own vanilla frontier, every schedule decayed at its own end), gathered into one table, one plot
+and a log-linear trend.
+
+Each horizon's figures are read from its study's ``results.csv`` (the one home of them): per
+selecting arm, the budget-matched speed-up in samples and in wall-clock, at equal final loss and at
+equal final accuracy, with its bootstrap interval over seeds, or a bound when the arm lies off that
+horizon's frontier. A horizon's training tokens are its ``vanilla`` arm's backprop samples times the
+sequence length (from the finished runs).
+
+The trend is a *model*, not a measurement: per arm and figure, a weighted least-squares line of the
+saving against log10(training tokens) through the horizons where the saving is inside the frontier,
+each weighted by 1 / sigma^2 with sigma = (interval width) / 3.92 (a normal reading of the 95%
+bootstrap interval). Extrapolated to another horizon it assumes that the saving keeps changing by the
+same amount per tenfold of tokens, that nothing else changes (model size, data, batch, selection
+cost share), and that the seeds' spread is the only uncertainty.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .analysis import AXES, BASELINE, METRICS
+
+# The paper's BERT-base runs: 800k steps of 32 sequences x 8 GPUs x 512 tokens (131,072 tokens a step).
+PAPER_TOKENS = 800_000 * 32 * 8 * 512
+Z95 = 1.959963984540054
+FIGURES: Tuple[Tuple[str, str], ...] = tuple((metric, axis) for metric in METRICS for axis in AXES)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One arm's budget-matched saving at one horizon, for one (metric, axis)."""
+
+    saving: float
+    lo: float
+    hi: float
+    where: str  # "" inside the frontier, ">" at least, "<" at most (frontier.BOUND_*)
+
+    @property
+    def inside(self) -> bool:
+        return self.where == "" and all(map(math.isfinite, (self.saving, self.lo, self.hi)))
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """One study: its length, what each arm saved, and how much data its runs saw."""
+
+    study: str
+    steps: int            # the vanilla arm's steps
+    tokens: int           # the vanilla arm's backprop tokens
+    max_epoch: int        # the highest data epoch any finished run reached (0: no block repeated)
+    seeds: Dict[str, int]  # finished seeds per selecting arm
+    points: Dict[str, Dict[Tuple[str, str], Point]]
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A weighted least-squares line saving = intercept + slope * log10(tokens)."""
+
+    intercept: float
+    slope: float          # change of the saving per tenfold of tokens
+    cov: np.ndarray       # 2x2 covariance of (intercept, slope)
+    n: int                # horizons used
+
+    def at(self, tokens: float) -> Tuple[float, float, float]:
+        """The line's value at ``tokens`` and its 95% interval."""
+        x = np.array([1.0, math.log10(tokens)])
+        value = float(x @ np.array([self.intercept, self.slope]))
+        sd = math.sqrt(max(float(x @ self.cov @ x), 0.0))
+        return value, value - Z95 * sd, value + Z95 * sd
+
+    def slope_interval(self) -> Tuple[float, float]:
+        sd = math.sqrt(max(float(self.cov[1, 1]), 0.0))
+        return self.slope - Z95 * sd, self.slope + Z95 * sd
+
+
+def _float(text: Optional[str]) -> float:
+    return float(text) if text not in (None, "") else math.nan
+
+
+def _last(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1])
+
+
+def read_horizon(study: str) -> Horizon:
+    """A finished compare.py study: ValueError naming the file when something is missing."""
+    results = os.path.join(study, "results.csv")
+    if not os.path.isfile(results):
+        raise ValueError(f"{results}: no such file (run launch/compare.py for this horizon first)")
+    vanilla = sorted(glob.glob(os.path.join(study, "runs", BASELINE, "seed*", "DONE")))
+    if not vanilla:
+        raise ValueError(f"{study}: no finished '{BASELINE}' run (runs/{BASELINE}/seed*/DONE)")
+    run = os.path.dirname(vanilla[0])
+    end = _last(os.path.join(run, "metrics.jsonl"))
+    with open(os.path.join(run, "run_config.json"), encoding="utf-8") as f:
+        seq_len = int(json.load(f)["options"]["seq_len"])
+    epochs = [int(_last(os.path.join(os.path.dirname(done), "metrics.jsonl")).get("epoch", 0))
+              for done in glob.glob(os.path.join(study, "runs", "*", "seed*", "DONE"))]
+    points: Dict[str, Dict[Tuple[str, str], Point]] = {}
+    seeds: Dict[str, int] = {}
+    with open(results, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            q = f"budget_matched_{FIGURES[0][0]}_{FIGURES[0][1]}"
+            if row.get(q) in (None, ""):  # vanilla arms: the frontier itself
+                continue
+            seeds[row["arm"]] = int(row["seeds"])
+            points[row["arm"]] = {
+                (metric, axis): Point(_float(row[f"budget_matched_{metric}_{axis}"]),
+                                      _float(row[f"budget_matched_{metric}_{axis}_ci_lo"]),
+                                      _float(row[f"budget_matched_{metric}_{axis}_ci_hi"]),
+                                      row[f"budget_matched_{metric}_{axis}_bound"] or "")
+                for metric, axis in FIGURES}
+    if not points:
+        raise ValueError(f"{results}: no budget-matched arm (the study needs vanilla@max_steps=N arms)")
+    return Horizon(study, int(end["step"]), int(end["samples"]) * seq_len, max(epochs, default=0), seeds, points)
+
+
+def fit(horizons: Sequence[Horizon], arm: str, figure: Tuple[str, str], min_sigma: float = 1e-3) -> Optional[Trend]:
+    """The weighted line through the horizons where ``arm``'s saving is inside the frontier; None
+    with fewer than two such horizons."""
+    xs, ys, sigmas = [], [], []
+    for h in horizons:
+        p = h.points.get(arm, {}).get(figure)
+        if p is not None and p.inside:
+            xs.append(math.log10(h.tokens))
+            ys.append(p.saving)
+            sigmas.append(max((p.hi - p.lo) / (2 * Z95), min_sigma))
+    if len(set(xs)) < 2:
+        return None
+    design = np.column_stack([np.ones(len(xs)), np.array(xs)])
+    weights = 1.0 / np.square(np.array(sigmas))
+    cov = np.linalg.inv(design.T @ (design * weights[:, None]))
+    intercept, slope = cov @ (design.T @ (weights * np.array(ys)))
+    return Trend(float(intercept), float(slope), cov, len(xs))
+
+
+def arms_of(horizons: Sequence[Horizon]) -> List[str]:
+    seen: List[str] = []
+    for h in horizons:
+        seen += [a for a in h.points if a not in seen]
+    return seen
+
+
+def label(metric: str, axis: str) -> str:
+    return f"{'samples' if axis == 'samples' else 'wall-clock'} at equal {METRICS[metric][0].replace('val_', 'val ')}"
+
+
+def _cell(p: Optional[Point]) -> str:
+    if p is None:
+        return "-"
+    if not p.inside:
+        return f"{p.where}{p.saving:.3g}" if math.isfinite(p.saving) else "-"
+    return f"{p.saving:.2f} [{p.lo:.2f}..{p.hi:.2f}]"
+
+
+def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
+    """Markdown: the savings per horizon, then the trend and its extrapolation per arm and figure."""
+    hs = sorted(horizons, key=lambda h: h.tokens)
+    lines = ["| arm | figure | " + " | ".join(f"{h.steps} steps ({h.tokens / 1e6:.2f} M tokens)" for h in hs) + " |",
+             "|---|---|" + "---|" * len(hs)]
+    for arm in arms_of(hs):
+        for metric, axis in FIGURES:
+            cells = [_cell(h.points.get(arm, {}).get((metric, axis))) for h in hs]
+            lines.append(f"| {arm} | {label(metric, axis)} | " + " | ".join(cells) + " |")
+    lines += ["", "| horizon | seeds per arm | highest data epoch |", "|---|---|---|"]
+    for h in hs:
+        seeds = ", ".join(f"{a} {n}" for a, n in h.seeds.items())
+        lines.append(f"| {h.steps} steps | {seeds} | {h.max_epoch} |")
+    lines += ["", f"Trend (a model): saving = a + b * log10(tokens), weighted by the intervals; value at "
+                  f"{target_tokens:.3g} tokens with a 95% interval.", "",
+              "| arm | figure | horizons used | change per tenfold of tokens [95%] | at "
+              f"{target_tokens:.3g} tokens [95%] |", "|---|---|---|---|---|"]
+    for arm in arms_of(hs):
+        for figure in FIGURES:
+            trend = fit(hs, arm, figure)
+            if trend is None:
+                lines.append(f"| {arm} | {label(*figure)} | fewer than 2 | - | - |")
+                continue
+            lo, hi = trend.slope_interval()
+            value, vlo, vhi = trend.at(target_tokens)
+            lines.append(f"| {arm} | {label(*figure)} | {trend.n} | {trend.slope:+.3f} [{lo:+.3f}..{hi:+.3f}] | "
+                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(horizons: Sequence[Horizon], path: str) -> None:
+    """Two panels (samples, wall-clock): each arm's saving at equal loss (solid) and equal accuracy
+    (dashed) against training tokens, with intervals; open markers are bounds (off the frontier)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hs = sorted(horizons, key=lambda h: h.tokens)
+    fig, panels = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 4.2), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for panel, axis in zip(np.atleast_1d(panels), AXES):
+        for i, arm in enumerate(arms_of(hs)):
+            for metric, style, marker in zip(METRICS, ("-", "--"), ("o", "s")):
+                pts = [(h.tokens, h.points[arm][(metric, axis)]) for h in hs if arm in h.points]
+                inside = [(t, p) for t, p in pts if p.inside]
+                colour = colours[i % len(colours)]
+                if inside:
+                    t = np.array([t for t, _ in inside], dtype=float)
+                    y = np.array([p.saving for _, p in inside])
+                    err = np.array([[p.saving - p.lo for _, p in inside], [p.hi - p.saving for _, p in inside]])
+                    panel.errorbar(t, y, yerr=err, fmt=marker + style, color=colour, capsize=3,
+                                   label=f"{arm}, equal {METRICS[metric][0].replace('val_', '')}")
+                for t, p in pts:
+                    if not p.inside and math.isfinite(p.saving):
+                        panel.plot([t], [p.saving], marker, mfc="none", color=colour)
+        panel.axhline(1.0, color="grey", lw=0.8)
+        panel.set_xscale("log")
+        panel.set_xlabel("training tokens (vanilla arm)")
+        panel.set_title(f"budget-matched saving in {'samples' if axis == 'samples' else 'wall-clock'}")
+    np.atleast_1d(panels)[0].set_ylabel("saving (x, vanilla frontier = 1)")
+    np.atleast_1d(panels)[0].legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""launch/horizon.py and sift_ds.study.horizon: one compare.py study per horizon gathered into the
+saving-against-length table, the weighted trend (checked against scipy's curve_fit) and the plot."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit
+
+from sift_ds.study import horizon
+from sift_ds.study.analysis import AXES, METRICS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUDGET_STUDY = os.path.join(REPO, "docs", "results", "budget_l4h128")
+
+
+def write_study(root, steps, savings, seq_len=128, rows=16, epoch=0):
+    """A finished compare.py study as horizon.py reads it: results.csv (vanilla rows without a
+    budget-matched figure) and a finished vanilla run. ``savings``: arm -> (value, lo, hi, bound)."""
+    run = os.path.join(root, "runs", "vanilla", "seed0")
+    os.makedirs(run)
+    open(os.path.join(run, "DONE"), "w").close()
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": steps // 2, "samples": steps // 2 * rows, "epoch": 0}) + "\n")
+        f.write(json.dumps({"step": steps, "samples": steps * rows, "epoch": epoch}) + "\n")
+    with open(os.path.join(run, "run_config.json"), "w") as f:
+        json.dump({"options": {"seq_len": seq_len}}, f)
+    figures = [f"budget_matched_{m}_{a}" for m in METRICS for a in AXES]
+    columns = ["arm", "seeds"] + [c + s for c in figures for s in ("", "_bound", "_ci_lo", "_ci_hi")]
+    with open(os.path.join(root, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerow({"arm": "vanilla", "seeds": 3})
+        for arm, (value, lo, hi, bound) in savings.items():
+            row = {"arm": arm, "seeds": 3}
+            for c in figures:
+                row.update({c: value, c + "_bound": bound, c + "_ci_lo": lo, c + "_ci_hi": hi})
+            w.writerow(row)
+    return str(root)
+
+
+def line(tokens, a=1.1, b=0.05):
+    return a + b * math.log10(tokens)
+
+
+def test_reads_a_real_compare_study_tokens_and_savings():
+    h = horizon.read_horizon(BUDGET_STUDY)
+    assert h.steps == 600 and h.tokens == 600 * 16 * 128 and h.max_epoch == 0
+    with open(os.path.join(BUDGET_STUDY, "results.csv")) as f:
+        row = next(r for r in csv.DictReader(f) if r["arm"] == "entropy-exit1")
+    p = h.points["entropy-exit1"][("loss", "samples")]
+    assert (p.saving, p.lo, p.hi) == (float(row["budget_matched_loss_samples"]),
+                                      float(row["budget_matched_loss_samples_ci_lo"]),
+                                      float(row["budget_matched_loss_samples_ci_hi"]))
+    assert "vanilla" not in h.points and "vanilla_max_steps-900" not in h.points and h.seeds["entropy-exit1"] == 3
+
+
+def test_fit_matches_scipy_weighted_least_squares(tmp_path):
+    steps = (600, 2400, 4800)
+    values = {600: (1.18, 1.08, 1.25), 2400: (1.22, 1.15, 1.31), 4800: (1.21, 1.17, 1.24)}
+    hs = [horizon.read_horizon(write_study(tmp_path / str(s), s, {"entropy": (*values[s], "")})) for s in steps]
+    trend = horizon.fit(hs, "entropy", ("loss", "samples"))
+    x = np.log10([s * 16 * 128 for s in steps])
+    y = np.array([values[s][0] for s in steps])
+    sigma = np.array([(values[s][2] - values[s][1]) / (2 * 1.959963984540054) for s in steps])
+    params, cov = curve_fit(lambda t, a, b: a + b * t, x, y, sigma=sigma, absolute_sigma=True)
+    assert (trend.intercept, trend.slope) == pytest.approx(tuple(params), rel=1e-6)  # curve_fit iterates
+    np.testing.assert_allclose(trend.cov, cov, rtol=1e-6)
+    target = 1e11
+    value, lo, hi = trend.at(target)
+    sd = math.sqrt(np.array([1, 11.0]) @ cov @ np.array([1, 11.0]))
+    assert value == pytest.approx(params[0] + 11 * params[1]) and hi - lo == pytest.approx(2 * 1.959963984540054 * sd)
+
+
+def test_a_noiseless_line_is_recovered_and_bounds_are_left_out(tmp_path):
+    steps = (600, 2400, 4800, 9600)
+    savings = {s: (line(s * 16 * 128), line(s * 16 * 128) - 0.1, line(s * 16 * 128) + 0.1, "") for s in steps}
+    savings[9600] = (3.0, 2.0, 4.0, ">")  # off the frontier: a bound, not a point of the line
+    hs = [horizon.read_horizon(write_study(tmp_path / str(s), s, {"a": savings[s]})) for s in steps]
+    trend = horizon.fit(hs, "a", ("acc", "time"))
+    assert trend.n == 3 and trend.slope == pytest.approx(0.05) and trend.at(1e11)[0] == pytest.approx(line(1e11))
+    assert horizon.fit(hs[:1] + hs[3:], "a", ("acc", "time")) is None  # one inside point: no line
+    text = horizon.table(hs, 1e11)
+    assert ">3" in text and f"{line(600 * 16 * 128):.2f} [" in text and "+0.050" in text
+
+
+def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path):
+    studies = [write_study(tmp_path / f"h{s}", s, {"entropy-exit1": (1.2, 1.1, 1.3, "")}, epoch=s // 4800)
+               for s in (600, 4800)]
+    script = os.path.join(REPO, "launch", "horizon.py")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, script, *studies, "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = (out / "horizon.md").read_text()
+    assert "| 600 steps | entropy-exit1 3 | 0 |" in report and "| 4800 steps | entropy-exit1 3 | 1 |" in report
+    assert "a model" in report and os.path.getsize(out / "plots" / "horizon.png") > 10_000
+    for argv, message in [([str(tmp_path / "none")], "results.csv: no such file"),
+                          ([studies[0], studies[0]], "two studies have the same horizon"),
+                          ([studies[0], "--target_tokens", "0"], "--target_tokens must be positive")]:
+        proc = subprocess.run([sys.executable, script, *argv, "--out", str(out)], capture_output=True, text=True)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and message in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
