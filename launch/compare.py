@@ -15,6 +15,7 @@ Running the same command again skips the finished runs and resumes the others;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from sift_ds.pretrain.plan import make_output_dir
-from sift_ds.study import analysis, frontier, identity, preflight, report, runs
+from sift_ds.study import analysis, charges, frontier, identity, preflight, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for wall-clock comparisons")
     p.add_argument("--bootstrap", type=positive, default=2000, help="bootstrap resamples of the speed-up intervals")
     p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--ignore_one_off", action="store_true",
+                   help="leave the one-off costs (score file, reference model) out of the budgets: the reading for "
+                        "work shared by many runs (default: each run is charged in full)")
     p.add_argument("--analyze_only", action="store_true", help="no runs: rewrite the report from the finished runs")
     p.add_argument("--portable", action="store_true",
                    help="after the report, rewrite study.json and the finished runs' files without this machine's "
@@ -132,10 +136,14 @@ def study_arms(args, saved: Optional[dict]) -> List[Arm]:
     return check_arms(arms)
 
 
-def collect(plan: List[runs.Run]) -> Tuple[Dict[str, List[analysis.Curve]], Dict[str, List[int]], List[str]]:
-    """Curves of the finished runs per arm label, their seeds, and the names of unfinished runs."""
+def collect(plan: List[runs.Run], charge: bool = True) -> Tuple[Dict[str, List[analysis.Curve]], Dict[str, List[int]], List[str],
+                                         Dict[str, charges.OneOff]]:
+    """Curves of the finished runs per arm label (each shifted by the one-off cost its run paid before
+    training: a score file, a reference model), their seeds, the names of unfinished runs, and the
+    mean one-off cost per charged arm."""
     curves: Dict[str, List[analysis.Curve]] = {}
     seeds: Dict[str, List[int]] = {}
+    paid: Dict[str, List[charges.OneOff]] = {}
     missing = []
     for run in plan:
         if not runs.is_done(run):
@@ -145,9 +153,18 @@ def collect(plan: List[runs.Run]) -> Tuple[Dict[str, List[analysis.Curve]], Dict
             curve = analysis.curve(runs.read_metrics(run.path("metrics.jsonl")))
         except (OSError, ValueError) as err:
             raise ValueError(f"run {run.name}: unreadable metrics.jsonl ({err})") from err
+        try:
+            cost = charges.one_off(run.directory) if charge else charges.NONE
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"run {run.name}: its one-off cost cannot be charged ({err})") from err
+        if cost != charges.NONE:
+            curve = dataclasses.replace(curve, samples=curve.samples + cost.samples, elapsed=curve.elapsed + cost.seconds)
+            paid.setdefault(run.label, []).append(cost)
         curves.setdefault(run.label, []).append(curve)
         seeds.setdefault(run.label, []).append(run.seed)
-    return curves, seeds, missing
+    charged = {label: charges.OneOff(sum(c.seconds for c in cs) / len(cs), sum(c.samples for c in cs) / len(cs),
+                                     cs[0].what) for label, cs in paid.items()}
+    return curves, seeds, missing, charged
 
 
 def make_portable(out: str, plan: List[runs.Run], command: str, data: List[str]) -> str:
@@ -210,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             fail(err, status=1)
 
     try:
-        curves, done_seeds, missing = collect(plan)
+        curves, done_seeds, missing, charged = collect(plan, charge=not args.ignore_one_off)
         for name in missing:
             say(f"not finished, left out of the report: {name}")
         if analysis.BASELINE not in curves:
@@ -222,7 +239,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         fail(err)
     if args.portable:
         command = make_portable(out, plan, command, args.data or [])
-    paths = report.write(out, study, curves, arms, done_seeds, command, budget)
+    paths = report.write(out, study, curves, arms, done_seeds, command, budget, charged)
+    for label, cost in charged.items():
+        say(f"{label}: charged {cost.seconds:.0f} s and {cost.samples:.0f} sample equivalents once ({'; '.join(cost.what)})")
     for a in study.arms:
         t = a.to_target[("acc", "samples")]
         say(f"{a.label}: samples to vanilla's final val_acc x{t.speedup:.3g} "

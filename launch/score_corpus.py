@@ -74,6 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             about[FROZEN_ENTROPY]["checkpoint"] = args.checkpoint
         if args.reference:
             about[REFERENCE_LOSS]["reference_training"] = training_cost(args.reference)
+            about[REFERENCE_LOSS]["reference_config"] = reference.config.to_diff_dict()  # its FLOPs, for the charge
         meta = write_scores(args.out, scores, data.train, tokenizer, about)
     except (ValueError, FileNotFoundError, OSError) as err:
         fail(PROG, err)

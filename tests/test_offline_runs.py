@@ -9,11 +9,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from transformers import AutoConfig, AutoModelForMaskedLM
 
 from launch_helpers import cpu_env, metrics, run_python, small_config
 from launcher import REPO
 from sift_ds.pretrain.corpus import default_corpus
+from sift_ds.pretrain.metrics import FlopsModel
 from sift_ds.pretrain.tokenizer import batched_texts, train_wordpiece
+from sift_ds.study import charges
 
 SCORE_CORPUS = os.path.join(REPO, "launch", "score_corpus.py")
 KEPT_DROPPED = os.path.join(REPO, "launch", "kept_dropped.py")
@@ -80,3 +84,27 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
         last = metrics(out)[-1]
         assert last["step"] == 4 and last["sift/warmup"] == 0.0 and last["sift/nonfinite_scores"] == 0.0
         assert last["sift/score_kept_mean"] > last["sift/score_dropped_mean"]  # z-differences: kept above dropped
+
+    # What a study charges each run once (sift_ds.study.charges), rebuilt here from the records the
+    # steps above left: seconds as recorded, samples as FLOPs over the run's own training FLOPs per sample.
+    about = meta["scores"]
+    ref_cost, warm_cost = metrics(reference)[-1], [r for r in metrics(reference) if r["step"] <= 2][-1]
+    with open(whole / "run_config.json", encoding="utf-8") as f:
+        opts = json.load(f)["options"]
+    seq, fraction = opts["seq_len"], opts["mlm_probability"]
+    own = FlopsModel.for_masked_lm(AutoModelForMaskedLM.from_pretrained(whole / "final"), seq, 1, fraction,
+                                   opts["sparse_mlm_head"])
+    ref = FlopsModel.for_masked_lm(AutoModelForMaskedLM.from_pretrained(reference / "final"), seq,
+                                   AutoConfig.from_pretrained(reference / "final").num_hidden_layers, fraction, True)
+    per_sample = own.train_per_token * seq
+    frozen = charges.one_off(str(whole))
+    assert frozen.seconds == pytest.approx(about["frozen_entropy"]["seconds"] + warm_cost["elapsed_s"])
+    assert frozen.samples == pytest.approx((warm_cost["samples"] * seq * own.train_per_token
+                                            + n * 2 * seq * own.select_per_token) / per_sample)
+    online = charges.one_off(str(tmp_path / "reducible_online"))
+    assert online.seconds == pytest.approx(ref_cost["elapsed_s"])
+    assert online.samples == pytest.approx(ref_cost["samples"] * seq * ref.train_per_token / per_sample)
+    stored_ref = charges.one_off(str(tmp_path / "reducible_stored"))
+    assert stored_ref.seconds == pytest.approx(about["reference_loss"]["seconds"] + ref_cost["elapsed_s"])
+    assert stored_ref.samples == pytest.approx(online.samples + n * 2 * seq * ref.select_per_token / per_sample)
+    assert charges.one_off(str(reference)) == charges.NONE  # vanilla pays nothing once

@@ -30,7 +30,7 @@ def training_cost(model_dir: str) -> Optional[Dict[str, Any]]:
     if not steps:
         return None
     last = steps[-1]
-    return {"run": os.path.dirname(os.path.abspath(model_dir)), "steps": last["step"], "samples": last.get("samples"),
+    return {"run": os.path.relpath(os.path.dirname(os.path.abspath(model_dir))), "steps": last["step"], "samples": last.get("samples"),
             "gross_samples": last.get("gross_samples"), "elapsed_s": last.get("elapsed_s")}
 
 

@@ -8,11 +8,14 @@ import csv
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .analysis import AXES, METRICS, Curve, Spread, Study, band
 from .arms import Arm
 from .frontier import BOUND_ABOVE, BOUND_BELOW, BudgetStudy
+
+if TYPE_CHECKING:
+    from .charges import OneOff
 
 PLOTS = [("val_loss", "samples"), ("val_acc", "samples"), ("val_loss", "time"), ("val_acc", "time")]
 AXIS_LABEL = {"samples": "backprop samples", "time": "training wall time (s)"}
@@ -99,7 +102,7 @@ def budget_markdown(budget: BudgetStudy) -> List[str]:
 
 
 def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], command: str,
-             budget: Optional[BudgetStudy] = None) -> str:
+             budget: Optional[BudgetStudy] = None, charged: Optional[Dict[str, OneOff]] = None) -> str:
     out = ["# SIFT vs vanilla: multi-seed comparison", "",
            f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  ",
            "Targets (vanilla's mean final): "
@@ -108,6 +111,12 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
     out += _table(["arm", "seeds", "overrides"],
                   [[a.label, ",".join(map(str, seeds.get(a.label, []))) or "none finished",
                     f"`{' '.join(a.overrides)}`"] for a in arms])
+    if charged:
+        out += ["", "## One-off costs charged", "",
+                "Added to every point of these arms' curves, on both axes (sift_ds.study.charges): the work done "
+                "once before the run, in seconds and in backprop samples of the run's model with the same FLOPs.", ""]
+        out += _table(["arm", "seconds", "sample equivalents", "what"],
+                      [[label, _num(c.seconds), _num(c.samples), "; ".join(c.what)] for label, c in charged.items()])
     for metric in METRICS:
         out += ["", f"## Speed-up to vanilla's final {METRICS[metric][0]} ({_num(study.targets[metric])})", ""]
         rows = []
@@ -214,12 +223,13 @@ def plot(study: Study, curves: Dict[str, List[Curve]], key: str, axis: str, path
 
 
 def write(out: str, study: Study, curves: Dict[str, List[Curve]], arms: Sequence[Arm],
-          seeds: Dict[str, List[int]], command: str, budget: Optional[BudgetStudy] = None) -> List[str]:
+          seeds: Dict[str, List[int]], command: str, budget: Optional[BudgetStudy] = None,
+          charged: Optional[Dict[str, OneOff]] = None) -> List[str]:
     """Write results.md, results.csv and the four plots; returns their paths."""
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     paths = [os.path.join(out, "results.md"), os.path.join(out, "results.csv")]
     with open(paths[0], "w", encoding="utf-8") as f:
-        f.write(markdown(study, arms, seeds, command, budget))
+        f.write(markdown(study, arms, seeds, command, budget, charged))
     rows = csv_rows(study, seeds, budget)
     with open(paths[1], "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
