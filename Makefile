@@ -50,7 +50,7 @@ train: setup
 		--tokenizer $(TOKENIZER)
 
 test: setup
-	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q tests benchmarks
+	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q --durations=25 tests benchmarks
 
 # The newest releases setup.py allows, not the lock: torch first (its range read from setup.py), then the
 # rest in one resolve, plus Hugging Face's kernels; then the smoke set from the repository root. Its last
