@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET_STUDY = os.path.join(REPO, "docs", "results", "budget_l4h128")
 
 
-def write_study(root, steps, savings, seq_len=128, rows=16, epoch=0):
+def write_study(root, steps, savings, seq_len=128, rows=16, epoch=0, seeds=3):
     """A finished compare.py study as horizon.py reads it: results.csv (vanilla rows without a
     budget-matched figure) and a finished vanilla run. ``savings``: arm -> (value, lo, hi, bound)."""
     run = os.path.join(root, "runs", "vanilla", "seed0")
@@ -34,9 +34,9 @@ def write_study(root, steps, savings, seq_len=128, rows=16, epoch=0):
     with open(os.path.join(root, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, columns)
         w.writeheader()
-        w.writerow({"arm": "vanilla", "seeds": 3})
+        w.writerow({"arm": "vanilla", "seeds": seeds})
         for arm, (value, lo, hi, bound) in savings.items():
-            row = {"arm": arm, "seeds": 3}
+            row = {"arm": arm, "seeds": seeds}
             for c in figures:
                 row.update({c: value, c + "_bound": bound, c + "_ci_lo": lo, c + "_ci_hi": hi})
             w.writerow(row)
@@ -104,3 +104,13 @@ def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path):
         proc = subprocess.run([sys.executable, script, *argv, "--out", str(out)], capture_output=True, text=True)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and message in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_one_seed_shows_no_interval_and_stays_out_of_the_trend(tmp_path):
+    """One seed gives a degenerate bootstrap interval: shown as such, and not a point of the line."""
+    hs = [horizon.read_horizon(write_study(tmp_path / "a", 600, {"e": (1.1, 1.0, 1.2, "")})),
+          horizon.read_horizon(write_study(tmp_path / "b", 2400, {"e": (1.3, 1.2, 1.4, "")})),
+          horizon.read_horizon(write_study(tmp_path / "c", 4800, {"e": (1.6, 1.6, 1.6, "")}, seeds=1))]
+    trend = horizon.fit(hs, "e", ("loss", "samples"))
+    assert trend.n == 2 and trend.slope == pytest.approx(0.2 / math.log10(4))
+    assert "1.60 (1 seed)" in horizon.table(hs, 1e11)

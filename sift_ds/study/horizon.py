@@ -9,7 +9,8 @@ horizon's frontier. A horizon's training tokens are its ``vanilla`` arm's backpr
 sequence length (from the finished runs).
 
 The trend is a *model*, not a measurement: per arm and figure, a weighted least-squares line of the
-saving against log10(training tokens) through the horizons where the saving is inside the frontier,
+saving against log10(training tokens) through the horizons where the saving is inside the frontier
+and has an interval (two seeds or more),
 each weighted by 1 / sigma^2 with sigma = (interval width) / 3.92 (a normal reading of the 95%
 bootstrap interval). Extrapolated to another horizon it assumes that the saving keeps changing by the
 same amount per tenfold of tokens, that nothing else changes (model size, data, batch, selection
@@ -126,12 +127,12 @@ def read_horizon(study: str) -> Horizon:
 
 
 def fit(horizons: Sequence[Horizon], arm: str, figure: Tuple[str, str], min_sigma: float = 1e-3) -> Optional[Trend]:
-    """The weighted line through the horizons where ``arm``'s saving is inside the frontier; None
-    with fewer than two such horizons."""
+    """The weighted line through the horizons where ``arm``'s saving is inside the frontier and has an
+    interval (two seeds or more); None with fewer than two such horizons."""
     xs, ys, sigmas = [], [], []
     for h in horizons:
         p = h.points.get(arm, {}).get(figure)
-        if p is not None and p.inside:
+        if p is not None and p.inside and h.seeds.get(arm, 0) >= 2:
             xs.append(math.log10(h.tokens))
             ys.append(p.saving)
             sigmas.append(max((p.hi - p.lo) / (2 * Z95), min_sigma))
@@ -155,11 +156,13 @@ def label(metric: str, axis: str) -> str:
     return f"{'samples' if axis == 'samples' else 'wall-clock'} at equal {METRICS[metric][0].replace('val_', 'val ')}"
 
 
-def _cell(p: Optional[Point]) -> str:
+def _cell(p: Optional[Point], seeds: int) -> str:
     if p is None:
         return "-"
     if not p.inside:
         return f"{p.where}{p.saving:.3g}" if math.isfinite(p.saving) else "-"
+    if seeds < 2:  # no interval from one seed
+        return f"{p.saving:.2f} (1 seed)"
     return f"{p.saving:.2f} [{p.lo:.2f}..{p.hi:.2f}]"
 
 
@@ -170,7 +173,7 @@ def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
              "|---|---|" + "---|" * len(hs)]
     for arm in arms_of(hs):
         for metric, axis in FIGURES:
-            cells = [_cell(h.points.get(arm, {}).get((metric, axis))) for h in hs]
+            cells = [_cell(h.points.get(arm, {}).get((metric, axis)), h.seeds.get(arm, 0)) for h in hs]
             lines.append(f"| {arm} | {label(metric, axis)} | " + " | ".join(cells) + " |")
     lines += ["", "| horizon | seeds per arm | highest data epoch |", "|---|---|---|"]
     for h in hs:
