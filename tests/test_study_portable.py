@@ -69,7 +69,8 @@ def test_a_committed_study_is_accepted_with_the_corpus_at_another_path(out, tmp_
     copy = tmp_path / "elsewhere.jsonl.xz"
     shutil.copy(CORPUS, copy)
     script = os.path.join(REPO, "launch", "pretrain_gpt.py" if "llama" in config else "pretrain_bert.py")
-    preflight.check_settings(plan, runs.Settings(script, config, [], [str(copy)]))
+    passthrough = words[words.index("--") + 1:] if "--" in words else []  # e.g. a shared --tokenizer
+    preflight.check_settings(plan, runs.Settings(script, config, passthrough, [str(copy)]))
 
 
 def test_no_tracked_file_names_a_machine_path():
