@@ -22,6 +22,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from sift_ds.pretrain.metrics import read_metrics
 from sift_ds.pretrain.plan import make_output_dir
 from sift_ds.study import analysis, charges, frontier, identity, preflight, report, runs
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
@@ -150,7 +151,7 @@ def collect(plan: List[runs.Run], charge: bool = True) -> Tuple[Dict[str, List[a
             missing.append(run.name)
             continue
         try:
-            curve = analysis.curve(runs.read_metrics(run.path("metrics.jsonl")))
+            curve = analysis.curve(read_metrics(run.path("metrics.jsonl")))
         except (OSError, ValueError) as err:
             raise ValueError(f"run {run.name}: unreadable metrics.jsonl ({err})") from err
         try:

@@ -2,13 +2,13 @@
 the model scores by name, each with a record of how it was made and what it cost."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..pretrain.metrics import last_step_record
 from .model_scores import block_model_scores
 from .score_file import REFERENCE_LOSS
 from .text_stats import TEXT_SCORES, block_text_scores
@@ -19,18 +19,15 @@ SCORE_NAMES = tuple(TEXT_SCORES) + MODEL_SCORES
 
 
 def training_cost(model_dir: str) -> Optional[Dict[str, Any]]:
-    """What training the model of a pretraining run's ``final/`` directory cost: the last record of
-    the run's ``metrics.jsonl`` (steps, samples trained on, training wall time), or None without one."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "metrics.jsonl")
-    if not os.path.isfile(path):
+    """What training the model of a pretraining run's ``final/`` directory cost: from the last step
+    record of the run's ``metrics.jsonl`` (steps, samples trained on, training wall time), or None
+    without one."""
+    run = os.path.dirname(os.path.abspath(model_dir))
+    try:
+        last = last_step_record(run)
+    except ValueError:
         return None
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    steps = [r for r in records if "step" in r]
-    if not steps:
-        return None
-    last = steps[-1]
-    return {"run": os.path.relpath(os.path.dirname(os.path.abspath(model_dir))), "steps": last["step"], "samples": last.get("samples"),
+    return {"run": os.path.relpath(run), "steps": last["step"], "samples": last.get("samples"),
             "gross_samples": last.get("gross_samples"), "elapsed_s": last.get("elapsed_s")}
 
 

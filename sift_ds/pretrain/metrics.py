@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -185,6 +185,30 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def read_metrics(path: str) -> List[dict]:
+    """The records of a ``metrics.jsonl`` (a torn last line, from a killed run, is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def last_step_record(run_dir: str, step: Optional[int] = None) -> dict:
+    """The last step record of the run at ``run_dir`` at or before ``step`` (step, samples,
+    elapsed_s, ...): what training that run had cost by then. ValueError naming the file without one."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (the cost of training that model is unknown)")
+    rows = [r for r in read_metrics(path) if "step" in r and (step is None or r["step"] <= step)]
+    if not rows:
+        raise ValueError(f"{path}: no step record" + ("" if step is None else f" up to step {step}"))
+    return rows[-1]
 
 
 def purge_after(path: str, step: int) -> None:

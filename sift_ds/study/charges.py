@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from ..config import REDUCIBLE, STORED
 from ..offline.score_file import REFERENCE_LOSS, read_meta
-from ..pretrain.metrics import FlopsModel
+from ..pretrain.metrics import FlopsModel, last_step_record
 from ..pretrain.models import model_config
 
 
@@ -40,22 +40,6 @@ class OneOff:
 
 
 NONE = OneOff(0.0, 0.0, ())
-
-
-def _records(run_dir: str) -> list:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file (the cost of training that model is unknown)")
-    with open(path, encoding="utf-8") as f:
-        return [r for r in (json.loads(line) for line in f if line.strip()) if "step" in r]
-
-
-def run_cost(run_dir: str, step: Optional[int] = None) -> dict:
-    """The last metrics record of a pretraining run at or before ``step``: samples, elapsed_s, step."""
-    rows = [r for r in _records(run_dir) if step is None or r["step"] <= step]
-    if not rows:
-        raise ValueError(f"{os.path.join(run_dir, 'metrics.jsonl')}: no record up to step {step}")
-    return rows[-1]
 
 
 def _flops(config, seq_len: int, masked_fraction: float, sparse_head: bool, exit_layer: int) -> FlopsModel:
@@ -77,7 +61,7 @@ def one_off(run_dir: str) -> OneOff:
     per_sample = own.train_per_token * seq_len
     if sift["criterion"] == REDUCIBLE and os.path.isdir(sift["reference"]):  # online: its training only
         ref_dir = sift["reference"]
-        cost = run_cost(os.path.dirname(os.path.abspath(ref_dir)))
+        cost = last_step_record(os.path.dirname(os.path.abspath(ref_dir)))
         ref = _flops(AutoConfig.from_pretrained(ref_dir), seq_len, fraction, True, 1)
         return OneOff(float(cost["elapsed_s"]), cost["samples"] * seq_len * ref.train_per_token / per_sample,
                       (f"reference model training ({cost['step']} steps, {cost['elapsed_s']:.0f} s)",))
@@ -90,7 +74,7 @@ def one_off(run_dir: str) -> OneOff:
     if "checkpoint" in about:  # frozen_entropy: the warm-up that made the checkpoint, and the exit passes
         checkpoint = about["checkpoint"].rstrip("/")
         step = int(os.path.basename(checkpoint).replace("global_step", ""))
-        cost = run_cost(os.path.dirname(os.path.dirname(checkpoint)), step)
+        cost = last_step_record(os.path.dirname(os.path.dirname(checkpoint)), step)
         seconds += float(cost["elapsed_s"])
         flops += cost["samples"] * seq_len * own.train_per_token + blocks * masks * seq_len * own.select_per_token
         what.append(f"the warm-up to step {step} that made the checkpoint ({cost['elapsed_s']:.0f} s)")

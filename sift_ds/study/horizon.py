@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..pretrain.metrics import last_step_record
 from .analysis import AXES, BASELINE, METRICS
 
 # The paper's BERT-base runs: 800k steps of 32 sequences x 8 GPUs x 512 tokens (131,072 tokens a step).
@@ -87,12 +88,6 @@ def _float(text: Optional[str]) -> float:
     return float(text) if text not in (None, "") else math.nan
 
 
-def _last(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    return json.loads(lines[-1])
-
-
 def read_horizon(study: str) -> Horizon:
     """A finished compare.py study: ValueError naming the file when something is missing."""
     results = os.path.join(study, "results.csv")
@@ -102,10 +97,10 @@ def read_horizon(study: str) -> Horizon:
     if not vanilla:
         raise ValueError(f"{study}: no finished '{BASELINE}' run (runs/{BASELINE}/seed*/DONE)")
     run = os.path.dirname(vanilla[0])
-    end = _last(os.path.join(run, "metrics.jsonl"))
+    end = last_step_record(run)
     with open(os.path.join(run, "run_config.json"), encoding="utf-8") as f:
         seq_len = int(json.load(f)["options"]["seq_len"])
-    epochs = [int(_last(os.path.join(os.path.dirname(done), "metrics.jsonl")).get("epoch", 0))
+    epochs = [int(last_step_record(os.path.dirname(done)).get("epoch", 0))
               for done in glob.glob(os.path.join(study, "runs", "*", "seed*", "DONE"))]
     points: Dict[str, Dict[Tuple[str, str], Point]] = {}
     seeds: Dict[str, int] = {}

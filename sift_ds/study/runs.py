@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..pretrain.metrics import read_metrics
 from .arms import Arm, flags
 from .identity import data_digest
 
@@ -108,18 +109,6 @@ def job_args(run: Run, s: Settings, tokenizer: Optional[str]) -> List[str]:
     if "--max_steps" in flags(run.overrides):  # the arm's own budget
         passthrough = without_flag(passthrough, "--max_steps")
     return args + passthrough
-
-
-def read_metrics(path: str) -> List[dict]:
-    """The records of a ``metrics.jsonl`` (a torn last line, from a killed run, is ignored)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def reached_end(run: Run) -> Tuple[bool, str]:
