@@ -1,8 +1,9 @@
 """Real tiny runs of offline sifting and the reducible loss: a reference model trained on a held-out
 share of the training blocks, the corpus scored once by launch/score_corpus.py (text statistics, the
-frozen exit-1 entropy of a checkpoint, the reference loss), a run selecting by a stored score that,
-stopped and resumed, reproduces the uninterrupted run bitwise, and runs with the reducible loss
-(online reference model, and stored reference losses)."""
+frozen exit-1 entropy of a checkpoint, the reference loss), a 2-rank run (gloo, global scope: rows move
+between the ranks) selecting by a stored score that, stopped and resumed, reproduces the uninterrupted
+run bitwise, and 2-rank runs with the reducible loss (online reference model, and stored reference
+losses)."""
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from launch_helpers import cpu_env, metrics, run_python, small_config
+from launch_helpers import cpu_env, metrics, pretrain_2_ranks, run_python, small_config
 from launcher import REPO
 from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.metrics import FlopsModel
@@ -60,30 +61,34 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| unique_share |")).split("|")
     assert float(row[2]) > float(row[3]) and "Examples, kept:" in table
 
-    # Criterion stored: an uninterrupted run, and the same run stopped at step 3 and resumed.
+    # Criterion stored on 2 ranks: an uninterrupted run, and the same run stopped at step 3 and resumed.
     stored = common + ["--sift_criterion", "stored", "--sift_score_file", scores, "--sift_score_name", "frozen_entropy"]
     whole, split = tmp_path / "whole", tmp_path / "split"
-    ok(run_python(stored + ["--output_dir", whole], timeout=300))
-    ok(run_python(stored + ["--output_dir", split, "--exit_interval", "3"], timeout=300))
-    resumed = ok(run_python(stored + ["--output_dir", split, "--resume", "auto"], timeout=300))
+    pretrain_2_ranks(stored + ["--output_dir", whole])
+    pretrain_2_ranks(stored + ["--output_dir", split, "--exit_interval", "3"])
+    resumed = pretrain_2_ranks(stored + ["--output_dir", split, "--resume", "auto"])
     assert "resumed from" in resumed.stdout + resumed.stderr
     want, got = metrics(whole), metrics(split)
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 7))
     assert [r["train_loss"] for r in got] == [r["train_loss"] for r in want]  # bitwise
     selected = [r for r in want if r["sift/warmup"] == 0.0]
+    # Rank 0's kept rows lie above the global cut and its dropped rows below it; under the global
+    # scope its share of the kept rows moves from step to step (a local top half would be 0.5 always).
     assert len(selected) == 4 and all(r["sift/score_kept_mean"] > r["sift/score_dropped_mean"] for r in selected)
+    assert any(r["sift/kept_fraction"] != 0.5 for r in selected)
     assert [r["sift/score_kept_mean"] for r in got] == [r["sift/score_kept_mean"] for r in want]
     with open(whole / "run_config.json", encoding="utf-8") as f:
         assert json.load(f)["sift"]["score_name"] == "frozen_entropy"
 
-    # Criterion reducible: the reference model online, and its stored losses.
+    # Criterion reducible on 2 ranks: the reference model online, and its stored losses.
     for name, target in (("online", reference / "final"), ("stored", scores)):
         out = tmp_path / f"reducible_{name}"
-        ok(run_python(common + ["--sift_criterion", "reducible", "--sift_reference", target, "--max_steps", "4",
-                                "--output_dir", out], timeout=300))
-        last = metrics(out)[-1]
-        assert last["step"] == 4 and last["sift/warmup"] == 0.0 and last["sift/nonfinite_scores"] == 0.0
-        assert last["sift/score_kept_mean"] > last["sift/score_dropped_mean"]  # z-differences: kept above dropped
+        pretrain_2_ranks(common + ["--sift_criterion", "reducible", "--sift_reference", target, "--max_steps", "4",
+                                   "--output_dir", out])
+        records = metrics(out)
+        assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["sift/warmup"] == 0.0
+        for r in records[2:]:  # z-differences: rank 0's kept rows above its dropped ones at every selecting step
+            assert r["sift/nonfinite_scores"] == 0.0 and r["sift/score_kept_mean"] > r["sift/score_dropped_mean"]
 
     # What a study charges each run once (sift_ds.study.charges), rebuilt here from the records the
     # steps above left: seconds as recorded, samples as FLOPs over the run's own training FLOPs per sample.
