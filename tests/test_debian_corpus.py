@@ -23,7 +23,7 @@ PAGE = ("<html><head><title>t</title><script>var x = 1;</script></head><body><na
 
 
 def make_deb(folder, name, files, version="1.2-3"):
-    root = folder / f"{name}_root"
+    root = folder / f"{name}_{version}_root"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
                                              "Maintainer: t <t@example.org>\nDescription: test\n")
@@ -76,6 +76,32 @@ def test_a_corpus_from_a_package(tmp_path, monkeypatch):
     assert json.load(open(str(out) + ".json")) == manifest
     again = debian_corpus.build(["fake-doc"], str(tmp_path / "again.jsonl.xz"), str(tmp_path / "w2"), debs=str(debs))
     assert again["sha256"] == manifest["sha256"]  # the same packages give the same bytes
+
+    # A newer version beside it: taken by default, and the manifest's version when it pins one.
+    make_deb(debs, "fake-doc", {f"{doc}/guide/intro.txt": "Changed\n\n" + PROSE}, version="1.3-1")
+    newer = debian_corpus.build(["fake-doc"], str(tmp_path / "newer.jsonl.xz"), str(tmp_path / "w3"), debs=str(debs))
+    assert newer["packages"][0]["version"] == "1.3-1" and newer["sha256"] != manifest["sha256"]
+    pinned = debian_corpus.build(["fake-doc"], str(tmp_path / "pinned.jsonl.xz"), str(tmp_path / "w4"), debs=str(debs),
+                                 versions={"fake-doc": "1.2-3"})
+    assert pinned["sha256"] == manifest["sha256"]
+
+    # A study's manifest: a corpus with its bytes passes the check; another is refused in one line
+    # naming the package whose version moved.
+    study = tmp_path / "corpus.json"
+    study.write_text(json.dumps(manifest))
+    def build_corpus(*args):
+        return subprocess.run([sys.executable, os.path.join(REPO, "launch", "build_corpus.py"), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+    checked = build_corpus("--out", out, "--manifest", study)
+    assert checked.returncode == 0 and "the corpus" in checked.stdout, checked.stderr
+    refused = build_corpus("--out", tmp_path / "newer.jsonl.xz", "--manifest", study)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "newer.jsonl.xz: sha256" in last and "fake-doc 1.3-1 (wanted 1.2-3)" in last
+    both = build_corpus("--out", tmp_path / "x.jsonl.xz", "--manifest", study, "--packages", "fake-doc")
+    assert both.returncode == 2 and "give one or the other" in both.stderr
+    study.write_text("{}")
+    assert "no 'sha256'" in build_corpus("--out", out, "--manifest", study).stderr
 
 
 @pytest.mark.parametrize("name,message", [

@@ -12,6 +12,9 @@ styles and navigation dropped). The output is xz-compressed JSON lines, one docu
 the document and character counts and the output's sha256. Rebuilt from the same package versions,
 the output is the same, byte for byte. The Python documentation is refused: it is kept aside for
 independent checks.
+
+A study keeps the manifest of its corpus; ``launch/build_corpus.py --manifest corpus.json`` rebuilds
+that corpus (the manifest's packages, at its versions) and refuses one whose sha256 differs.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 # Package -> globs (inside the unpacked package) of the files that are prose.
 # English only; the books and guides of a language, not its generated API reference.
@@ -115,20 +118,29 @@ def check_packages(names: Sequence[str]) -> None:
                              f"(known: {', '.join(sorted(SOURCES))})")
 
 
-def unpack(name: str, workdir: str, debs: str = "") -> Package:
-    """``name``'s .deb (from ``debs``, else ``apt-get download`` into ``workdir``), unpacked under ``workdir``."""
+def unpack(name: str, workdir: str, debs: str = "", version: str = "") -> Package:
+    """``name``'s .deb (from ``debs``, else ``apt-get download`` into ``workdir``; at ``version``
+    when given), unpacked under ``workdir``."""
     pattern = os.path.join(debs or workdir, f"{name}_*.deb")
     if not glob.glob(pattern):
         if debs:
             raise FileNotFoundError(f"--debs {debs}: no {name}_*.deb")
-        subprocess.run(["apt-get", "download", name], cwd=workdir, check=True, capture_output=True)
-    deb = sorted(glob.glob(pattern))[-1]
+        wanted = f"{name}={version}" if version else name
+        proc = subprocess.run(["apt-get", "download", wanted], cwd=workdir, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ValueError(f"apt-get download {wanted} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    debs_found = sorted(glob.glob(pattern))
+    if version:  # the file names spell the epoch's ':' as '%3a'
+        debs_found = [d for d in debs_found if _deb_version(d) == version] or debs_found
+    deb = debs_found[-1]
     root = os.path.join(workdir, "unpacked", name)
     os.makedirs(root, exist_ok=True)
     subprocess.run(["dpkg", "-x", deb, root], check=True)
-    version = subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True, capture_output=True,
-                             text=True).stdout.strip()
-    return Package(name, version, root)
+    return Package(name, _deb_version(deb), root)
+
+
+def _deb_version(deb: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def documents(package: Package, min_chars: int) -> Iterator[Tuple[str, str]]:
@@ -142,16 +154,18 @@ def documents(package: Package, min_chars: int) -> Iterator[Tuple[str, str]]:
             yield f"{package.name}/{os.path.relpath(path, package.root)}", text
 
 
-def build(names: Sequence[str], out: str, workdir: str, debs: str = "", min_chars: int = 200) -> dict:
+def build(names: Sequence[str], out: str, workdir: str, debs: str = "", min_chars: int = 200,
+          versions: Optional[Dict[str, str]] = None) -> dict:
     """Write the corpus of ``names`` to ``out`` (``.jsonl.xz``) and its manifest to ``out + '.json'``;
-    return the manifest."""
+    return the manifest. ``versions`` (package -> version) pins what is downloaded."""
     check_packages(names)
+    versions = versions or {}
     if not fnmatch.fnmatch(out, "*.jsonl.xz"):
         raise ValueError(f"--out {out}: the corpus is written as xz-compressed JSON lines (*.jsonl.xz)")
     os.makedirs(workdir, exist_ok=True)
     packages, docs, seen = [], [], set()
     for name in names:
-        package = unpack(name, workdir, debs)
+        package = unpack(name, workdir, debs, versions.get(name, ""))
         count = 0
         for doc_id, text in documents(package, min_chars):
             digest = hashlib.sha256(text.encode()).hexdigest()
@@ -171,3 +185,33 @@ def build(names: Sequence[str], out: str, workdir: str, debs: str = "", min_char
     with open(out + ".json", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
     return manifest
+
+
+def read_manifest(path: str) -> dict:
+    """A corpus manifest (what ``build`` wrote beside a corpus); ValueError naming the file and key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--manifest {path}: not a readable corpus manifest ({error})") from None
+    for key in ("sha256", "min_chars", "packages"):
+        if key not in manifest:
+            raise ValueError(f"--manifest {path}: no {key!r}")
+    return manifest
+
+
+def check_corpus(out: str, manifest: dict, manifest_path: str) -> None:
+    """Refuse ``out`` unless its bytes are the ones ``manifest`` records, naming the package versions
+    that differ when ``out``'s own manifest is beside it."""
+    with open(out, "rb") as f:
+        have = hashlib.sha256(f.read()).hexdigest()
+    if have == manifest["sha256"]:
+        return
+    why = ""
+    if os.path.isfile(out + ".json"):
+        built = {p["package"]: p["version"] for p in read_manifest(out + ".json")["packages"]}
+        moved = [f"{p['package']} {built.get(p['package'], 'missing')} (wanted {p['version']})"
+                 for p in manifest["packages"] if built.get(p["package"]) != p["version"]]
+        why = f"; versions that differ: {', '.join(moved)}" if moved else ""
+    raise ValueError(f"{out}: sha256 {have[:12]}..., but {manifest_path} records {manifest['sha256'][:12]}...{why} "
+                     f"(rebuild it from the recorded versions, e.g. with --debs, or start the study in a new folder)")

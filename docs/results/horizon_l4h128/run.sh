@@ -9,8 +9,8 @@
 # then seed 1, ...), one run per pinned core; the longest runs of a seed start first. Resumable: finished
 # runs are committed and skipped. launch/horizon.py then draws the saving against training tokens.
 #   bash docs/results/horizon_l4h128/run.sh        (from the repository root, after make setup)
-# CORPUS names the corpus file (default: runs/corpora/debian_docs.jsonl.xz, built when missing); its sha256
-# must match corpus.json, the manifest of the packages it was built from. HORIZONS, SEEDS (a list), ARMS
+# CORPUS names the corpus file (default: runs/corpora/debian_docs.jsonl.xz, built from the package versions
+# in corpus.json when missing); its sha256 must match corpus.json's. HORIZONS, SEEDS (a list), ARMS
 # (the selecting arms), PARALLEL, PIN_CORES and NICE override the defaults; SIFT_CHECKOUT as in
 # budget_l4h128/run.sh.
 set -euo pipefail
@@ -20,17 +20,8 @@ cd "$repo"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$repo/.venv/torch_extensions}
 py="nice -n ${NICE:-0} .venv/bin/python"
 corpus=${CORPUS:-runs/corpora/debian_docs.jsonl.xz}
-want=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' "$here/corpus.json")
-if [ ! -f "$corpus" ]; then
-  mkdir -p "$(dirname "$corpus")"
-  $py launch/build_corpus.py --out "$corpus"
-fi
-have=$(sha256sum "$corpus" | cut -d' ' -f1)
-if [ "$have" != "$want" ]; then
-  echo "$corpus: sha256 $have, but the study's corpus (corpus.json) is $want; Debian has updated a package" \
-       "since (compare $corpus.json with corpus.json): rebuild from those versions with --debs" >&2
-  exit 2
-fi
+mkdir -p "$(dirname "$corpus")"
+$py launch/build_corpus.py --out "$corpus" --manifest "$here/corpus.json"  # built when missing; its sha256 checked
 tokenizer=${here#"$repo"/}/h600/runs/vanilla_max_steps-900/seed0/tokenizer  # seed 0's first run at H = 600 trains it
 for seed in ${SEEDS:-0 1 2}; do
   for H in ${HORIZONS:-600 2400 4800}; do
