@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from launch_helpers import load_cli
 from launcher import REPO
 from sift_ds.study import debian_corpus
 
@@ -38,7 +39,7 @@ def read(path):
     return [json.loads(line) for line in lzma.open(path, "rt", encoding="utf-8")]
 
 
-def test_a_corpus_from_a_package(tmp_path, monkeypatch):
+def test_a_corpus_from_a_package(tmp_path, monkeypatch, capsys):
     import gzip
     debs = tmp_path / "debs"
     debs.mkdir()
@@ -89,19 +90,25 @@ def test_a_corpus_from_a_package(tmp_path, monkeypatch):
     # naming the package whose version moved.
     study = tmp_path / "corpus.json"
     study.write_text(json.dumps(manifest))
-    def build_corpus(*args):
-        return subprocess.run([sys.executable, os.path.join(REPO, "launch", "build_corpus.py"), *map(str, args)],
-                              capture_output=True, text=True, timeout=300)
-    checked = build_corpus("--out", out, "--manifest", study)
-    assert checked.returncode == 0 and "the corpus" in checked.stdout, checked.stderr
-    refused = build_corpus("--out", tmp_path / "newer.jsonl.xz", "--manifest", study)
-    last = refused.stderr.strip().splitlines()[-1]
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "newer.jsonl.xz: sha256" in last and "fake-doc 1.3-1 (wanted 1.2-3)" in last
-    both = build_corpus("--out", tmp_path / "x.jsonl.xz", "--manifest", study, "--packages", "fake-doc")
-    assert both.returncode == 2 and "give one or the other" in both.stderr
+    cli = load_cli(os.path.join(REPO, "launch", "build_corpus.py"))
+
+    def build_corpus(*args):  # in process: (exit status, stdout, the last line of stderr)
+        capsys.readouterr()
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, (err.strip().splitlines() or [""])[-1]
+    code, printed, _ = build_corpus("--out", out, "--manifest", study)
+    assert code == 0 and "the corpus" in printed
+    code, _, last = build_corpus("--out", tmp_path / "newer.jsonl.xz", "--manifest", study)
+    assert code == 2 and "newer.jsonl.xz: sha256" in last and "fake-doc 1.3-1 (wanted 1.2-3)" in last
+    code, _, last = build_corpus("--out", tmp_path / "x.jsonl.xz", "--manifest", study, "--packages", "fake-doc")
+    assert code == 2 and "give one or the other" in last
     study.write_text("{}")
-    assert "no 'sha256'" in build_corpus("--out", out, "--manifest", study).stderr
+    assert "no 'sha256'" in build_corpus("--out", out, "--manifest", study)[2]
 
 
 @pytest.mark.parametrize("name,message", [

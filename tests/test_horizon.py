@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.optimize import curve_fit
 
+from launch_helpers import load_cli
 from sift_ds.study import horizon
 from sift_ds.study.analysis import AXES, METRICS
 
@@ -88,7 +89,7 @@ def test_a_noiseless_line_is_recovered_and_bounds_are_left_out(tmp_path):
     assert ">3" in text and f"{line(600 * 16 * 128):.2f} [" in text and "+0.050" in text
 
 
-def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path):
+def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path, capsys):
     studies = [write_study(tmp_path / f"h{s}", s, {"entropy-exit1": (1.2, 1.1, 1.3, "")}, epoch=s // 4800)
                for s in (600, 4800)]
     script = os.path.join(REPO, "launch", "horizon.py")
@@ -98,12 +99,15 @@ def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path):
     report = (out / "horizon.md").read_text()
     assert "| 600 steps | entropy-exit1 3 | 0 |" in report and "| 4800 steps | entropy-exit1 3 | 1 |" in report
     assert "a model" in report and os.path.getsize(out / "plots" / "horizon.png") > 10_000
+    cli = load_cli(script)  # the refusals, in process: exit status 2 and one line, no traceback
     for argv, message in [([str(tmp_path / "none")], "results.csv: no such file"),
                           ([studies[0], studies[0]], "two studies have the same horizon"),
                           ([studies[0], "--target_tokens", "0"], "--target_tokens must be positive")]:
-        proc = subprocess.run([sys.executable, script, *argv, "--out", str(out)], capture_output=True, text=True)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and message in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*argv, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err, err
 
 
 def test_one_seed_shows_no_interval_and_stays_out_of_the_trend(tmp_path):
