@@ -178,37 +178,44 @@ def test_failing_run_names_its_log(tmp_path):
     assert log.exists() and not (out / "runs" / "loss-exit1").exists()
 
 
-def test_every_arm_is_checked_by_the_job_before_the_first_run(tmp_path):
-    """An arm the job would refuse (an exit layer below the tiny model's depth of 2) stops the study
-    before any run starts, with the job's own one-line reason."""
-    out = tmp_path / "plan"
-    proc = compare(["--ds_config", CONFIG, "--arms", "vanilla,loss:9", "--seeds", 1, "--out", out,
-                    "--", *job(tmp_path)])
-    assert proc.returncode == 2, shown(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'loss-exit9': "), lines
-    assert "exit_layer=9 exceeds the model's depth" in lines[0]
-    assert not (out / "runs").exists()
-
-
-def test_a_causal_study_runs_the_causal_lm_job(tmp_path):
-    """A ds_config whose "pretrain" section sets objective "clm" makes every run launch/pretrain_gpt.py:
-    its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
-    out = tmp_path / "clm"
-    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift_experiment.json")
-    proc = compare(["--ds_config", config, "--arms", "entropy:3,vanilla", "--seeds", 1, "--out", out,
-                    "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
-    assert proc.returncode == 2, shown(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'entropy-exit3': pretrain_gpt.py: "), lines
-    assert "exit_layer=3 exceeds the model's depth" in lines[0] and not (out / "runs").exists()
-
-
 def load_compare():
     spec = importlib.util.spec_from_file_location("compare_cli", COMPARE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def refusal(capsys, monkeypatch, args) -> list:
+    """compare.py's main in process (its jobs still run as processes): exit status 2, and stderr's lines."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        load_compare().main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    return err.strip().splitlines()
+
+
+def test_every_arm_is_checked_by_the_job_before_the_first_run(tmp_path, capsys, monkeypatch):
+    """An arm the job would refuse (an exit layer below the tiny model's depth of 2) stops the study
+    before any run starts, with the job's own one-line reason."""
+    out = tmp_path / "plan"
+    lines = refusal(capsys, monkeypatch, ["--ds_config", CONFIG, "--arms", "vanilla,loss:9", "--seeds", 1, "--out", out,
+                                          "--", *job(tmp_path)])
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'loss-exit9': "), lines
+    assert "exit_layer=9 exceeds the model's depth" in lines[0]
+    assert not (out / "runs").exists()
+
+
+def test_a_causal_study_runs_the_causal_lm_job(tmp_path, capsys, monkeypatch):
+    """A ds_config whose "pretrain" section sets objective "clm" makes every run launch/pretrain_gpt.py:
+    its own check refuses an exit below the tiny Llama's depth of 2, before any run starts."""
+    out = tmp_path / "clm"
+    config = os.path.join(REPO, "ds_configs", "tiny_llama_cpu_sift_experiment.json")
+    lines = refusal(capsys, monkeypatch, ["--ds_config", config, "--arms", "entropy:3,vanilla", "--seeds", 1,
+                                          "--out", out, "--", "--max_steps", 4, "--cache_dir", tmp_path / "cache"])
+    assert len(lines) == 1 and lines[0].startswith("compare.py: error: arm 'entropy-exit3': pretrain_gpt.py: "), lines
+    assert "exit_layer=3 exceeds the model's depth" in lines[0] and not (out / "runs").exists()
 
 
 @pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1,5,9", [1, 5, 9]), ("4,", [4]), ("0,", [0])])
