@@ -53,12 +53,25 @@ def committed_studies():
     return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(REPO, "docs", "results", "*", "study.json")))
 
 
+def study_corpus(out):
+    """The corpus a committed study ran on: the one its corpus.json manifest describes, where its
+    run.sh builds it (runs/corpora/ of the checkout), else the study corpus in ../shared/data."""
+    manifest = os.path.join(out, "corpus.json")
+    if not os.path.exists(manifest):
+        return CORPUS, "the study corpus is not at ../shared/data (docs/results.md, 'Study corpora')"
+    with open(manifest, encoding="utf-8") as f:
+        name = json.load(f)["file"]
+    return (os.path.join(REPO, "runs", "corpora", name),
+            f"runs/corpora/{name} is not built (launch/build_corpus.py --manifest {os.path.relpath(manifest, REPO)})")
+
+
 @pytest.mark.parametrize("out", committed_studies(), ids=os.path.basename)
 def test_a_committed_study_is_accepted_with_the_corpus_at_another_path(out, tmp_path):
     """Its command.json records name the data by content; the preflight accepts them with a copy of
     the corpus elsewhere (as a re-run of its run.sh on another machine would give it)."""
-    if not os.path.exists(CORPUS):
-        pytest.skip("the study corpus is not at ../shared/data (docs/results.md, 'Study corpora')")
+    corpus, missing = study_corpus(out)
+    if not os.path.exists(corpus):
+        pytest.skip(missing)
     with open(os.path.join(out, "study.json"), encoding="utf-8") as f:
         saved = json.load(f)
     words = saved["command"].split()
@@ -67,7 +80,7 @@ def test_a_committed_study_is_accepted_with_the_corpus_at_another_path(out, tmp_
     stamps = [json.load(open(r.path("command.json"), encoding="utf-8")) for r in plan]
     assert all("<data>" in s["args"] and len(s["data_sha256"]) == 64 for s in stamps)
     copy = tmp_path / "elsewhere.jsonl.xz"
-    shutil.copy(CORPUS, copy)
+    shutil.copy(corpus, copy)
     script = os.path.join(REPO, "launch", "pretrain_gpt.py" if "llama" in config else "pretrain_bert.py")
     passthrough = words[words.index("--") + 1:] if "--" in words else []  # e.g. a shared --tokenizer
     preflight.check_settings(plan, runs.Settings(script, config, passthrough, [str(copy)]))
