@@ -5,7 +5,8 @@
         docs/results/horizon_l4h128/h4800 --out docs/results/horizon_l4h128
 
 writes horizon.md (each arm's budget-matched saving per horizon, and a log-linear trend extrapolated
-to --target_tokens, labelled a model) and plots/horizon.png. sift_ds.study.horizon has the details.
+to --target_tokens with the length where it reaches no saving, labelled a model) and
+plots/horizon.png. sift_ds.study.horizon has the details.
 """
 import argparse
 import os

@@ -118,3 +118,42 @@ def test_one_seed_shows_no_interval_and_stays_out_of_the_trend(tmp_path):
     trend = horizon.fit(hs, "e", ("loss", "samples"))
     assert trend.n == 2 and trend.slope == pytest.approx(0.2 / math.log10(4))
     assert "1.60 (1 seed)" in horizon.table(hs, 1e11)
+
+
+def band_contains_one(trend, x):
+    """float64 reference: does the line's 95% band at log10(tokens) = x contain a saving of 1?"""
+    design = np.stack([np.ones_like(x), x], axis=1)
+    value = design @ np.array([trend.intercept, trend.slope], dtype=np.float64)
+    sd = np.sqrt(np.einsum("ni,ij,nj->n", design, trend.cov, design))
+    return np.abs(value - 1.0) <= 1.959963984540054 * sd
+
+
+def test_break_even_horizon_and_its_interval_match_a_grid_search(tmp_path):
+    """Where the saving reaches 1: the line's own root, and Fieller's interval against a dense float64
+    scan of where the 95% band contains 1."""
+    steps = (600, 2400, 4800)
+    values = {600: (1.26, 1.20, 1.31), 2400: (1.20, 1.13, 1.27), 4800: (1.05, 0.99, 1.10)}
+    hs = [horizon.read_horizon(write_study(tmp_path / str(s), s, {"e": (*values[s], "")})) for s in steps]
+    trend = horizon.fit(hs, "e", ("acc", "samples"))
+    point, lo, hi = trend.break_even()
+    assert trend.at(point)[0] == pytest.approx(1.0, abs=1e-9)
+    x = np.linspace(4.0, 12.0, 800_001)
+    inside = x[band_contains_one(trend, x)]
+    assert inside.size and np.all(np.diff(inside) < 2e-5)  # one interval inside the scanned range
+    assert math.log10(lo) == pytest.approx(inside[0], abs=2e-5) and math.log10(hi) == pytest.approx(inside[-1], abs=2e-5)
+    assert lo < point < hi
+    assert f"{point:.2g} [{lo:.2g}..{hi:.2g}]" in horizon.table(hs, 1e11)
+
+
+def test_break_even_is_unbounded_when_the_slope_is_not_told_apart_from_zero(tmp_path):
+    steps = (600, 4800)
+    hs = [horizon.read_horizon(write_study(tmp_path / str(s), s, {"e": v}))
+          for s, v in zip(steps, [(1.20, 0.90, 1.50, ""), (1.15, 0.85, 1.45, "")])]
+    trend = horizon.fit(hs, "e", ("loss", "time"))
+    slope_lo, slope_hi = trend.slope_interval()
+    assert slope_lo < 0 < slope_hi
+    point, lo, hi = trend.break_even()
+    assert trend.at(point)[0] == pytest.approx(1.0, abs=1e-9) and (lo, hi) == (0.0, math.inf)
+    assert "unbounded" in horizon.table(hs, 1e11)
+    flat = [horizon.read_horizon(write_study(tmp_path / f"f{s}", s, {"e": (1.2, 1.1, 1.3, "")})) for s in steps]
+    assert "never (a flat line)" in horizon.table(flat, 1e11)

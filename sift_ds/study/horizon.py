@@ -14,7 +14,8 @@ and has an interval (two seeds or more),
 each weighted by 1 / sigma^2 with sigma = (interval width) / 3.92 (a normal reading of the 95%
 bootstrap interval). Extrapolated to another horizon it assumes that the saving keeps changing by the
 same amount per tenfold of tokens, that nothing else changes (model size, data, batch, selection
-cost share), and that the seeds' spread is the only uncertainty.
+cost share), and that the seeds' spread is the only uncertainty. The break-even horizon is where the line reaches
+a saving of 1, with Fieller's interval (the tokens where the line's 95% band contains 1).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .analysis import AXES, BASELINE, METRICS
 # The paper's BERT-base runs: 800k steps of 32 sequences x 8 GPUs x 512 tokens (131,072 tokens a step).
 PAPER_TOKENS = 800_000 * 32 * 8 * 512
 Z95 = 1.959963984540054
+FLAT = 1e-12  # a trend slope below this (per tenfold of tokens) is a flat line: it never reaches 1
 FIGURES: Tuple[Tuple[str, str], ...] = tuple((metric, axis) for metric in METRICS for axis in AXES)
 
 
@@ -82,6 +84,27 @@ class Trend:
     def slope_interval(self) -> Tuple[float, float]:
         sd = math.sqrt(max(float(self.cov[1, 1]), 0.0))
         return self.slope - Z95 * sd, self.slope + Z95 * sd
+
+    def break_even(self) -> Tuple[float, float, float]:
+        """The training tokens where the line reaches a saving of 1 (no gain) and the 95% interval of
+        that horizon (Fieller's: the tokens where the line's 95% band contains 1). The point is NaN
+        when the line is flat (|slope| <= FLAT); the interval is (0, inf) when the slope's own interval includes 0,
+        where the data cannot bound the break-even horizon."""
+        a, b = self.intercept - 1.0, self.slope
+        point = _tokens(-a / b) if abs(b) > FLAT else math.nan
+        v00, v01, v11 = float(self.cov[0, 0]), float(self.cov[0, 1]), float(self.cov[1, 1])
+        z2 = Z95 * Z95
+        # the x = log10(tokens) where (a + b x)^2 <= z2 (v00 + 2 v01 x + v11 x^2)
+        qa, qb, qc = b * b - z2 * v11, 2 * (a * b - z2 * v01), a * a - z2 * v00
+        if qa <= 0:  # b^2 <= z2 v11: the slope is not told apart from 0
+            return point, 0.0, math.inf
+        root = math.sqrt(max(qb * qb - 4 * qa * qc, 0.0))  # >= 0 whenever b != 0: the point is inside
+        return point, _tokens((-qb - root) / (2 * qa)), _tokens((-qb + root) / (2 * qa))
+
+
+def _tokens(log10_tokens: float) -> float:
+    """10 ** x without overflow: inf above, 0 below what a float holds."""
+    return 10.0 ** log10_tokens if abs(log10_tokens) < 300 else (math.inf if log10_tokens > 0 else 0.0)
 
 
 def _float(text: Optional[str]) -> float:
@@ -177,18 +200,26 @@ def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
     lines += ["", f"Trend (a model): saving = a + b * log10(tokens), weighted by the intervals; value at "
                   f"{target_tokens:.3g} tokens with a 95% interval.", "",
               "| arm | figure | horizons used | change per tenfold of tokens [95%] | at "
-              f"{target_tokens:.3g} tokens [95%] |", "|---|---|---|---|---|"]
+              f"{target_tokens:.3g} tokens [95%] | reaches 1 (no saving) at tokens [95%] |", "|---|---|---|---|---|---|"]
     for arm in arms_of(hs):
         for figure in FIGURES:
             trend = fit(hs, arm, figure)
             if trend is None:
-                lines.append(f"| {arm} | {label(*figure)} | fewer than 2 | - | - |")
+                lines.append(f"| {arm} | {label(*figure)} | fewer than 2 | - | - | - |")
                 continue
             lo, hi = trend.slope_interval()
             value, vlo, vhi = trend.at(target_tokens)
             lines.append(f"| {arm} | {label(*figure)} | {trend.n} | {trend.slope:+.3f} [{lo:+.3f}..{hi:+.3f}] | "
-                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] |")
+                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] | {_break_even_cell(trend)} |")
     return "\n".join(lines) + "\n"
+
+
+def _break_even_cell(trend: Trend) -> str:
+    point, lo, hi = trend.break_even()
+    if math.isnan(point):
+        return "never (a flat line)"
+    bounds = "unbounded (the slope's interval includes 0)" if lo == 0 and math.isinf(hi) else f"{lo:.2g}..{hi:.2g}"
+    return f"{point:.2g} [{bounds}]"
 
 
 def plot(horizons: Sequence[Horizon], path: str) -> None:
