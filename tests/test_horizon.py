@@ -142,7 +142,7 @@ def test_break_even_horizon_and_its_interval_match_a_grid_search(tmp_path):
     assert inside.size and np.all(np.diff(inside) < 2e-5)  # one interval inside the scanned range
     assert math.log10(lo) == pytest.approx(inside[0], abs=2e-5) and math.log10(hi) == pytest.approx(inside[-1], abs=2e-5)
     assert lo < point < hi
-    assert f"{point:.2g} [{lo:.2g}..{hi:.2g}]" in horizon.table(hs, 1e11)
+    assert f"falls to 1 at {point:.2g} [{lo:.2g}..{hi:.2g}]" in horizon.table(hs, 1e11)
 
 
 def test_break_even_is_unbounded_when_the_slope_is_not_told_apart_from_zero(tmp_path):
@@ -154,6 +154,14 @@ def test_break_even_is_unbounded_when_the_slope_is_not_told_apart_from_zero(tmp_
     assert slope_lo < 0 < slope_hi
     point, lo, hi = trend.break_even()
     assert trend.at(point)[0] == pytest.approx(1.0, abs=1e-9) and (lo, hi) == (0.0, math.inf)
-    assert "unbounded" in horizon.table(hs, 1e11)
+    assert f"falls to 1 at {point:.2g} [unbounded" in horizon.table(hs, 1e11)
+    # a line below 1 and rising is said the other way round; a crossing before the shortest horizon as such
+    rising = [horizon.read_horizon(write_study(tmp_path / f"r{s}", s, {"e": v}))
+              for s, v in zip(steps, [(0.80, 0.78, 0.82, ""), (0.90, 0.88, 0.92, "")])]
+    r_point = horizon.fit(rising, "e", ("loss", "samples")).break_even()[0]
+    assert r_point > 4800 * 16 * 128 and f"rises to 1 at {r_point:.2g} [" in horizon.table(rising, 1e11)
+    falling_below = [horizon.read_horizon(write_study(tmp_path / f"b{s}", s, {"e": v}))
+                     for s, v in zip(steps, [(0.95, 0.93, 0.97, ""), (0.90, 0.88, 0.92, "")])]
+    assert "below 1 from the shortest horizon on" in horizon.table(falling_below, 1e11)
     flat = [horizon.read_horizon(write_study(tmp_path / f"f{s}", s, {"e": (1.2, 1.1, 1.3, "")})) for s in steps]
     assert "never (a flat line)" in horizon.table(flat, 1e11)

@@ -200,7 +200,7 @@ def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
     lines += ["", f"Trend (a model): saving = a + b * log10(tokens), weighted by the intervals; value at "
                   f"{target_tokens:.3g} tokens with a 95% interval.", "",
               "| arm | figure | horizons used | change per tenfold of tokens [95%] | at "
-              f"{target_tokens:.3g} tokens [95%] | reaches 1 (no saving) at tokens [95%] |", "|---|---|---|---|---|---|"]
+              f"{target_tokens:.3g} tokens [95%] | crosses 1 (no saving) at tokens [95%] |", "|---|---|---|---|---|---|"]
     for arm in arms_of(hs):
         for figure in FIGURES:
             trend = fit(hs, arm, figure)
@@ -210,16 +210,22 @@ def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
             lo, hi = trend.slope_interval()
             value, vlo, vhi = trend.at(target_tokens)
             lines.append(f"| {arm} | {label(*figure)} | {trend.n} | {trend.slope:+.3f} [{lo:+.3f}..{hi:+.3f}] | "
-                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] | {_break_even_cell(trend)} |")
+                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] | {_break_even_cell(trend, hs[0].tokens)} |")
     return "\n".join(lines) + "\n"
 
 
-def _break_even_cell(trend: Trend) -> str:
+def _break_even_cell(trend: Trend, first_tokens: float) -> str:
+    """Where the line crosses a saving of 1, said the way it goes: a falling line loses its saving
+    there, a rising one gains it; a crossing before the shortest horizon measured is said as such."""
     point, lo, hi = trend.break_even()
     if math.isnan(point):
         return "never (a flat line)"
-    bounds = "unbounded (the slope's interval includes 0)" if lo == 0 and math.isinf(hi) else f"{lo:.2g}..{hi:.2g}"
-    return f"{point:.2g} [{bounds}]"
+    falling = trend.slope < 0
+    if point <= first_tokens:
+        return (f"{'below' if falling else 'above'} 1 from the shortest horizon on "
+                f"(the line crosses 1 at {point:.2g})")
+    bounds = "unbounded: the slope's interval includes 0" if lo == 0 and math.isinf(hi) else f"{lo:.2g}..{hi:.2g}"
+    return f"{'falls' if falling else 'rises'} to 1 at {point:.2g} [{bounds}]"
 
 
 def plot(horizons: Sequence[Horizon], path: str) -> None:
