@@ -222,8 +222,7 @@ def _break_even_cell(trend: Trend, first_tokens: float) -> str:
         return "never (a flat line)"
     falling = trend.slope < 0
     if point <= first_tokens:
-        return (f"{'below' if falling else 'above'} 1 from the shortest horizon on "
-                f"(the line crosses 1 at {point:.2g})")
+        return f"{'below' if falling else 'above'} 1 from the shortest horizon on"
     bounds = "unbounded: the slope's interval includes 0" if lo == 0 and math.isinf(hi) else f"{lo:.2g}..{hi:.2g}"
     return f"{'falls' if falling else 'rises'} to 1 at {point:.2g} [{bounds}]"
 
