@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from sift_ds.study import horizon
+from sift_ds.study import horizon, horizon_plot
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                 f"--out {os.path.relpath(args.out)}`\n\n"
                 "Savings are each horizon's own budget-matched figures (compare.py's results.csv: "
                 "[95% bootstrap interval over seeds], `>` / `<` a bound off the frontier).\n\n" + text)
-    horizon.plot(horizons, os.path.join(args.out, "plots", "horizon.png"))
+    horizon_plot.plot(horizons, os.path.join(args.out, "plots", "horizon.png"))
     print(text)
     return 0
 
