@@ -14,8 +14,9 @@ and has an interval (two seeds or more),
 each weighted by 1 / sigma^2 with sigma = (interval width) / 3.92 (a normal reading of the 95%
 bootstrap interval). Extrapolated to another horizon it assumes that the saving keeps changing by the
 same amount per tenfold of tokens, that nothing else changes (model size, data, batch, selection
-cost share), and that the seeds' spread is the only uncertainty. The break-even horizon is where the line reaches
-a saving of 1, with Fieller's interval (the tokens where the line's 95% band contains 1).
+cost share), and that the seeds' spread is the only uncertainty. The break-even horizon is where
+the line reaches a saving of 1, with Fieller's interval (the tokens where the line's 95% band
+contains 1).
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ class Trend:
     def break_even(self) -> Tuple[float, float, float]:
         """The training tokens where the line reaches a saving of 1 (no gain) and the 95% interval of
         that horizon (Fieller's: the tokens where the line's 95% band contains 1). The point is NaN
-        when the line is flat (|slope| <= FLAT); the interval is (0, inf) when the slope's own interval includes 0,
-        where the data cannot bound the break-even horizon."""
+        when the line is flat (|slope| <= FLAT); the interval is (0, inf) when the slope's own
+        interval includes 0, where the data cannot bound the break-even horizon."""
         a, b = self.intercept - 1.0, self.slope
         point = _tokens(-a / b) if abs(b) > FLAT else math.nan
         v00, v01, v11 = float(self.cov[0, 0]), float(self.cov[0, 1]), float(self.cov[1, 1])
