@@ -165,3 +165,18 @@ def test_break_even_is_unbounded_when_the_slope_is_not_told_apart_from_zero(tmp_
     assert "below 1 from the shortest horizon on" in horizon.table(falling_below, 1e11)
     flat = [horizon.read_horizon(write_study(tmp_path / f"f{s}", s, {"e": (1.2, 1.1, 1.3, "")})) for s in steps]
     assert "never (a flat line)" in horizon.table(flat, 1e11)
+
+
+def test_an_extrapolation_below_zero_is_said_to_have_left_the_range_of_a_saving(tmp_path):
+    steps = (600, 4800)
+    hs = [horizon.read_horizon(write_study(tmp_path / str(s), s, {"e": v}))
+          for s, v in zip(steps, [(0.90, 0.88, 0.92, ""), (0.30, 0.28, 0.32, "")])]
+    # the line through the two points, by hand: it is below 0 long before 1e11 tokens
+    t0, t1 = (s * 16 * 128 for s in steps)
+    slope = (0.30 - 0.90) / (math.log10(t1) - math.log10(t0))
+    expected = 0.30 + slope * (math.log10(1e11) - math.log10(t1))
+    assert expected < 0 and horizon.fit(hs, "e", ("loss", "samples")).at(1e11)[0] == pytest.approx(expected)
+    row = next(r for r in horizon.table(hs, 1e11).splitlines() if r.startswith("| e | samples at equal val loss | 2 |"))
+    assert f"{expected:.2f} [" in row and "below 0, past where a straight line can stand for a saving" in row
+    assert "below 0" not in horizon.table([horizon.read_horizon(write_study(tmp_path / f"p{s}", s, {"e": (1.1, 1.0, 1.2, "")}))
+                                           for s in steps], 1e11)

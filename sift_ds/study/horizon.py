@@ -211,8 +211,14 @@ def table(horizons: Sequence[Horizon], target_tokens: float) -> str:
             lo, hi = trend.slope_interval()
             value, vlo, vhi = trend.at(target_tokens)
             lines.append(f"| {arm} | {label(*figure)} | {trend.n} | {trend.slope:+.3f} [{lo:+.3f}..{hi:+.3f}] | "
-                         f"{value:.2f} [{vlo:.2f}..{vhi:.2f}] | {_break_even_cell(trend, hs[0].tokens)} |")
+                         f"{_value_cell(value, vlo, vhi)} | {_break_even_cell(trend, hs[0].tokens)} |")
     return "\n".join(lines) + "\n"
+
+
+def _value_cell(value: float, lo: float, hi: float) -> str:
+    """The extrapolated saving; a straight line can fall below 0, which no saving can, and says so."""
+    cell = f"{value:.2f} [{lo:.2f}..{hi:.2f}]"
+    return cell if value > 0 else f"{cell}: below 0, past where a straight line can stand for a saving"
 
 
 def _break_even_cell(trend: Trend, first_tokens: float) -> str:
