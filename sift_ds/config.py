@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,10 +24,18 @@ SAMPLINGS = ("topk", "rank")
 FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
 SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
 FREQUENCY_BASELINES = ("running", "unigram")
+AUTO = "auto"
+START_STEP = "int_or_auto"  # the kind of selection_start_step: a step number or "auto"
+ALIASES = {"warmup_steps": "selection_start_step"}  # old key -> its name now
 
 
-def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None, kind: Optional[str] = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
+
+
+def field_kind(f: dataclasses.Field) -> str:
+    """A field's value kind for validation and command lines: bool, int, float, str or int_or_auto."""
+    return f.metadata.get("kind") or (f.type if isinstance(f.type, str) else f.type.__name__)
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,10 @@ class SiftConfig:
 
     The default criterion is the best measured one, the prediction entropy at exit layer 1 (the paper's
     default is the early-exit loss, ``criterion="loss"``); see "Choosing a criterion" in docs/results.md.
-    The rest follows the paper: strict top-k, keep 0.5, a fixed warm-up, no annealing, no random share,
-    no outlier guard.
+    Selection starts inside the learning-rate warm-up (``selection_start_step="auto"``: at
+    ``selection_start_share`` of it), which each front-end resolves with ``sift_ds.schedule``. The rest
+    follows the paper: strict top-k, keep 0.5, no annealing, no random share, no outlier guard.
+    ``warmup_steps`` is the old name of ``selection_start_step`` (given, it is moved there).
     """
 
     enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
@@ -48,7 +59,18 @@ class SiftConfig:
                           SELECTION_CRITERIA)
     exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
     keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
-    warmup_steps: int = _key(0, "optimizer steps before selection starts: a uniform random subset is kept")
+    selection_start_step: Union[int, str] = _key(
+        AUTO, "the optimizer step where selection starts (before it a uniform random subset is kept), or auto: "
+              "selection_start_share of the learning-rate warm-up; a start at or after the learning-rate peak is "
+              "refused unless start_after_lr_peak", kind=START_STEP)
+    selection_start_share: float = _key(
+        0.3, "auto's share of the learning-rate warm-up (0 <= share <= 1): selection_start_step = round(share x "
+             "warm-up steps), halves up; the measured studies started selection at 30 of 100 warm-up steps")
+    start_after_lr_peak: bool = _key(
+        False, "allow a selection start at or after the learning-rate peak (selection at the peak collapsed "
+               "entropy-SIFT in the measurements)")
+    warmup_steps: Optional[int] = _key(None, "the old name of selection_start_step (an alias; not both)",
+                                       kind="int")
     scope: str = _key("global", "top-k over all data-parallel ranks' gross batches, or per rank", SCOPES)
     kernel: str = _key("auto", "scorer backend: auto (Triton on CUDA), triton or torch", BACKENDS)
     seed: int = _key(1234, "seed of every random choice of the selector (stateless per step: resume is exact)")
@@ -56,7 +78,7 @@ class SiftConfig:
         0, "0: keep_ratio stays fixed; else it rises linearly from keep_ratio at anneal_start_step to 1 (no "
            "selection) at this step, by picking from a shrinking random pool (Composer SelectiveBackprop's end)")
     anneal_start_step: int = _key(
-        0, "where the annealing to full data begins (0: at warmup_steps); e.g. the start of the learning-rate "
+        0, "where the annealing to full data begins (0: at selection_start_step); e.g. the start of the learning-rate "
            "decay's last quarter, so that the run ends on full data like a budget-matched vanilla run")
     random_fraction: float = _key(0.0, "share of the kept rows drawn uniformly from the rows not selected by score")
     sampling: str = _key(
@@ -83,18 +105,30 @@ class SiftConfig:
     reference: str = _key("", "criterion reducible: the reference model's directory (online) or a score file with its "
                               "stored reference_loss per block")
 
+    def __post_init__(self):
+        """The old key ``warmup_steps`` moves to ``selection_start_step`` (given both: a ValueError)."""
+        if self.warmup_steps is None:
+            return
+        if self.selection_start_step != AUTO:
+            raise ValueError(f"sift.warmup_steps={self.warmup_steps!r} is the old name of sift.selection_start_step="
+                             f"{self.selection_start_step!r}: give one of them")
+        object.__setattr__(self, "selection_start_step", self.warmup_steps)
+        object.__setattr__(self, "warmup_steps", None)
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, section: Optional[Mapping[str, Any]]) -> "SiftConfig":
-        """Build from the ``"sift"`` section; every bad value is a ValueError naming its key."""
+        """Build from the ``"sift"`` section; every bad value is a ValueError naming its key. Keys
+        starting with ``_`` are notes (ignored); an unknown key is named with the closest known one."""
         if section is None:
             return cls()
         if not isinstance(section, Mapping):
             raise ValueError(f"ds_config key 'sift' must be a JSON object, got {type(section).__name__}")
+        section = canonical_keys(section)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) in ds_config 'sift' section: {unknown}; known keys: {sorted(known)}")
+            raise ValueError(unknown_key_message("ds_config 'sift' section", unknown[0], known))
         cfg = cls(**dict(section))
         cfg.validate()
         return cfg
@@ -110,25 +144,34 @@ class SiftConfig:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            _check_type(f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[f.type])
+            value, kind = getattr(self, f.name), field_kind(f)
+            if kind == START_STEP:
+                if value != AUTO:
+                    _check_type(f.name, value, int, 'int or "auto"')
+            elif value is not None or f.default is not None:
+                _check_type(f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[kind])
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 raise ValueError(f"sift.{f.name} must be one of {list(f.metadata['choices'])}, got {value!r}")
+        if not 0.0 <= float(self.selection_start_share) <= 1.0:
+            raise ValueError(f"sift.selection_start_share must be in [0, 1], got {self.selection_start_share}")
         if self.exit_layer < 1:
             raise ValueError(f"sift.exit_layer must be >= 1 (layers are counted from 1), got {self.exit_layer}")
         if not 0.0 < float(self.keep_ratio) <= 1.0:
             raise ValueError(f"sift.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        for key in ("warmup_steps", "anneal_end_step", "anneal_start_step", "max_positions", "seed"):
-            if getattr(self, key) < 0:
+        for key in ("selection_start_step", "anneal_end_step", "anneal_start_step", "max_positions", "seed"):
+            if getattr(self, key) != AUTO and getattr(self, key) < 0:
                 raise ValueError(f"sift.{key} must be >= 0, got {getattr(self, key)}")
-        if self.anneal_end_step and self.anneal_end_step <= self.warmup_steps:
-            raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after sift.warmup_steps="
-                             f"{self.warmup_steps}")
         if self.anneal_start_step and not self.anneal_end_step:
             raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} needs sift.anneal_end_step")
-        if self.anneal_start_step and not self.warmup_steps <= self.anneal_start_step < self.anneal_end_step:
-            raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} must lie in [sift.warmup_steps="
-                             f"{self.warmup_steps}, sift.anneal_end_step={self.anneal_end_step})")
+        start = self.selection_start_step
+        if start == AUTO:  # checked against the annealing once resolved (sift_ds.schedule)
+            start = 0
+        if self.anneal_end_step and self.anneal_end_step <= start:
+            raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after sift.selection_start_step="
+                             f"{start}")
+        if self.anneal_start_step and not start <= self.anneal_start_step < self.anneal_end_step:
+            raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} must lie in [sift.selection_start_step="
+                             f"{start}, sift.anneal_end_step={self.anneal_end_step})")
         for key in ("random_fraction", "outlier_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
@@ -181,13 +224,25 @@ class SiftConfig:
             )
         return int(rounded)
 
+    @property
+    def start_step(self) -> int:
+        """``selection_start_step`` as a step; ValueError while it is "auto" (not yet resolved against
+        the learning-rate warm-up by the front-end: ``sift_ds.schedule.resolve_selection_start``)."""
+        if self.selection_start_step == AUTO:
+            raise ValueError('sift.selection_start_step is "auto", which needs the learning-rate warm-up: resolve it '
+                             "with sift_ds.schedule.resolve_selection_start, or give the step")
+        return int(self.selection_start_step)
+
     def selecting(self, step: int) -> bool:
-        """Whether optimizer step ``step`` selects by score (after the warm-up, before the annealing ends)."""
-        return self.enabled and step >= self.warmup_steps and not (self.anneal_end_step and step >= self.anneal_end_step)
+        """Whether optimizer step ``step`` selects by score (after the start, before the annealing ends)."""
+        return (self.enabled and step >= self.start_step
+                and not (self.anneal_end_step and step >= self.anneal_end_step))
 
     def keep_ratio_at(self, step: int) -> float:
         """The effective keep ratio of step ``step``: ``keep_ratio``, annealed to 1 when configured."""
-        start = self.anneal_start_step or self.warmup_steps
+        if not self.anneal_end_step:
+            return float(self.keep_ratio)
+        start = self.anneal_start_step or self.start_step
         if not self.anneal_end_step or step <= start:
             return float(self.keep_ratio)
         done = min(1.0, (step - start) / (self.anneal_end_step - start))
@@ -200,7 +255,27 @@ class SiftConfig:
                 and not self.outlier_fraction)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The section's keys (the alias left out: it is always moved to selection_start_step)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ALIASES}
+
+
+def canonical_keys(section: Mapping[str, Any]) -> dict:
+    """The section without its notes (keys starting with ``_``) and with old key names replaced by the
+    current ones (``ALIASES``); a key given under both names is a ValueError."""
+    out = {k: v for k, v in section.items() if not (isinstance(k, str) and k.startswith("_"))}
+    for old, new in ALIASES.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"sift.{old} is the old name of sift.{new}: give one of them, not both")
+            out[new] = out.pop(old)
+    return out
+
+
+def unknown_key_message(where: str, key: str, known) -> str:
+    """``unknown key 'x' in WHERE; did you mean 'y'? (known keys: ...)``: one line."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r} in {where}{hint} (known keys: {', '.join(sorted(known))})"
 
 
 def str2bool(value: str) -> bool:
@@ -213,15 +288,25 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def int_or_auto(value: str):
+    """A command-line step number or ``auto``."""
+    if str(value).lower() == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a step number or "auto", got {value!r}') from None
+
+
 # The command-line parser of each field type (the pretraining job's and Megatron's generated flags).
-CLI_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str}
+CLI_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str, START_STEP: int_or_auto}
 
 
-def _check_type(key: str, value: Any, types) -> None:
+def _check_type(key: str, value: Any, types, names: Optional[str] = None) -> None:
     # bool is an int subclass: reject True for an int key and 1 for a bool key.
     want_bool = types is bool
     if want_bool != isinstance(value, bool) or not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        names = names or (types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types))
         raise ValueError(f"sift.{key} must be of type {names}, got {value!r} ({type(value).__name__})")
 
 
