@@ -1,18 +1,16 @@
 """The pretraining job's ds_config policy: the paper's AdamW and learning-rate schedule when the config
-leaves them out, "auto" scheduler values filled in from the run length, monitor paths under the run's
-output directory, the precision checks DeepSpeed would otherwise make only after start-up, and the
-Adam implementation whose resume is exact on the CPU."""
+leaves them out, "auto" scheduler values filled in from the run length, the precision checks DeepSpeed
+would otherwise make only after start-up, and the Adam implementation whose resume is exact on the CPU
+(the monitor sections: ``tracking``)."""
 from __future__ import annotations
 
 import copy
 import math
-import os
 from typing import List, Optional
 
 PAPER_ADAMW = {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.01}}
 PAPER_WARMUP_FRACTION = 0.002  # the paper warms up over 0.2 % of the steps
 SCHEDULERS_WITH_TOTAL = ("WarmupDecayLR", "WarmupCosineLR")
-MONITORS = ("tensorboard", "csv_monitor", "wandb", "comet")
 ADAM_TYPES = ("adam", "adamw")
 TORCH_ADAM = "torch_adam"  # DeepSpeed's optimizer param: torch.optim.Adam(W) instead of its FusedAdam
 
@@ -91,20 +89,3 @@ def resolve_optimizer_path(ds_config: dict, accelerator: str, notes: List[str]) 
     params[TORCH_ADAM] = True
     notes.append('optimizer: torch.optim.AdamW on the CPU ("torch_adam": true), whose resume is exact; '
                  '"torch_adam": false in the optimizer params selects DeepSpeed\'s CPU FusedAdam')
-
-
-def resolve_monitors(ds_config: dict, output_dir: str, job_name: str) -> None:
-    """Monitor sections with an "auto" / empty output_path write under output_dir (edited in place)."""
-    for key in MONITORS:
-        section = ds_config.get(key)
-        if not isinstance(section, dict) or not section.get("enabled"):
-            continue
-        if section.get("output_path") in (None, "", "auto"):
-            section["output_path"] = os.path.join(output_dir, key.replace("_monitor", ""))
-        section.setdefault("job_name", job_name)
-    if enabled(ds_config, "tensorboard"):
-        try:  # tensorboard is optional: imported only when the config enables it
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ValueError("ds_config tensorboard.enabled needs the tensorboard package "
-                             "(pip install tensorboard) or set it to false") from None

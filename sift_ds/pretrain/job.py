@@ -16,7 +16,7 @@ from transformers import set_seed
 from .. import initialize
 from ..offline.score_file import attach_scores
 from ..zero import full_parameters
-from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok
+from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok, tracking
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
@@ -74,6 +74,7 @@ def setup_job(plan: RunPlan) -> Job:
     tokenizer, data = prepare_data(plan)
     check_vocab(plan, len(tokenizer))
     write_unigram_counts(plan, data, len(tokenizer))
+    tracking.local_directories(plan.ds_config, plan.output_dir)  # before DeepSpeed starts wandb / Comet
     engine, flops = build_engine(plan, tokenizer)
     data = dataclasses.replace(data, train=attach_scores(data.train, plan.sift, tokenizer))  # criteria stored, reducible
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..adapters import detect_adapter
 from ..config import STORED, SiftConfig
 from ..row_scores import is_online, reference_model
+from .tracking import write_record
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ SHOWN = (("train_loss", "loss"), ("val_loss", "val_loss"), ("val_acc", "val_acc"
 
 class MetricsLogger:
     """Rank 0 writes one JSON line per logging step to ``metrics.jsonl``, the numeric fields to
-    DeepSpeed's monitor (TensorBoard / W&B / CSV as the ds_config enables them), and a progress
-    display: a tqdm bar when stdout is a terminal, else one plain line per record. Other ranks no-op.
+    DeepSpeed's monitor (TensorBoard, CSV, wandb and Comet as the ds_config enables them; ``tracking``),
+    and a progress display: a tqdm bar when stdout is a terminal, else one plain line per record.
+    Other ranks no-op.
     """
 
     def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, monitor=None,
@@ -158,9 +160,7 @@ class MetricsLogger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
         if self.monitor is not None:
-            events = [(f"Pretrain/{k}", float(v), record["step"]) for k, v in record.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
-            self.monitor.write_events(events)
+            write_record(self.monitor, record)
         shown = {label: record[k] for k, label in SHOWN if record.get(k) is not None}
         line = f"step {record['step']}/{record['max_steps']} | " + " | ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
         if self.bar is None:

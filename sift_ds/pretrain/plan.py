@@ -3,7 +3,9 @@ resolved into a frozen ``RunPlan`` before any process group, model or data exist
 ValueError naming the option or config key at fault."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -14,7 +16,7 @@ from transformers import PretrainedConfig
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from .. import registry
 from ..config import FREQUENCY_LOSS, SECTION, SiftConfig, load_ds_config
-from . import checkpoint, ds_check, ds_policy
+from . import checkpoint, ds_check, ds_policy, tracking
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
@@ -77,7 +79,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     ds_check.check_types(ds_config)
     ds_check.check_values(ds_config)
     max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes, options.warmup_steps)
-    ds_policy.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
+    tracking.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
@@ -149,6 +151,12 @@ def check_ranges(options: PretrainOptions) -> None:
     for name in ("val_fraction", "mlm_probability"):
         if not 0.0 < getattr(options, name) < 1.0:
             raise ValueError(f"--{name} must be in (0, 1), got {getattr(options, name)}")
+    if not 0.0 <= options.holdout_fraction < 1.0:  # 0: no holdout
+        raise ValueError(f"--holdout_fraction must be in [0, 1), got {options.holdout_fraction}")
+    for f in dataclasses.fields(options):  # NaN passes every comparison above; inf is no setting either
+        value = getattr(options, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name} must be a finite number, got {value}")
 
 
 def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfig:
