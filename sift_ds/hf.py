@@ -34,6 +34,7 @@ from .adapters import EarlyExitAdapter
 from .config import SECTION, SiftConfig, load_ds_config
 from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
+from .hf_masking import PaddingOnly, StepMasking, masks_per_step
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
 from .weighted_loss import ROW_WEIGHTS_KEY, weighted_output_loss
@@ -73,9 +74,13 @@ class SiftTrainer(Trainer):
                  adapter: Optional[EarlyExitAdapter] = None, sparse_mlm_head: bool = True, **kwargs):
         self.sift_config = sift_config_for(sift, args)
         self.sparse_mlm_head = sparse_mlm_head
+        self._given_adapter = adapter
         if sparse_mlm_head and model is not None:
-            apply_sparse_mlm_head(model)  # before Trainer inspects its forward and wraps it
+            self._with_sparse_head(model)  # before Trainer inspects its forward and wraps it
         super().__init__(model, args, *trainer_args, **kwargs)
+        # Masks drawn per step (sift_ds.hf_masking) when the collator is transformers' masked-LM one.
+        self.step_masking = StepMasking(self.data_collator, self.args.seed) if masks_per_step(self.data_collator) \
+            else None
         cfg = self.sift_config
         # A whole number of gross rows, in Trainer's words; then the adapter's depth and the kernel.
         start_up_checks(cfg, micro_batch=self.args.per_device_train_batch_size, micro_key="per_device_train_batch_size")
@@ -118,17 +123,34 @@ class SiftTrainer(Trainer):
     def call_model_init(self, trial=None):
         """Trainer's ``model_init`` call, the model it makes with the sparse head (``sparse_mlm_head``)."""
         model = super().call_model_init(trial)
-        return apply_sparse_mlm_head(model) if self.sparse_mlm_head else model
+        return self._with_sparse_head(model) if self.sparse_mlm_head else model
+
+    def _with_sparse_head(self, model):
+        """``apply_sparse_mlm_head(model)``; for a model of a family without a built-in adapter, a
+        TypeError that says what to pass."""
+        try:
+            return apply_sparse_mlm_head(model)
+        except TypeError:
+            name = f"{type(model).__name__} (model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r})"
+            early_exit = "adapter= serves the early exit only" if self._given_adapter is not None else \
+                "and adapter= an object implementing sift_ds.EarlyExitAdapter for the early exit"
+            raise TypeError(f"SiftTrainer: {name} has no built-in adapter, and sparse_mlm_head=True (the default) "
+                            f"needs one for the masked-positions-only MLM head: pass sparse_mlm_head=False "
+                            f"({early_exit}), or register the family with an adapter that has an output_head "
+                            f"(sift_ds.registry.register_family)") from None
 
     def get_train_dataloader(self):
         """Trainer's training dataloader with gross batches, left on the host: the selection finds the
-        labelled positions on the host copy (no device sync) and moves the batch itself."""
-        micro, placement = self._train_batch_size, self.accelerator.device_placement
+        labelled positions on the host copy (no device sync) and moves the batch itself. With
+        ``step_masking``, the dataloader pads and ``get_batch_samples`` masks."""
+        micro, placement, collator = self._train_batch_size, self.accelerator.device_placement, self.data_collator
         self._train_batch_size, self.accelerator.device_placement = self.gross_batch_size, False
+        if self.step_masking is not None:
+            self.data_collator = PaddingOnly(collator)
         try:
             return super().get_train_dataloader()
         finally:
-            self._train_batch_size, self.accelerator.device_placement = micro, placement
+            self._train_batch_size, self.accelerator.device_placement, self.data_collator = micro, placement, collator
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """The step's gross batches, each replaced by its kept rows before Trainer counts the items."""
@@ -141,6 +163,8 @@ class SiftTrainer(Trainer):
                 gross = next(epoch_iterator)
             except StopIteration:
                 break
+            if self.step_masking is not None:
+                gross = self.step_masking(gross, self.state.global_step, micro_step, self.args.process_index)
             self.last_selections.append(self.select(gross, micro_step))
         self._step_marks = (start, timer.now())
         kept = [sel.batch if sel.weights is None else {**sel.batch, ROW_WEIGHTS_KEY: sel.weights}
