@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                                                           check_targets=False)
 
     scores = vocab()
-    step = cfg_sift.warmup_steps  # a selecting step
+    step = cfg_sift.start_step  # a selecting step
     kept_idx = selector.select_by_score(scores, args.micro, cfg_sift, step, 0)
     kept = engine.select(batch).batch
 

@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   seed=plan.options.seed, prefetch=False)
         first = args.first_batch if args.first_batch is not None else int(os.path.basename(
             args.checkpoint.rstrip("/")).removeprefix("global_step") or 0)
-        step = max(sift.warmup_steps, first)
+        step = max(sift.start_step, first)
         adapter, rows = detect_adapter(model), train.with_format("numpy")
         profiles, kept, texts, blocks = [], [], [], []
         for position in range(first, first + args.batches):

@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 
 from .adapters import EarlyExitAdapter
-from .config import SiftConfig
+from .config import AUTO, SiftConfig
 from . import selection
 from .frontend import FrontEnd
+from .schedule import resolve_selection_start, scheduler_warmup
 from .selection import Selection
 from .weighted_loss import weighted_output_loss
 
@@ -29,6 +30,8 @@ class SiftEngine:
     def __init__(self, engine, adapter: EarlyExitAdapter, sift_config: SiftConfig, labels_key: str = "labels"):
         self.engine = engine
         self.adapter = adapter
+        if sift_config.selection_start_step == AUTO:  # an engine wrapped directly: its own scheduler's warm-up
+            sift_config = resolve_selection_start(sift_config, *scheduler_warmup(getattr(engine, "lr_scheduler", None)))
         self.sift_config = sift_config
         self.micro_batch_size = engine.train_micro_batch_size_per_gpu()
         self.gross_batch_size = sift_config.gross_batch_size(self.micro_batch_size)
@@ -55,7 +58,7 @@ class SiftEngine:
 
     @property
     def in_warmup(self) -> bool:
-        return self.engine.global_steps < self.sift_config.warmup_steps
+        return self.engine.global_steps < self.sift_config.start_step
 
     # ------------------------------------------------------------------ selection
     def position(self) -> Tuple[int, int]:

@@ -11,6 +11,7 @@ from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import resolve_batch_sizes, world_size_from_env
 from .config import SECTION, SiftConfig, load_ds_config, split_ds_config
 from .engine import SiftEngine
+from .schedule import ds_config_warmup, resolve_selection_start
 from .frontend import start_up_checks
 from .shm import release_shm_buffer
 
@@ -33,7 +34,9 @@ def initialize(
     (micro-batch / keep_ratio rows per rank).
 
     Bad "sift" values, an exit_layer above the model's depth, batch sizes that break DeepSpeed's
-    rule or a fractional gross batch raise a ValueError naming the key before DeepSpeed starts.
+    rule, a fractional gross batch, or a selection start at or after the learning-rate peak of the
+    config's scheduler (``sift_ds.schedule``; "auto" resolved against its warm-up) raise a ValueError
+    naming the key before DeepSpeed starts.
     """
     if model is None:
         raise ValueError("sift_ds.initialize needs model=")
@@ -49,6 +52,11 @@ def initialize(
         section = ds_config.pop(SECTION, None)
         if section is not None and SiftConfig.from_dict(section) != sift_config:
             raise ValueError("the ds_config's 'sift' section disagrees with the sift_config= passed")
+    if "lr_scheduler" in kwargs and kwargs["lr_scheduler"] is not None and "scheduler" not in ds_config:
+        warmup = (None, "the lr_scheduler passed to sift_ds.initialize")
+    else:
+        warmup = ds_config_warmup(ds_config)
+    sift_config = resolve_selection_start(sift_config, *warmup)
     adapter = adapter if adapter is not None else detect_adapter(model)
     # Check the model and batch sizes before paying for DeepSpeed's start-up (the kernel: in SiftEngine).
     world = dist.get_world_size() if dist.is_initialized() else world_size_from_env()

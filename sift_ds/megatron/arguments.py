@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import CLI_TYPES, SiftConfig
+from ..config import CLI_TYPES, SiftConfig, field_kind
 
 GROUP_TITLE = "SIFT (sample sifting via early exiting)"
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``--sift-*`` flags to ``parser`` and return it (Megatron's ``extra_args_provider`` contract)."""
     group = parser.add_argument_group(title=GROUP_TITLE)
     for f in dataclasses.fields(SiftConfig):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        kind = field_kind(f)
         group.add_argument(
             flag_of(f.name),
             dest=f"sift_{f.name}",

@@ -29,6 +29,6 @@ def run_blocks(run_args: Sequence[str]):
     options = BERT.parse_args(list(run_args))
     if not options.tokenizer:
         raise ValueError("the pretraining arguments must name the run's tokenizer (--tokenizer): the blocks depend on it")
-    plan = resolve_plan(options, world_size=1, create_output_dir=False)
+    plan = resolve_plan(options, world_size=1, create_output_dir=False, starts_run=False)
     tokenizer, data = prepare_data(plan)
     return plan, tokenizer, data

@@ -32,7 +32,7 @@ def check_precision(ds_config: dict, accelerator: str) -> None:
 def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: List[str],
                      warmup_option: Optional[int] = None) -> int:
     """max_steps, and the optimizer / scheduler sections (edited in place): the paper's AdamW when
-    there is none, ``--warmup_steps`` as the scheduler's warmup_num_steps, and "auto" (or absent)
+    there is none, ``--lr_warmup_steps`` as the scheduler's warmup_num_steps, and "auto" (or absent)
     scheduler values filled in from the run length and lr."""
     if "optimizer" not in ds_config:
         ds_config["optimizer"] = copy.deepcopy(PAPER_ADAMW)
@@ -54,9 +54,9 @@ def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: Li
                      "the schedule is kept as configured")
     if warmup_option is not None:
         if not isinstance(scheduler, dict):
-            raise ValueError("--warmup_steps needs a ds_config scheduler section (e.g. WarmupDecayLR)")
+            raise ValueError("--lr_warmup_steps needs a ds_config scheduler section (e.g. WarmupDecayLR)")
         if warmup_option >= max_steps:
-            raise ValueError(f"--warmup_steps {warmup_option} must be below max_steps ({max_steps})")
+            raise ValueError(f"--lr_warmup_steps {warmup_option} must be below max_steps ({max_steps})")
         params["warmup_num_steps"] = warmup_option
     if isinstance(scheduler, dict):
         if scheduler.get("type") in SCHEDULERS_WITH_TOTAL and total in (None, "auto"):

@@ -20,6 +20,7 @@ from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as t
 from .fused import fuse_layer_norms
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
+from .output_dir import clear
 from .loader import GrossBatchLoader, fixed_eval_batches, make_collator
 from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
@@ -57,6 +58,7 @@ def setup_job(plan: RunPlan) -> Job:
     configure_logging(int(os.environ.get("RANK", "0")))
     if int(os.environ.get("RANK", "0")) == 0:
         lock_output_dir(plan.output_dir)  # one live job per output directory (rank 0 holds it)
+        clear(plan.delete_at_start)  # --overwrite_output_dir: the previous run's files, before anything is written
         warn_stale_build_locks(logger)  # before DeepSpeed's first JIT op build, which would wait on one
     init_distributed()
     rank = dist.get_rank()

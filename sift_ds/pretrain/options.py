@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..config import CLI_TYPES, SiftConfig, load_ds_config
+from ..config import CLI_TYPES, SiftConfig, load_ds_config, unknown_key_message
 from .data import OBJECTIVES
 
 PROG = "pretrain_bert.py"
@@ -61,8 +61,9 @@ class PretrainOptions:
                                  "held-out share (the reference model)", "model and data", ("rest", "holdout"))
     mlm_probability: float = _opt(0.15, "masked fraction (80/10/10)", "model and data")
     max_steps: Optional[int] = _opt(None, "optimizer steps; None: the scheduler's total_num_steps", "training")
-    warmup_steps: Optional[int] = _opt(None, "learning-rate warm-up steps (the scheduler's warmup_num_steps); None: the "
-                                             "ds_config's, or 0.2%% of max_steps when it says auto", "training")
+    lr_warmup_steps: Optional[int] = _opt(None, "learning-rate warm-up steps (the scheduler's warmup_num_steps; "
+                                                "alias --warmup_steps); None: the ds_config's, or 0.2%% of max_steps "
+                                                "when it says auto", "training")
     time_budget: Optional[float] = _opt(None, "stop (with a checkpoint) after this much training wall time, "
                                               "cumulative over resumes", "training", metavar="MINUTES")
     seed: int = _opt(42, "initialisation, dropout, data order, masks", "training")
@@ -79,6 +80,10 @@ class PretrainOptions:
     exit_interval: int = _opt(0, "save and exit after a step divisible by N", "logging and checkpoints")
     resume: Optional[str] = _opt(None, "auto: the latest checkpoint in output_dir, if any; or a checkpoint path",
                                  "logging and checkpoints", metavar="auto|PATH")
+    overwrite_output_dir: bool = _opt(False, "start a new run in an output_dir that holds another run's checkpoints or "
+                                             "metrics: that run's files are deleted first (without it, such a start is "
+                                             "refused; --resume auto continues the run instead)",
+                                      "logging and checkpoints")
     trust_checkpoint: bool = _opt(False, "load a checkpoint that fails its sha256 manifest or has none, or adopt the "
                                          "checkpoints of a directory without run.json (every load is weights-only "
                                          "all the same)",
@@ -94,7 +99,9 @@ class PretrainOptions:
 
 
 # options the "pretrain" section may not set (trusting a checkpoint is a decision per command)
-NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint", "check_only")
+NOT_IN_SECTION = ("ds_config", "local_rank", "sift", "trust_checkpoint", "check_only", "overwrite_output_dir")
+# other flags of an option (the first is --<name>), also accepted as keys of the "pretrain" section
+ALIASES = {"ds_config": ("deepspeed_config",), "lr_warmup_steps": ("warmup_steps",)}
 
 
 def _base_type(annotation: str) -> str:
@@ -104,7 +111,7 @@ def _base_type(annotation: str) -> str:
 
 
 def _add_field(group, f: dataclasses.Field, flag: str, dest: str, default: Any = dataclasses.MISSING) -> None:
-    kind, meta = _base_type(f.type), f.metadata
+    kind, meta = f.metadata.get("kind") or _base_type(f.type), f.metadata
     default = f.default if default is dataclasses.MISSING else default
     default = None if default is dataclasses.MISSING else default
     kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default})",
@@ -127,10 +134,10 @@ def build_parser(prog: str = PROG, description: str = "Pretrain a BERT from scra
         if f.metadata.get("cli") is False:
             continue
         group = groups.setdefault(f.metadata["group"], p.add_argument_group(f.metadata["group"]))
-        flags = ["--ds_config", "--deepspeed_config"] if f.name == "ds_config" else [f"--{f.name}"]
-        _add_field(group, f, flags[0], f.name, (defaults or {}).get(f.name, f.default))
-        if len(flags) > 1:
-            group.add_argument(*flags[1:], dest=f.name, default=argparse.SUPPRESS, help="alias of --ds_config")
+        _add_field(group, f, f"--{f.name}", f.name, (defaults or {}).get(f.name, f.default))
+        for alias in ALIASES.get(f.name, ()):
+            group.add_argument(f"--{alias}", dest=f.name, default=argparse.SUPPRESS, type=CLI_TYPES[_base_type(f.type)],
+                               help=f"alias of --{f.name}")
     ds = groups["DeepSpeed"]
     ds.add_argument("--deepspeed", dest="deepspeed_flag", nargs="?", const=True, default=argparse.SUPPRESS,
                     metavar="JSON", help="alias of --ds_config; a bare --deepspeed flag (DeepSpeed's convention) "
@@ -164,13 +171,18 @@ def read_pretrain_section(ds_config: str) -> Dict[str, Any]:
     if not isinstance(section, dict):
         raise ValueError(f"ds_config key '{PRETRAIN_SECTION}' must be a JSON object")
     fields = {f.name: f for f in dataclasses.fields(PretrainOptions) if f.name not in NOT_IN_SECTION}
+    names = {alias: name for name, aliases in ALIASES.items() if name in fields for alias in aliases}
     checked = {}
     for key, value in section.items():
-        if key not in fields:
-            raise ValueError(f"ds_config '{PRETRAIN_SECTION}' section: unknown key {key!r}; known keys: "
-                             f"{sorted(fields)}")
+        if isinstance(key, str) and key.startswith("_"):  # a note
+            continue
+        name = names.get(key, key)
+        if name not in fields:
+            raise ValueError(unknown_key_message(f"ds_config '{PRETRAIN_SECTION}' section", key, fields))
+        if name in checked:
+            raise ValueError(f"ds_config '{PRETRAIN_SECTION}' section: {key} is another name of {name}: give one")
         if value is not None:
-            checked[key] = _check_section_value(fields[key], value)
+            checked[name] = _check_section_value(fields[name], value)
     return checked
 
 

@@ -8,27 +8,29 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from deepspeed.accelerator import get_accelerator
 from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from .. import registry
-from ..config import FREQUENCY_LOSS, SECTION, SiftConfig, load_ds_config
+from ..config import ALIASES, FREQUENCY_LOSS, SECTION, SiftConfig, canonical_keys, load_ds_config
+from ..schedule import ds_config_warmup, resolve_selection_start
 from . import checkpoint, ds_check, ds_policy, tracking
 from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
 from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
+from .output_dir import check_reads, entries_to_clear
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
 from .unigram import job_unigram_table
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
             "max_val_samples")
-NON_NEGATIVE = ("warmup_steps", "eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
+NON_NEGATIVE = ("lr_warmup_steps", "eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
 SEEDS = ("seed", "data_seed")  # numpy's and the loader's seeds: 0 <= seed < 2**32
 SMALL_VOCAB = 1000  # a trained WordPiece vocabulary below this is little more than the corpus's characters
 
@@ -51,6 +53,7 @@ class RunPlan:
     identity: RunIdentity  # the run continued, or a new one (its id drawn at start-up)
     notes: List[str] = field(default_factory=list)  # start-up decisions, logged by rank 0
     warnings: List[str] = field(default_factory=list)  # likely mistakes that do not stop the run, rank 0
+    delete_at_start: Tuple[str, ...] = ()  # --overwrite_output_dir: the previous run's files (output_dir.py)
 
     @property
     def output_dir(self) -> str:
@@ -58,9 +61,10 @@ class RunPlan:
 
 
 def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
-                 accelerator: Optional[str] = None, create_output_dir: bool = True) -> RunPlan:
+                 accelerator: Optional[str] = None, create_output_dir: bool = True, starts_run: bool = True) -> RunPlan:
     """Validate the options and the ds_config against each other (no side effect but creating the
-    output dir, which ``create_output_dir=False`` only checks)."""
+    output dir, which ``create_output_dir=False`` only checks). ``starts_run`` False: a tool reading a
+    run's settings without training (an output directory holding a run is then not refused)."""
     world_size = world_size or world_size_from_env()
     accelerator = accelerator or get_accelerator().device_name()
     notes: List[str] = []
@@ -78,15 +82,17 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     check_ranges(options)
     ds_check.check_types(ds_config)
     ds_check.check_values(ds_config)
-    max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes, options.warmup_steps)
+    max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes, options.lr_warmup_steps)
+    sift = resolve_start(sift, ds_config, options.lr_warmup_steps is not None)
+    ds_config[SECTION] = sift.to_dict()
     tracking.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
-    if sift.enabled and sift.warmup_steps >= max_steps:
-        warnings.append(f"sift.warmup_steps={sift.warmup_steps} >= max_steps={max_steps}: SIFT never selects in "
-                        "this run (every step trains on a random subset, as the warm-up does)")
+    if sift.enabled and sift.start_step >= max_steps:
+        warnings.append(f"sift.selection_start_step={sift.start_step} >= max_steps={max_steps}: SIFT never selects "
+                        "in this run (every step trains on a random subset, as before the start)")
     if options.data and options.dataset_name:
         raise ValueError("give either --data or --dataset_name, not both")
     data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
@@ -97,7 +103,14 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
         make_output_dir(options.output_dir)
     else:
         check_output_dir(options.output_dir)
-    decision = decide(options.resume, options.output_dir, options.trust_checkpoint)
+    decision = decide(options.resume, options.output_dir, options.trust_checkpoint, options.overwrite_output_dir,
+                      refuse_used_dir=starts_run)
+    delete = entries_to_clear(options.output_dir, ds_config) if options.overwrite_output_dir else []
+    if delete:
+        check_reads(delete, [("--tokenizer", options.tokenizer), *(("--data", f) for f in data_files or ()),
+                             ("sift.score_file", sift.score_file), ("sift.reference", sift.reference)])
+        notes.append(f"--overwrite_output_dir: a new run; the previous run's files are deleted at start-up: "
+                     f"{', '.join(os.path.relpath(p, options.output_dir) for p in delete)} (in {options.output_dir})")
     resume = decision.point
     notes += decision.notes
     warnings += decision.warnings
@@ -109,7 +122,14 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                         f"little more than the corpus's characters (BERT uses 30522; below {SMALL_VOCAB} is "
                         "likely a mistake)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
-                   decision.identity, notes, warnings)
+                   decision.identity, notes, warnings, tuple(delete))
+
+
+def resolve_start(sift: SiftConfig, ds_config: dict, lr_warmup_flag: bool) -> SiftConfig:
+    """``sift.selection_start_step`` against the scheduler's learning-rate warm-up (``sift_ds.schedule``),
+    once the job has filled the scheduler in (``lr_warmup_flag``: set by --lr_warmup_steps)."""
+    steps, source = ds_config_warmup(ds_config)
+    return resolve_selection_start(sift, steps, source + (" (set by --lr_warmup_steps)" if lr_warmup_flag else ""))
 
 
 def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
@@ -117,14 +137,14 @@ def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
     freq_loss's unigram baseline without a table gets the one the job computes in ``output_dir``."""
     if section is not None and not isinstance(section, dict):
         raise ValueError("ds_config key 'sift' must be a JSON object")
-    merged = {**(section or {}), **overrides}
+    merged = {**canonical_keys(section or {}), **canonical_keys(overrides)}  # an alias flag replaces the key
     if (merged.get("criterion") == FREQUENCY_LOSS and merged.get("frequency_baseline") == "unigram"
             and not merged.get("frequency_table") and output_dir):
         merged["frequency_table"] = job_unigram_table(output_dir)
     try:
         return SiftConfig.from_dict(merged)
     except ValueError as err:
-        flags = [f"--sift_{key}" for key in overrides if f"sift.{key}" in str(err)]
+        flags = [f"--sift_{key}" for key in overrides if f"sift.{ALIASES.get(key, key)}" in str(err)]
         raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None
 
 

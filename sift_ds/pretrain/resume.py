@@ -22,10 +22,10 @@ from typing import List, Optional, Tuple
 from .checkpoint import CHECKPOINT_SUBDIR, LATEST, TAG_PREFIX, checkpoint_dir, list_tags
 from .identity import RunIdentity, checkpoint_owner, read_identity
 from .manifest import MANIFEST, incomplete_reason, read_manifest
+from .output_dir import METRICS_FILE, refuse_used
 
 MODEL_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size")
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -177,16 +177,21 @@ def _foreign_note(save_dir: str, run_id: str, point: Optional[ResumePoint]) -> L
             "checkpoint as a fork)"]
 
 
-def decide(resume: Optional[str], output_dir: str, trust: bool = False) -> ResumeDecision:
-    """The checkpoint this job continues and the run it belongs to (see the module docstring)."""
+def decide(resume: Optional[str], output_dir: str, trust: bool = False, overwrite: bool = False,
+           refuse_used_dir: bool = True) -> ResumeDecision:
+    """The checkpoint this job continues and the run it belongs to (see the module docstring). Without
+    ``resume``, an output directory that holds a run is refused (``output_dir.refuse_used``) unless
+    ``overwrite`` (``--overwrite_output_dir``) starts a new run there on purpose; ``refuse_used_dir``
+    False: a tool that reads a run's settings without training."""
+    if resume and overwrite:
+        raise ValueError(f"--resume {resume} continues a run and --overwrite_output_dir starts a new one: give one "
+                         "of them")
+    if not resume:
+        if refuse_used_dir and not overwrite:
+            refuse_used(output_dir)
+        return ResumeDecision(None, RunIdentity())
     save_dir = checkpoint_dir(output_dir)
     own = read_identity(output_dir)
-    if not resume:
-        notes = []
-        if list_tags(save_dir):
-            notes.append(f"{output_dir} already holds checkpoints: starting a new run, which overwrites them "
-                         "(--resume auto continues instead)")
-        return ResumeDecision(None, RunIdentity(), notes)
     if resume != "auto":
         point = _find_path(resume, trust)
         if own is not None and point.owner == own.run_id:
@@ -203,8 +208,8 @@ def decide(resume: Optional[str], output_dir: str, trust: bool = False) -> Resum
             raise ValueError(
                 f"--resume auto: {output_dir} holds {METRICS_FILE} or checkpoints without a manifest, but no run.json "
                 "(an older sift_ds wrote them, or the files were lost), so what they continue is unknown; nothing "
-                "was changed: pass --trust_checkpoint true to continue its newest checkpoint, or run without "
-                "--resume to start a new run there (which overwrites them)")
+                "was changed: pass --trust_checkpoint true to continue its newest checkpoint, or "
+                "--overwrite_output_dir (without --resume) to delete them and start a new run there")
         warning = (f"--resume auto: {output_dir} has no run.json (written before run ids, or lost): continuing "
                    f"{point.path} as a new run")
         return ResumeDecision(point, RunIdentity(parent={"run_id": point.owner, "checkpoint": point.path}),
