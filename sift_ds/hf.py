@@ -35,6 +35,7 @@ from .config import SECTION, SiftConfig, load_ds_config
 from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .hf_masking import PaddingOnly, StepMasking, masks_per_step
+from .hf_schedule import SelectionStart
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
 from .weighted_loss import ROW_WEIGHTS_KEY, weighted_output_loss
@@ -78,6 +79,7 @@ class SiftTrainer(Trainer):
         if sparse_mlm_head and model is not None:
             self._with_sparse_head(model)  # before Trainer inspects its forward and wraps it
         super().__init__(model, args, *trainer_args, **kwargs)
+        user_scheduler = self.lr_scheduler is not None  # passed as optimizers=: its warm-up is unknown
         # Masks drawn per step (sift_ds.hf_masking) when the collator is transformers' masked-LM one.
         self.step_masking = StepMasking(self.data_collator, self.args.seed) if masks_per_step(self.data_collator) \
             else None
@@ -91,6 +93,10 @@ class SiftTrainer(Trainer):
         self._step_marks = None  # (start, selection done) of the step whose end is not marked yet
         self.last_selections: list = []  # the last optimizer step's selections (for inspection and tests)
         self.add_callback(CriterionStateCallback(self))  # freq_loss's running baseline in the checkpoints
+        start = SelectionStart(self, cfg, user_scheduler)  # sift.selection_start_step against the LR warm-up
+        if self.args.max_steps > 0:
+            start.resolve(self.args.max_steps)
+        self.add_callback(start)  # and again once Trainer knows max_steps, before the first step
 
     # ------------------------------------------------------------------ selection
     @property
