@@ -3,10 +3,12 @@
 ``pretrain_bert.py`` layout, with two arguments of ``pretrain(...)`` wrapped by ``sift_ds.megatron``.
 
     torchrun --nproc_per_node 8 launch/pretrain_bert_megatron.py <Megatron-LM's BERT arguments> \\
-        --spec local --sift-criterion entropy --sift-exit-layer 1 --sift-keep-ratio 0.5 --sift-warmup-steps 480
+        --spec local --sift-criterion entropy --sift-exit-layer 1 --sift-keep-ratio 0.5
 
-Needs Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's
-``pretrain`` is CUDA-only). ``--mock-data`` trains on random token blocks instead of an indexed
+Selection starts at 30% of the learning-rate warm-up (``--lr-warmup-iters``, ``--lr-warmup-fraction`` or
+``--lr-warmup-samples``; ``--sift-selection-start-step`` sets the iteration, before the peak). Needs
+Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's ``pretrain`` is
+CUDA-only). ``--mock-data`` trains on random token blocks instead of an indexed
 corpus (with ``--tokenizer-type NullTokenizer --vocab-size N``). Either entry point of Megatron-LM
 works: ``run_pretrain`` calls the old ``pretrain(datasets_provider, model_provider, ...)`` (up to
 core_v0.17) or parses the arguments first and calls ``pretrain(cfg_container, ...)`` (core_v0.18 on).

@@ -3,10 +3,12 @@
 ``pretrain_gpt.py`` layout, with two arguments of ``pretrain(...)`` wrapped by ``sift_ds.megatron``.
 
     torchrun --nproc_per_node 8 launch/pretrain_gpt_megatron.py <Megatron-LM's GPT arguments> \\
-        --sift-criterion entropy --sift-exit-layer 2 --sift-keep-ratio 0.5 --sift-warmup-steps 2000
+        --sift-criterion entropy --sift-exit-layer 2 --sift-keep-ratio 0.5
 
-Needs Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's
-``pretrain`` is CUDA-only). Either entry point of Megatron-LM works: ``run_pretrain`` calls the
+Selection starts at 30% of the learning-rate warm-up (``--lr-warmup-iters``, ``--lr-warmup-fraction`` or
+``--lr-warmup-samples``; ``--sift-selection-start-step`` sets the iteration, before the peak). Needs
+Megatron-LM (``megatron.training``) on the path and megatron-core; CUDA (Megatron's ``pretrain`` is
+CUDA-only). Either entry point of Megatron-LM works: ``run_pretrain`` calls the
 old ``pretrain(datasets_provider, model_provider, ...)`` (up to core_v0.17) or parses the arguments
 first and calls ``pretrain(cfg_container, ...)`` (core_v0.18 on). ``--transformer-impl local`` or
 ``transformer_engine`` picks the layer spec; ``--mock-data`` trains on Megatron's ``MockGPTDataset``

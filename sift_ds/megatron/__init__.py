@@ -3,7 +3,8 @@
 
     from sift_ds import SiftConfig
     from sift_ds.megatron import Sift, add_arguments
-    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=480, scope="global"))
+    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, scope="global"))  # selection from
+    # 30% of --lr-warmup-iters (selection_start_step "auto"; a start at or after the LR peak is refused)
     # Megatron-LM up to core_v0.17:
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider, ModelType.encoder_or_decoder,
              sift.forward_step(forward_step), extra_args_provider=add_arguments)
@@ -17,7 +18,8 @@ wrapped forward step, TP broadcast, telemetry in the loss dict), ``datasets`` (t
 protocol's tensor-parallel hooks, and ``MCoreBertAdapter``), ``gpt_adapter`` (``MCoreGPTAdapter``;
 both register their families with the megatron-core class they serve),
 ``mlm_head`` (the masked-positions-only MLM head for ``BertModel``), ``arguments`` (``--sift-*``),
-``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``).
+``entry`` (``run_pretrain``: either form of Megatron-LM's ``pretrain``), ``schedule`` (the learning-rate
+warm-up of Megatron-LM's arguments, where selection starts).
 This subpackage needs megatron-core; ``import sift_ds`` alone never imports it. See docs/megatron.md.
 """
 from .adapter import MCoreAdapter, MCoreBertAdapter, unwrap_model

@@ -23,6 +23,7 @@ from ..telemetry import SCORE_KEYS, selection_stats
 from .adapter import unwrap_model
 from .mlm_head import apply_sparse_mlm_head
 from .datasets import unstack_rows
+from .schedule import megatron_args
 
 
 def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
@@ -138,14 +139,9 @@ def current_iteration(model) -> int:
     Megatron-LM is not part of megatron-core, hence the import here."""
     if hasattr(model, "global_steps"):
         return int(model.global_steps)
-    try:
-        from megatron.training import get_args
-    except ImportError:
-        try:
-            from megatron import get_args  # Megatron-DeepSpeed / Megatron-LM before core_r0.6
-        except ImportError:
-            raise RuntimeError("Sift needs the training iteration: run under Megatron-LM's pretrain(), or pass "
-                               "Sift(config, iteration=callable)") from None
-    args = get_args()
+    args = megatron_args()
+    if args is None:
+        raise RuntimeError("Sift needs the training iteration: run under Megatron-LM's pretrain(), or pass "
+                           "Sift(config, iteration=callable)")
     step = getattr(args, "curr_iteration", None)
     return int(step if step is not None else args.iteration)

@@ -1,6 +1,6 @@
 """``Sift``: SIFT for a Megatron-style script, adopted by wrapping two arguments of ``pretrain``.
 
-    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5, warmup_steps=480))
+    sift = Sift(SiftConfig(criterion="entropy", exit_layer=1, keep_ratio=0.5))
     pretrain(sift.datasets_provider(train_valid_test_datasets_provider), model_provider,
              ModelType.encoder_or_decoder, sift.forward_step(forward_step), extra_args_provider=add_arguments)
 
@@ -11,7 +11,8 @@ among them) and checked against the config when it is first resolved (the first 
 micro-step), as the other front-ends check it (``sift_ds.frontend``). ``datasets_provider`` makes one
 training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
-the script's own ``forward_step`` (``forward_step.py``). The selection itself (warm-up subsets,
+the script's own ``forward_step`` (``forward_step.py``). Selection starts at ``selection_start_step``,
+resolved against Megatron-LM's learning-rate warm-up (``schedule.py``) when the datasets provider runs. The selection itself (warm-up subsets,
 scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
 data-parallel group, the global row exchange) is the shared core, ``sift_ds.selection``. Pipeline
 parallelism is refused (see ``check_parallelism``).
@@ -26,10 +27,12 @@ from megatron.core import parallel_state
 from ..adapters import detect_adapter
 from ..config import SiftConfig
 from ..criteria import sequence_scores
+from ..schedule import resolve_selection_start
 from ..frontend import FrontEnd, MicroSteps
 from ..selection import Selection
 from .datasets import gross_datasets_provider
 from .forward_step import current_iteration, loss_dict_stats, num_microbatches, wrap_forward_step
+from .schedule import lr_warmup_iterations, megatron_args
 
 
 def gross_factor(config: SiftConfig) -> int:
@@ -71,6 +74,7 @@ class Sift:
         self.adapter_factory = adapter
         self.sparse_mlm_head = sparse_mlm_head
         self._frontend: Optional[FrontEnd] = None
+        self._selection_config: Optional[SiftConfig] = None
         self._micro_steps = MicroSteps()
 
     @property
@@ -84,6 +88,20 @@ class Sift:
             config.validate()
             self._config = config
         return self._config
+
+    @property
+    def selection_config(self) -> SiftConfig:
+        """The config with ``selection_start_step`` resolved against Megatron-LM's learning-rate warm-up
+        (``sift_ds.schedule``; "auto" is a share of it, a start at or after the peak is refused), at
+        the first use in training: the datasets provider at start-up, or the first selection."""
+        if self._selection_config is None:
+            self._selection_config = resolve_selection_start(self.config, *lr_warmup_iterations(megatron_args()))
+        return self._selection_config
+
+    def start_up_checks(self) -> None:
+        """What the wrapped datasets provider checks at start-up: parallelism, the selection start."""
+        self.check_parallelism()
+        self.selection_config  # noqa: B018 - resolved (and refused) now, not at the first step
 
     @property
     def frontend(self) -> FrontEnd:
@@ -106,7 +124,7 @@ class Sift:
     # ------------------------------------------------------------------ the two wrapped arguments
     def datasets_provider(self, provider: Callable) -> Callable:
         """``provider`` asked for 1/keep_ratio times the training samples; its training set stacked."""
-        return gross_datasets_provider(provider, lambda: self.factor, self.check_parallelism)
+        return gross_datasets_provider(provider, lambda: self.factor, self.start_up_checks)
 
     def forward_step(self, forward_step_func: Callable) -> Callable:
         """The script's ``forward_step``, run on the kept rows of each gross micro-batch in training."""
@@ -145,6 +163,7 @@ class Sift:
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
         """(the kept rows, their loss-dict telemetry) of a gross batch ``[gross, ...]`` that every TP
         rank holds; the telemetry window is the micro-step (Megatron reduces the loss dict itself)."""
+        self.frontend.config = self.selection_config
         self.frontend.telemetry.clear()
         last = self.frontend.select(batch, step, micro_step, model=model)
         return last.batch, loss_dict_stats(self.frontend.telemetry.pairs, last.by_score, self.factor > 1)
