@@ -30,6 +30,7 @@ from .resume import MODEL_KEYS
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
 from .unigram import write_unigram_counts
+from .vocab_check import check_vocabulary, first_texts
 
 logger = logging.getLogger("sift_ds.pretrain")
 
@@ -127,6 +128,11 @@ def prepare_data(plan: RunPlan):
                                         opts.dataset_split, opts.cache_dir)
     tokenizer, source = obtain_tokenizer(plan, corpus)
     logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
+    if opts.tokenizer:  # a given vocabulary must fit the corpus (a trained one is the corpus's own)
+        try:
+            check_vocabulary(tokenizer, first_texts(row["text"] for row in corpus))
+        except ValueError as err:
+            raise ValueError(f"--tokenizer {opts.tokenizer}: {err}") from None
     with main_process_first():
         data = data_lib.build_pretrain_data(corpus, tokenizer, opts.seq_len, opts.objective, opts.val_fraction,
                                             opts.max_val_samples, opts.data_seed, opts.cache_dir)

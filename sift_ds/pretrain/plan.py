@@ -8,7 +8,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from deepspeed.accelerator import get_accelerator
 from transformers import PretrainedConfig
@@ -27,6 +27,7 @@ from .output_dir import check_reads, entries_to_clear
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .tokenizer import load_tokenizer
 from .unigram import job_unigram_table
+from .vocab_check import check_vocabulary, corpus_sample
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
             "max_val_samples")
@@ -98,7 +99,8 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
     if options.dataset_name:
         check_dataset_name(options.dataset_name)
-    check_tokenizer(options.tokenizer, causal=options.objective == "clm")
+    check_tokenizer(options.tokenizer, causal=options.objective == "clm",
+                    sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name))
     if create_output_dir:
         make_output_dir(options.output_dir)
     else:
@@ -207,8 +209,9 @@ def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfi
     return config
 
 
-def check_tokenizer(name: Optional[str], causal: bool = False) -> None:
-    """A local ``--tokenizer`` is loaded (cheap, no code of its own runs) so that a wrong one fails now."""
+def check_tokenizer(name: Optional[str], causal: bool = False, sample: Callable[[], List[str]] = list) -> None:
+    """A local ``--tokenizer`` is loaded (cheap, no code of its own runs) and checked against a
+    ``sample()`` of the corpus (``vocab_check``) so that a wrong one fails now."""
     if not name:
         return
     if not os.path.exists(name):
@@ -216,7 +219,7 @@ def check_tokenizer(name: Optional[str], causal: bool = False) -> None:
             raise ValueError(f"--tokenizer {name}: no such file or directory")
         return  # a hub name: loaded (with a network) at start-up
     try:
-        load_tokenizer(name, causal)
+        check_vocabulary(load_tokenizer(name, causal), sample())
     except ValueError as err:
         raise ValueError(f"--tokenizer {name}: {err}") from None
 
