@@ -15,6 +15,7 @@ from deepspeed.runtime import lr_schedules
 from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS, DeepSpeedConfig, DeepSpeedConfigError
 
 OWN_SECTIONS = ("sift", "pretrain")  # read by sift_ds, not DeepSpeed
+WARMUP_SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")  # each needs warmup_num_steps > 0
 
 
 def _closest(word: str, choices: Iterable[str]) -> str:
@@ -53,10 +54,19 @@ def _number(value) -> bool:
 
 def check_values(ds_config: dict) -> None:
     """ValueError for values DeepSpeed accepts at start-up and trips on later (or silently ignores):
-    a learning rate that is not a positive number, a negative gradient clipping."""
+    a learning rate that is not a positive number, a warm-up scheduler's warm-up of no steps, a
+    negative gradient clipping."""
     params = (ds_config.get("optimizer") or {}).get("params") if isinstance(ds_config.get("optimizer"), dict) else None
     if isinstance(params, dict) and "lr" in params and not (_number(params["lr"]) and params["lr"] > 0):
         raise ValueError(f"ds_config optimizer.params.lr must be a number > 0, got {params['lr']!r}")
+    scheduler = ds_config.get("scheduler")
+    params = scheduler.get("params") if isinstance(scheduler, dict) else None
+    if (isinstance(params, dict) and scheduler.get("type") in WARMUP_SCHEDULERS
+            and params.get("warmup_num_steps", "auto") != "auto"):
+        steps = params["warmup_num_steps"]
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+            raise ValueError(f"ds_config scheduler.params.warmup_num_steps must be an integer > 0 (DeepSpeed's "
+                             f"{scheduler['type']} refuses 0), got {steps!r}")
     clipping = ds_config.get("gradient_clipping")
     if clipping is not None and not (_number(clipping) and clipping >= 0):
         raise ValueError(f"ds_config gradient_clipping must be a number >= 0 (0: no clipping), got {clipping!r}")

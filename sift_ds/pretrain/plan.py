@@ -30,8 +30,8 @@ from .unigram import job_unigram_table
 from .vocab_check import check_vocabulary, corpus_sample
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
-            "max_val_samples")
-NON_NEGATIVE = ("lr_warmup_steps", "eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
+            "max_val_samples", "lr_warmup_steps")  # DeepSpeed's warm-up schedulers refuse 0 warm-up steps
+NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
 SEEDS = ("seed", "data_seed")  # numpy's and the loader's seeds: 0 <= seed < 2**32
 SMALL_VOCAB = 1000  # a trained WordPiece vocabulary below this is little more than the corpus's characters
 
