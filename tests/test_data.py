@@ -54,6 +54,28 @@ def test_text_files_split_documents_on_blank_lines(tmp_path):
     assert [t.strip() for t in ds["text"]] == ["first doc line one.\nline two.", "second doc.", "third doc."]
 
 
+def test_sample_by_line_makes_each_line_a_document(tmp_path):
+    """--sample_by line (run_mlm.py's reading of a text file, also run_mlm_sift.py's default): one
+    document per line; the DeepSpeed job's default, paragraph, reads such a file as one document."""
+    (tmp_path / "lines.txt").write_text("first doc.\nsecond doc.\nthird doc.\n")
+    files = [str(tmp_path / "lines.txt")]
+    by_line = C.load_corpus(files, cache_dir=str(tmp_path / "c"), sample_by="line")
+    assert list(by_line["text"]) == ["first doc.", "second doc.", "third doc."]
+    assert len(C.load_corpus(files, cache_dir=str(tmp_path / "c"))) == 1
+
+
+def test_nsp_refuses_a_corpus_of_one_document(tmp_path):
+    """mlm+nsp on a one-per-line file read by paragraph (one document): its NSP negatives would come
+    from the same text, so it is refused, naming --sample_by."""
+    (tmp_path / "lines.txt").write_text("".join(f"sentence number {i} of the text.\n" for i in range(40)))
+    tok = T.train_wordpiece(["sentence number of the text"] * 10, vocab_size=100)
+    one = C.load_corpus([str(tmp_path / "lines.txt")], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="one document.*--sample_by line"):
+        D.build_pretrain_data(one, tok, SEQ, "mlm+nsp", cache_dir=str(tmp_path / "c"))
+    lines = C.load_corpus([str(tmp_path / "lines.txt")], cache_dir=str(tmp_path / "c"), sample_by="line")
+    assert len(D.build_pretrain_data(lines, tok, SEQ, "mlm+nsp", cache_dir=str(tmp_path / "c")).train) > 0
+
+
 def test_jsonl_text_field(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"body": f"doc {i}", "id": i}) for i in range(3)) + "\n")

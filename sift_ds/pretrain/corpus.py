@@ -1,7 +1,8 @@
 """The raw pretraining corpus, as one ``datasets.Dataset`` with a ``text`` column (one row per document):
 
   * text files or globs: documents separated by blank lines (BERT's format: one sentence per line,
-    a blank line between documents);
+    a blank line between documents), or one per line, or one per file (``sample_by``: the ``datasets``
+    text builder's ``paragraph``, ``line`` or ``document``);
   * ``.json`` / ``.jsonl`` files, optionally compressed (``.gz``, ``.xz``, ``.bz2``, ``.zst``):
     JSON lines with a text field;
   * a ``datasets`` hub name + config (for machines with a network);
@@ -20,6 +21,7 @@ from pydoc_data.topics import topics
 
 logger = logging.getLogger(__name__)
 STRING = datasets.Value("string")
+TEXT_SAMPLES = ("paragraph", "line", "document")  # what one document of a text file is (``sample_by``)
 JSON_SUFFIXES = tuple(f"{base}{z}" for base in (".json", ".jsonl") for z in ("", ".gz", ".xz", ".bz2", ".zst"))
 
 
@@ -82,6 +84,7 @@ def load_corpus(
     dataset_config: Optional[str] = None,
     dataset_split: str = "train",
     cache_dir: Optional[str] = None,
+    sample_by: str = "paragraph",
 ):
     """The raw corpus as a ``datasets.Dataset`` with one ``text`` column (see the module docstring)."""
 
@@ -99,7 +102,7 @@ def load_corpus(
     try:
         if text_files:
             parts.append(datasets.load_dataset(
-                "text", data_files=text_files, sample_by="paragraph", split="train", cache_dir=cache_dir))
+                "text", data_files=text_files, sample_by=sample_by, split="train", cache_dir=cache_dir))
         if json_files:
             ds = datasets.load_dataset("json", data_files=json_files, split="train", cache_dir=cache_dir)
             parts.append(_text_column(ds, text_field, ", ".join(json_files)))

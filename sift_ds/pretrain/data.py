@@ -209,6 +209,10 @@ def build_pretrain_data(corpus, tokenizer, seq_len: int, objective: str = "mlm",
         raise ValueError(f"--seq_len {seq_len} is too short (at least {MIN_SEQ_LEN})")
     if len(corpus) == 0:
         raise ValueError("empty corpus: the data source holds no documents")
+    if objective == "mlm+nsp" and len(corpus) < 2:
+        raise ValueError("--objective mlm+nsp draws its NSP negatives from other documents, and the corpus is one "
+                         "document (with --sample_by paragraph a text file without blank lines is one document; "
+                         "--sample_by line makes each line a document)")
     tokenized = tokenize_corpus(corpus, tokenizer, cache_dir)
     num_tokens = int(np.sum(tokenized.with_format("numpy")["num_tokens"]))
     if num_tokens == 0:

@@ -125,7 +125,7 @@ def prepare_data(plan: RunPlan):
     opts = plan.options
     with main_process_first():
         corpus = corpus_lib.load_corpus(plan.data_files, opts.text_field, opts.dataset_name, opts.dataset_config,
-                                        opts.dataset_split, opts.cache_dir)
+                                        opts.dataset_split, opts.cache_dir, opts.sample_by)
     tokenizer, source = obtain_tokenizer(plan, corpus)
     logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
     if opts.tokenizer:  # a given vocabulary must fit the corpus (a trained one is the corpus's own)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import CLI_TYPES, SiftConfig, load_ds_config, unknown_key_message
+from .corpus import TEXT_SAMPLES
 from .data import OBJECTIVES
 
 PROG = "pretrain_bert.py"
@@ -45,6 +46,8 @@ class PretrainOptions:
                                            ".jsonl, optionally .gz/.xz); repeatable; None: CPython's pydoc_data "
                                            "documentation text", "model and data", metavar="PATH_OR_GLOB")
     text_field: str = _opt("text", "text field of JSON lines / hub datasets", "model and data")
+    sample_by: str = _opt("paragraph", "what one document of a text file is: a blank-line-separated paragraph (BERT's "
+                                       "format), a line (run_mlm.py's) or the whole file", "model and data", TEXT_SAMPLES)
     dataset_name: Optional[str] = _opt(None, "a `datasets` hub name (needs a network)", "model and data")
     dataset_config: Optional[str] = _opt(None, "the hub dataset's configuration name", "model and data")
     dataset_split: str = _opt("train", "the hub dataset's split", "model and data")
