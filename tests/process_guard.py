@@ -23,6 +23,7 @@ import os
 
 import psutil
 
+from sift_ds.pretrain.stop_request import is_live
 from sift_ds.shm import SHM_BUFFER
 
 MARKER = "SIFT_DS_TEST_CHILD"
@@ -44,14 +45,6 @@ def _marked(proc: psutil.Process) -> bool:
         return MARKER in proc.environ()
     except psutil.ZombieProcess:  # exited, not yet reaped: reaping it is all that is left to do
         return True
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def is_live(proc: psutil.Process) -> bool:
-    """Running and not a zombie; a process that ends (or hides) between two questions is not live."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

@@ -1,14 +1,12 @@
 """Process-level plumbing of the pretraining job: the process group, logging, each node's first rank
-going first on shared caches, SIGTERM as a request to checkpoint and stop, and stale build locks in
-the torch extensions directory (a rank killed while DeepSpeed JIT-built an op leaves one, and every
-later start then waits on it silently)."""
+going first on shared caches, and stale build locks in the torch extensions directory (a rank killed
+while DeepSpeed JIT-built an op leaves one, and every later start then waits on it silently)."""
 from __future__ import annotations
 
 import contextlib
 import glob
 import logging
 import os
-import signal
 import socket
 import time
 from typing import Iterator, List
@@ -81,25 +79,3 @@ def main_process_first(local: bool = True) -> Iterator[None]:
     finally:
         if rank == 0:
             dist.barrier()
-
-
-class StopSignal:
-    """SIGTERM (Slurm pre-emption, the DeepSpeed launcher's shutdown) asks for a checkpoint and a
-    clean exit at the next step boundary instead of killing the step."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

@@ -18,7 +18,7 @@ from .. import criteria
 from . import checkpoint
 from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
-from .runtime import StopSignal
+from .stop_request import StopRequest
 from .window import LogWindow, overhead
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class LoopOptions:
 
 class Trainer:
     """Runs ``engine.train_step`` on gross batches until ``max_steps``, the time budget, the exit
-    interval or SIGTERM; logs, evaluates and checkpoints on the intervals of ``LoopOptions``.
+    interval or a stop request (SIGTERM, SIGINT, the end of its launcher: ``stop_request``); logs,
+    evaluates and checkpoints on the intervals of ``LoopOptions``.
 
     A stop before ``max_steps`` saves a checkpoint and evaluates nothing; the log window's partial
     sums go into the checkpoint, so the records of a resumed run are those of an uninterrupted one
@@ -60,7 +61,7 @@ class Trainer:
         self.elapsed_s = 0.0  # training wall time, cumulative over resumes
         self.last_eval: Dict[str, float] = {}
         self.stop_reason: Optional[str] = None
-        self._signal = StopSignal()
+        self._signal = StopRequest()
         self._gloo = None
         self._window: Optional[LogWindow] = None  # the log window being summed (restored by a resume)
 
@@ -144,10 +145,10 @@ class Trainer:
             (opts.exit_interval and step % opts.exit_interval == 0, f"exit interval ({opts.exit_interval} steps)"),
             (opts.time_budget_s and self.elapsed_s >= opts.time_budget_s,
              f"time budget ({opts.time_budget_s / 60:g} min)"),
-            (self._signal.received, "SIGTERM"),
+            (self._signal.received, self._signal.reason or "a stop request on another rank"),
         ]
         flags = [1.0 if cond else 0.0 for cond, _ in reasons]
-        if dist.is_initialized():  # SIGTERM and the clock can differ between ranks
+        if dist.is_initialized():  # signals and the clock can differ between ranks
             t = torch.tensor(flags, dtype=torch.float32)
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._stop_group())
             flags = t.tolist()
