@@ -27,12 +27,16 @@ BAD = [
     ({"keep_ratio": 1.5}, "sift.keep_ratio"),
     ({"keep_ratio": "half"}, "sift.keep_ratio"),
     ({"keep_ratio": 0.3}, "sift.keep_ratio=0.3 with train_micro_batch_size_per_gpu=4"),
-    ({"warmup_steps": -1}, "sift.warmup_steps"),
-    ({"warmup_steps": 2.0}, "sift.warmup_steps"),
+    ({"warmup_steps": -1}, "sift.selection_start_step must be >= 0"),  # the old name of the key
+    ({"selection_start_step": 2.0}, "sift.selection_start_step must be of type int or \"auto\""),
+    ({"selection_start_step": "soon"}, "sift.selection_start_step must be of type int or \"auto\""),
+    ({"selection_start_share": 1.5}, "sift.selection_start_share must be in [0, 1]"),
+    ({"start_after_lr_peak": 1}, "sift.start_after_lr_peak"),
     ({"scope": "node"}, "sift.scope"),
     ({"kernel": "cuda"}, "sift.kernel"),
     ({"seed": "x"}, "sift.seed"),
-    ({"topk": 3}, "unknown key(s) in ds_config 'sift' section: ['topk']"),
+    ({"topk": 3}, "unknown key 'topk' in ds_config 'sift' section"),
+    ({"keep_ration": 0.5}, "unknown key 'keep_ration' in ds_config 'sift' section; did you mean 'keep_ratio'?"),
 ]
 
 
@@ -58,7 +62,8 @@ def test_gross_batch_from_train_batch_size(monkeypatch):
     # The world size comes from the process group when one exists (other tests may have made one).
     world = dist.get_world_size() if dist.is_initialized() else 2
     monkeypatch.setenv("WORLD_SIZE", str(world))
-    cfg = {"train_batch_size": 3 * 2 * world, "gradient_accumulation_steps": 2, "sift": {"keep_ratio": 0.4}}
+    cfg = {"train_batch_size": 3 * 2 * world, "gradient_accumulation_steps": 2,
+           "sift": {"keep_ratio": 0.4, "selection_start_step": 0, "start_after_lr_peak": True}}
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=3 gives a gross batch of 7.5"):
         sift_ds.initialize(model=tiny_bert(), config=cfg)
 

@@ -220,7 +220,8 @@ def test_a_resumed_sifttrainer_run_scores_with_the_checkpointed_baseline(tmp_pat
                                  report_to=[], save_strategy="steps", save_steps=2, disable_tqdm=True, seed=7)
         trainer = Recording(model=tiny_bert(layers=2, dropout=0.0, seed=3), args=args, train_dataset=data,
                             data_collator=default_data_collator,
-                            sift={"criterion": "freq_loss", "exit_layer": 1, "kernel": "torch", "warmup_steps": 1})
+                            sift={"criterion": "freq_loss", "exit_layer": 1, "kernel": "torch", "selection_start_step": 1,
+                                  "start_after_lr_peak": True})  # Trainer's schedule here has no warm-up
         trainer.scores = []
         trainer.train(resume_from_checkpoint=resume)
         return trainer.scores

@@ -27,7 +27,8 @@ def tokenizer(tmp_path_factory):
                          ids=["freq_loss-running", "importance"])
 def test_a_resumed_run_selects_what_the_uninterrupted_run_selected(tmp_path, tokenizer, flags):
     config = small_config(tmp_path, max_steps=STEPS)
-    common = ["--ds_config", config, "--sift_warmup_steps", WARMUP, "--tokenizer", tokenizer, *flags]
+    common = ["--ds_config", config, "--sift_warmup_steps", WARMUP, "--sift_start_after_lr_peak", "true",  # LR warm-up 2
+              "--tokenizer", tokenizer, *flags]
     reference, split = tmp_path / "reference", tmp_path / "split"
     pretrain_2_ranks(common + ["--output_dir", reference])
     pretrain_2_ranks(common + ["--output_dir", split, "--exit_interval", STOP])
@@ -51,7 +52,7 @@ def test_a_resumed_run_selects_what_the_uninterrupted_run_selected(tmp_path, tok
 def test_the_job_counts_its_training_split_for_the_unigram_baseline(tmp_path, tokenizer):
     config = small_config(tmp_path, max_steps=2)
     out = tmp_path / "run"
-    proc = pretrain_2_ranks(["--ds_config", config, "--sift_warmup_steps", 1, "--tokenizer", tokenizer,
+    proc = pretrain_2_ranks(["--ds_config", config, "--sift_selection_start_step", 1, "--tokenizer", tokenizer,
                              "--sift_criterion", "freq_loss", "--sift_frequency_baseline", "unigram",
                              "--output_dir", out])
     counts = np.load(out / "unigram_counts.npy")

@@ -34,7 +34,7 @@ def runs(tmp_path_factory):
     config = small_config(tmp, data=str(corpus), seq_len=32, vocab_size=100, max_steps=STEPS, eval_interval=STEPS)
     with open(config) as f:
         spec = json.load(f)
-    spec["sift"]["warmup_steps"] = 1
+    spec["sift"]["selection_start_step"] = 1
     spec["train_micro_batch_size_per_gpu"] = 4
     with open(config, "w") as f:
         json.dump(spec, f)

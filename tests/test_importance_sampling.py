@@ -190,7 +190,8 @@ def test_sifttrainer_trains_each_step_with_its_selections_weights(tmp_path):
                              report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True)
     trainer = Recording(model=tiny_bert(layers=2, dropout=0.0), args=args, train_dataset=data,
                         data_collator=default_data_collator,
-                        sift={"criterion": "importance", "exit_layer": 1, "kernel": "torch", "warmup_steps": 1})
+                        sift={"criterion": "importance", "exit_layer": 1, "kernel": "torch", "selection_start_step": 1,
+                              "start_after_lr_peak": True})  # Trainer's schedule here has no warm-up
     trainer.train()
     assert trainer.received[0] is None and all(w is not None for w in trainer.received[1:])  # after the warm-up
     assert torch.equal(trainer.received[-1].cpu(), trainer.last_selections[-1].weights.cpu())

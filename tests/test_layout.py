@@ -147,7 +147,7 @@ ids = torch.randint(5, 64, (8, 16))
 labels = torch.full_like(ids, -100)
 labels[:, 1::3] = ids[:, 1::3]
 batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-config = sift_ds.SiftConfig(criterion="entropy", exit_layer=1, kernel="torch")
+config = sift_ds.SiftConfig(criterion="entropy", exit_layer=1, kernel="torch", selection_start_step=0)
 sel = select(sift_ds.detect_adapter(model), config, batch, step=0, micro_step=0, keep=4)
 with torch.no_grad():  # independent reference: HF's own layer-1 hidden states through its own MLM head, float64
     hidden = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states[1]

@@ -90,7 +90,7 @@ def test_provider_asks_for_factor_times_the_training_samples():
         return base_samples(num_samples[0]), ["valid"], ["test"]
 
     provider.is_distributed = True
-    wrapped = Sift(SiftConfig(keep_ratio=0.25)).datasets_provider(provider)
+    wrapped = Sift(SiftConfig(keep_ratio=0.25, selection_start_step=0)).datasets_provider(provider)
     assert wrapped.is_distributed is True
     train, valid, test = wrapped([40, 6, 3], vp_stage=1)
     assert calls == [([160, 6, 3], 1)]  # only the training count grows; vp_stage forwarded
@@ -101,9 +101,9 @@ def test_provider_asks_for_factor_times_the_training_samples():
     def old_provider(num_samples):  # no vp_stage parameter, no is_distributed attribute
         return base_samples(num_samples[0]), None, None
 
-    lazy = Sift(lambda: SiftConfig(keep_ratio=0.25))  # config read at the first use (Megatron parses args late)
+    lazy = Sift(lambda: SiftConfig(keep_ratio=0.25, selection_start_step=0))  # config read at the first use (Megatron parses args late)
     assert len(lazy.datasets_provider(old_provider)([10, 0, 0])[0]) == 10 and lazy.factor == 4
-    wrapped = Sift(SiftConfig(keep_ratio=0.5)).datasets_provider(old_provider)
+    wrapped = Sift(SiftConfig(keep_ratio=0.5, selection_start_step=0)).datasets_provider(old_provider)
     assert not hasattr(wrapped, "is_distributed") and len(wrapped((10, 0, 0))[0]) == 10
     assert wrapped((10, 0, 0), vp_stage=None)[1] is None
     with pytest.raises(IndexError):

@@ -133,7 +133,8 @@ def train(model, kind, tmp_path, data, sparse_mlm_head=None):
     if kind == "trainer":
         trainer = Trainer(**kwargs)
     else:
-        trainer = SiftTrainer(**kwargs, sift={"enabled": kind == "sift", "keep_ratio": 0.5, "kernel": "torch"},
+        trainer = SiftTrainer(**kwargs, sift={"enabled": kind == "sift", "keep_ratio": 0.5, "kernel": "torch",
+                                                "selection_start_step": 0, "start_after_lr_peak": True},
                               **({} if sparse_mlm_head is None else {"sparse_mlm_head": sparse_mlm_head}))
     dims = []  # logits [N, V] (sparse) or [B, S, V] (dense) of each training forward
     trainer.model.register_forward_hook(lambda m, i, out: dims.append(out.logits.dim()) if m.training else None)

@@ -33,7 +33,7 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     config = small_config(tmp_path, max_steps=6)
     train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
     data = ["--ds_config", config, "--tokenizer", str(tmp_path / "tokenizer"), "--holdout_fraction", "0.2"]
-    common = data + ["--sift_warmup_steps", "2"]
+    common = data + ["--sift_warmup_steps", "2", "--sift_start_after_lr_peak", "true"]  # the LR warm-up is 2 steps
 
     # The reference model: vanilla, on the held-out share only; its checkpoint doubles as the frozen model.
     reference = tmp_path / "reference"

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     config = read_config("tiny_llama_cpu_sift_experiment.json")
     config["train_micro_batch_size_per_gpu"] = 4
     config["scheduler"]["params"].update(warmup_num_steps=2)
-    config["sift"]["warmup_steps"] = 2
+    config["sift"].update(selection_start_step=2, start_after_lr_peak=True)  # at the LR peak: a test of the mechanics
     config["pretrain"].update(seq_len=SEQ, vocab_size=300, max_steps=STEPS, log_interval=1, eval_interval=STEPS,
                               save_interval=0, data=[str(corpus)], cache_dir=str(tmp / "cache"), val_fraction=0.1)
     return tmp, write_config(tmp / "gpt.json", config), str(corpus)

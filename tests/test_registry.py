@@ -58,7 +58,7 @@ def test_a_family_from_outside_the_package_runs_a_selection(camembert):
     with torch.no_grad():  # the reference: the full model's own logits, float64 per-row loss
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     reference = f64_row_scores(logits, batch["labels"], batch["labels"] != -100, "loss")
-    sift = SiftConfig(criterion="loss", exit_layer=2, kernel="torch", scope="local")
+    sift = SiftConfig(criterion="loss", exit_layer=2, kernel="torch", scope="local", selection_start_step=0)
     sel = select(adapter, sift, batch, step=0, micro_step=0, keep=4)
     assert sel.by_score and sel.indices.tolist() == sorted(torch.topk(reference, 4).indices.tolist())
     assert torch.allclose(sel.scores.double(), reference, atol=1e-5)

@@ -92,8 +92,8 @@ def test_a_directory_without_run_json_is_refused_never_wiped(tmp_path, capsys):
                            "--trust_checkpoint", "true"])
     assert adopted.resume.tag == "global_step10" and adopted.identity.new
     assert adopted.identity.parent["checkpoint"] == str(out / "checkpoints" / "global_step10")
-    fresh = cli.resolve(["--ds_config", config, "--output_dir", str(out)])  # starting over is explicit
-    assert fresh.resume is None and fresh.identity.new
+    fresh = cli.resolve(["--ds_config", config, "--output_dir", str(out), "--overwrite_output_dir"])  # explicit
+    assert fresh.resume is None and fresh.identity.new and fresh.delete_at_start
     # Complete checkpoints (with manifests) of a sift_ds before run ids are continued, with a warning.
     make_tag(out / "checkpoints", 20)
     adopted = decide("auto", str(out))
@@ -282,17 +282,17 @@ def test_bad_inputs_are_one_line_naming_the_flag_key_or_file(tmp_path, capsys, a
 
 
 def test_likely_mistakes_are_warnings(tmp_path):
-    config = config_file(tmp_path, set_key(("sift", "warmup_steps"), 40))
+    config = config_file(tmp_path, set_key(("sift", "selection_start_step"), 40))
     plan = cli.resolve(["--ds_config", config, "--output_dir", str(tmp_path / "o"), "--max_steps", "30",
                         "--vocab_size", "50"])
-    assert any(w.startswith("sift.warmup_steps=40 >= max_steps=30: SIFT never selects") for w in plan.warnings)
+    assert any(w.startswith("sift.selection_start_step=40 >= max_steps=30: SIFT never selects") for w in plan.warnings)
     assert any(w.startswith("--vocab_size 50 is tiny") for w in plan.warnings)
 
 
 # ---------------------------------------------------------------------------------------- --check_only
 def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path, capsys):
     """In process (``main`` returns: exit status 0); the command line is the same function."""
-    config = config_file(tmp_path, set_key(("sift", "warmup_steps"), 40))
+    config = config_file(tmp_path, set_key(("sift", "selection_start_step"), 40))
     out = tmp_path / "never_created"
     common = ["--ds_config", config, "--output_dir", str(out), "--check_only"]
     started = time.perf_counter()
@@ -300,7 +300,7 @@ def test_check_only_validates_everything_in_seconds_and_touches_nothing(tmp_path
     seconds = time.perf_counter() - started
     captured = capsys.readouterr()
     assert "pretrain_bert.py: check_only: ok: 30 steps, world 1" in captured.out
-    assert "pretrain_bert.py: warning: sift.warmup_steps=40 >= max_steps=30" in captured.err
+    assert "pretrain_bert.py: warning: sift.selection_start_step=40 >= max_steps=30" in captured.err
     with pytest.raises(SystemExit) as exc:
         cli.main(common + ["--sift_exit_layer", "5"])  # the tiny model has 2 layers
     assert exc.value.code == 2

@@ -4,6 +4,7 @@ parameters (real DeepSpeed runs on the CPU, with the default CPU optimizer path,
 Resuming at step 5 is the case DeepSpeed's CPU FusedAdam gets wrong: its float32 beta^6 by
 multiplication differs from pow(beta, 6). The same holds under ZeRO-2 and ZeRO-3 with bf16. SIGTERM
 saves and exits cleanly (one process here; under the launcher in test_reliability_crash.py)."""
+import hashlib
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch_helpers import SCRIPT, cpu_env, metrics, pretrain_2_ranks, records_written, small_config, write_config
+from launch_helpers import (SCRIPT, cpu_env, metrics, one_line_error, pretrain_2_ranks, records_written, small_config,
+                            write_config)
 from sift_ds.pretrain import manifest
 from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.resume import find_resume
@@ -29,13 +31,21 @@ def latest_tag(output_dir) -> str:
         return f.read().strip()
 
 
-def test_a_run_resumed_at_any_step_matches_the_uninterrupted_run(tmp_path):
+def sha256_tree(directory) -> dict:
+    """{relative path: sha256} of every file under ``directory``."""
+    return {os.path.relpath(os.path.join(root, name), directory): hashlib.sha256(open(os.path.join(root, name), "rb")
+                                                                                .read()).hexdigest()
+            for root, _, names in os.walk(directory) for name in names}
+
+
+def test_a_run_resumed_at_any_step_matches_the_uninterrupted_run(tmp_path, capsys):
     # SIFT warm-up ends at step 2, so the resumed steps select by the early-exit loss (global scope,
     # rows moving between the 2 ranks), with checkpoints written between them.
     config = small_config(tmp_path, max_steps=STEPS)
     # Both runs share one vocabulary (a fresh WordPiece training may break frequency ties differently).
     train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
-    common = ["--ds_config", config, "--sift_warmup_steps", "2", "--tokenizer", tmp_path / "tokenizer"]
+    common = ["--ds_config", config, "--sift_warmup_steps", "2", "--sift_start_after_lr_peak", "true",  # LR warm-up 2
+              "--tokenizer", tmp_path / "tokenizer"]
     reference, split = tmp_path / "reference", tmp_path / "split"
 
     pretrain_2_ranks(common + ["--output_dir", reference])
@@ -67,6 +77,11 @@ def test_a_run_resumed_at_any_step_matches_the_uninterrupted_run(tmp_path):
     assert final_want.keys() == final_got.keys()
     for name in final_want:
         assert torch.equal(final_want[name], final_got[name]), name  # the parameters, bitwise
+    # The same command again without --resume is refused, and leaves the run's files byte-identical.
+    before = sha256_tree(split)
+    err = one_line_error(capsys, [str(a) for a in common + ["--output_dir", split]])
+    assert "already holds a run" in err and "--resume auto" in err and "--overwrite_output_dir" in err
+    assert sha256_tree(split) == before and any(p.startswith("checkpoints/global_step") for p in before)
 
 
 @pytest.mark.parametrize("stage,bf16", [(2, False), (3, True)], ids=["zero2-fp32", "zero3-bf16"])
@@ -82,7 +97,8 @@ def test_resume_is_exact_under_zero_2_and_3_and_bf16(tmp_path, stage, bf16):
     edited["zero_optimization"], edited["bf16"] = {"stage": stage}, {"enabled": bf16}
     write_config(config, edited)
     train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
-    common = ["--ds_config", config, "--sift_warmup_steps", "2", "--tokenizer", tmp_path / "tokenizer",
+    common = ["--ds_config", config, "--sift_warmup_steps", "2", "--sift_start_after_lr_peak", "true",
+              "--tokenizer", tmp_path / "tokenizer",
               "--log_interval", 3]
     reference, split = tmp_path / "reference", tmp_path / "split"
     pretrain_2_ranks(common + ["--output_dir", reference])

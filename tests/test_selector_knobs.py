@@ -131,7 +131,7 @@ def test_warmup_subset_uses_the_documented_seed_mixing():
     ("random_fraction", 1.0, "sift.random_fraction must be in [0, 1)"),
     ("outlier_fraction", -0.1, "sift.outlier_fraction must be in [0, 1)"),
     ("sampling", "softmax", "sift.sampling must be one of ['topk', 'rank']"),
-    ("anneal_end_step", 5, "sift.anneal_end_step=5 must be 0 or after sift.warmup_steps=10"),
+    ("anneal_end_step", 5, "sift.anneal_end_step=5 must be 0 or after sift.selection_start_step=10"),
 ])
 def test_knobs_are_validated(key, value, message):
     with pytest.raises(ValueError, match=None) as err:

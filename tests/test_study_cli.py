@@ -48,13 +48,13 @@ def study_args(tmp_path, ds_config, **job_args):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """One budget-matched study that the tests below read and then re-invoke: 3 arms x 2 seeds, two
-    runs at a time, pinned to cores 0 and 1. Each schedule warms up for 4 steps and decays to 0 at its
-    own end."""
+    runs at a time, pinned to cores 0 and 1. Each schedule warms up for 6 steps (SIFT starts inside,
+    at step 5) and decays to 0 at its own end."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
     tmp_path = tmp_path_factory.mktemp("study")
     config = json.loads(open(CONFIG).read())
-    config["scheduler"]["params"]["warmup_num_steps"] = 4
+    config["scheduler"]["params"]["warmup_num_steps"] = 6
     (tmp_path / "ds.json").write_text(json.dumps(config))
     args = study_args(tmp_path, tmp_path / "ds.json")
     proc = compare(args)

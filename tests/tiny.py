@@ -37,6 +37,11 @@ def mlm_batch(rows, seq=16, seed=0, pad=True, empty_row=True, p_mask=0.2):
 
 
 def ds_config(micro=4, gas=1, stage=0, dtype="fp32", **sift):
+    """A tiny ds_config with a constant learning rate (no scheduler, so its peak is step 0): selection
+    from step 0, unless the test sets a start, is deliberate here (``start_after_lr_peak``)."""
+    if "warmup_steps" not in sift:
+        sift.setdefault("selection_start_step", 0)
+    sift.setdefault("start_after_lr_peak", True)
     cfg = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": gas,

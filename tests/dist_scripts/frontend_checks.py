@@ -23,7 +23,8 @@ args = p.parse_args()
 
 LAYERS, BAD_EXIT, MICRO, KEEP_RATIO, SHORT = 3, 5, 2, 0.25, 5
 GROSS = round(MICRO / KEEP_RATIO)
-SIFT = {"exit_layer": 1, "keep_ratio": KEEP_RATIO, "kernel": "torch", "criterion": "loss"}
+SIFT = {"exit_layer": 1, "keep_ratio": KEEP_RATIO, "kernel": "torch", "criterion": "loss", "selection_start_step": 0,
+        "start_after_lr_peak": True}  # no scheduler: a constant learning rate
 FULL_DEPTH = {**SIFT, "exit_layer": LAYERS}
 
 

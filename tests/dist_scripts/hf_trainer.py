@@ -31,7 +31,8 @@ p.add_argument("--out", required=True)
 args = p.parse_args()
 
 MICRO, GAS, STEPS, SAVE_AT = 4, 2, 6, 3
-SIFT = {"criterion": "loss", "exit_layer": 1, "keep_ratio": 0.5, "scope": "global", "kernel": "torch", "warmup_steps": 1}
+SIFT = {"criterion": "loss", "exit_layer": 1, "keep_ratio": 0.5, "scope": "global", "kernel": "torch",
+        "selection_start_step": 1, "start_after_lr_peak": True}  # Trainer's schedule here has no warm-up
 
 
 class Rows(Dataset):

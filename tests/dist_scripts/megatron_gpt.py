@@ -76,7 +76,8 @@ def check_model(model, batch, gross_ds, tp_group, dp_group):
 
     # selection through the wrapped forward_step, scope global (TP rank 0 alone holds the iterator)
     loader = iter(DataLoader(gross_ds, batch_size=MICRO)) if ps.get_tensor_model_parallel_rank() == 0 else None
-    sift = Sift(SiftConfig(criterion="loss", exit_layer=1, keep_ratio=1 / FACTOR, scope="global", kernel="torch"),
+    sift = Sift(SiftConfig(criterion="loss", exit_layer=1, keep_ratio=1 / FACTOR, scope="global", kernel="torch",
+                           selection_start_step=0),
                 iteration=lambda: 3)
     model.train()
     out, loss_func = sift.forward_step(mc.gpt_forward_step)(loader, model)

@@ -109,7 +109,8 @@ def gross_rows(first_item=0):
 
 res["select"] = {}
 for scope in ("local", "global"):
-    sift = Sift(SiftConfig(exit_layer=1, keep_ratio=1 / FACTOR, scope=scope, kernel="torch"), iteration=lambda: 3)
+    sift = Sift(SiftConfig(exit_layer=1, keep_ratio=1 / FACTOR, scope=scope, kernel="torch", selection_start_step=0),
+                iteration=lambda: 3)
     wrapped = sift.forward_step(mc.forward_step)
     model.train()
     out, lf = wrapped(loader_iter(), model)
@@ -145,7 +146,7 @@ for scope in ("local", "global"):
 
 # ---- evaluation passes through: the script's forward_step gets Megatron's iterator itself
 model.eval()
-sift = Sift(SiftConfig(exit_layer=1, keep_ratio=0.5, kernel="torch"), iteration=lambda: 3)
+sift = Sift(SiftConfig(exit_layer=1, keep_ratio=0.5, kernel="torch", selection_start_step=0), iteration=lambda: 3)
 it = iter([batch])
 out, lf = sift.forward_step(mc.forward_step)(it, model)
 res["eval_same_iterator"] = mc.SEEN[-1][0] is it
@@ -197,7 +198,7 @@ if args.sp_check:
             rec["ref"][f"{criterion}@{k}"] = {"err": err, "same_inf": same_inf}
     trained = {}
     for name, net in (("plain", plain), ("sp", sp)):  # global selection and the training forward
-        sift = Sift(SiftConfig(exit_layer=1, keep_ratio=1 / FACTOR, scope="global", kernel="torch"),
+        sift = Sift(SiftConfig(exit_layer=1, keep_ratio=1 / FACTOR, scope="global", kernel="torch", selection_start_step=0),
                     iteration=lambda: 3)
         net.train()
         out, lf = sift.forward_step(mc.forward_step)(loader_iter(), net)
@@ -253,7 +254,7 @@ if args.gpt_check:
 if args.pp_check:
     ps.destroy_model_parallel()
     ps.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=WORLD)
-    sift = Sift(SiftConfig(kernel="torch"), iteration=lambda: 0)
+    sift = Sift(SiftConfig(kernel="torch", selection_start_step=0), iteration=lambda: 0)
     errors = []
     for call in (lambda: sift.datasets_provider(lambda n: (base, None, None))([8, 0, 0]),
                  lambda: sift.forward_step(mc.forward_step)(None, torch.nn.Linear(1, 1).train())):

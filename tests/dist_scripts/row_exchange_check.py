@@ -87,7 +87,7 @@ def gather_obj(obj):
 model = tiny_bert(layers=2, dropout=0.0)
 stub = SimpleNamespace(train_micro_batch_size_per_gpu=lambda: MICRO, device=torch.device("cpu"), global_steps=5,
                        micro_steps=0, gradient_accumulation_steps=lambda: 1, module=model)
-cfg = sift_ds.SiftConfig(exit_layer=1, keep_ratio=0.5, scope="global", kernel="torch")
+cfg = sift_ds.SiftConfig(exit_layer=1, keep_ratio=0.5, scope="global", kernel="torch", selection_start_step=0)
 sift = engine_module.SiftEngine(stub, BertAdapter(model), cfg)
 GROSS = sift.gross_batch_size
 real_scores = core_module.criteria.sequence_scores
