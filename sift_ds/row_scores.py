@@ -58,7 +58,7 @@ def zscore(values: torch.Tensor) -> torch.Tensor:
 def reducible_scores(exit_loss: torch.Tensor, reference_loss: torch.Tensor) -> torch.Tensor:
     """``z(exit_loss) - z(reference_loss)`` over one gross batch; ``-inf`` where either term is not finite."""
     score = zscore(exit_loss.float()) - zscore(reference_loss.float())
-    return score.nan_to_num(nan=float("-inf"))  # -inf - -inf
+    return score.masked_fill(~torch.isfinite(score), float("-inf"))  # x - (-inf) is +inf, -inf - (-inf) NaN
 
 
 def reference_model(path: str, device) -> tuple:

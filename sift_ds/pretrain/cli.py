@@ -11,6 +11,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 from .job import setup_job
 from .options import PretrainOptions, build_parser, parse_options
 from .plan import RunPlan, resolve_plan
+from .save_failure import SaveFailed
 from .trainer import NonFiniteLoss
 
 
@@ -70,7 +71,7 @@ class Application:
             self.fail(err)
         try:
             return job.run()
-        except NonFiniteLoss as err:  # stops every rank alike: no checkpoint, no export, exit status 2
+        except (NonFiniteLoss, SaveFailed) as err:  # no checkpoint after it, no export: exit status 2
             self.fail(err)
 
 

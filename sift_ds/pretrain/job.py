@@ -26,7 +26,11 @@ from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
+from .manifest import atomic_write
+from .reference_check import RUN_RECORD, check_reference_model, same_blocks_warnings
 from .resume import MODEL_KEYS
+from .run_record import corpus_record, training_record
+from .save_failure import export_failure
 from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
 from .unigram import write_unigram_counts
@@ -45,7 +49,14 @@ class Job:
     def run(self) -> Dict[str, float]:
         result = self.trainer.train()
         if self.trainer.step >= self.plan.max_steps:
-            export_model(self.engine, self.tokenizer, os.path.join(self.plan.output_dir, "final"))
+            final = os.path.join(self.plan.output_dir, "final")
+            try:
+                export_model(self.engine, self.tokenizer, final)
+                if self.engine.global_rank == 0:  # what trained it, for a run that uses it as its reference model
+                    atomic_write(os.path.join(final, RUN_RECORD),
+                                 json.dumps(self.trainer.run_info, indent=1, default=str))
+            except (OSError, RuntimeError) as err:
+                raise export_failure(err, final, checkpoint.checkpoint_dir(self.plan.output_dir)) from err
         if self.engine.global_rank == 0:
             summary = {"step": self.trainer.step, **result, "elapsed_s": round(self.trainer.elapsed_s, 1)}
             logger.info("finished: %s", json.dumps(summary))
@@ -78,6 +89,7 @@ def setup_job(plan: RunPlan) -> Job:
     check_vocab(plan, len(tokenizer))
     write_unigram_counts(plan, data, len(tokenizer))
     tracking.local_directories(plan.ds_config, plan.output_dir)  # before DeepSpeed starts wandb / Comet
+    check_reference_model(plan.sift, opts.seq_len, tokenizer)  # criterion reducible's online reference, before step 1
     engine, flops = build_engine(plan, tokenizer)
     data = dataclasses.replace(data, train=attach_scores(data.train, plan.sift, tokenizer))  # criteria stored, reducible
 
@@ -92,6 +104,11 @@ def setup_job(plan: RunPlan) -> Job:
                 "world_size": plan.world_size, "seed": opts.seed, "data_seed": opts.data_seed,
                 "model": opts.model, "vocab_size": len(tokenizer),
                 "model_config": {k: getattr(plan.model_config, k, None) for k in MODEL_KEYS}}
+    if rank == 0:  # what a resume checks (run_record.py); rank 0 writes the manifests
+        known = plan.resume.run.get("corpus") if plan.resume is not None else None
+        run_info.update(corpus=corpus_record(opts, plan.data_files, known), training=training_record(opts, plan.sift))
+        for warning in same_blocks_warnings(plan.sift, run_info):
+            logger.warning(warning)
     trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
     if state is not None:
         trainer.restore(state)

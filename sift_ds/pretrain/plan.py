@@ -25,6 +25,8 @@ from .models import PRESETS, causal_presets, family_presets, max_sequence_length
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .output_dir import check_reads, entries_to_clear
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
+from .reference_check import check_reference_model
+from .run_record import check_resume
 from .tokenizer import load_tokenizer
 from .unigram import job_unigram_table
 from .vocab_check import check_vocabulary, corpus_sample
@@ -99,8 +101,9 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
     if options.dataset_name:
         check_dataset_name(options.dataset_name)
-    check_tokenizer(options.tokenizer, causal=options.objective == "clm",
-                    sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name))
+    tokenizer = check_tokenizer(options.tokenizer, causal=options.objective == "clm",
+                                sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name))
+    check_reference_model(sift, options.seq_len, tokenizer)  # the vocabulary again at start-up, with the run's tokenizer
     if create_output_dir:
         make_output_dir(options.output_dir)
     else:
@@ -119,6 +122,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     if resume is not None:
         check_same_model(resume, model_config, options.seq_len, options.objective)
         warnings += seed_warnings(resume, options.seed, options.data_seed)
+        warnings += check_resume(resume.path, resume.run, options, sift, data_files, fork=decision.identity.new)
     elif not options.tokenizer and options.vocab_size < SMALL_VOCAB:
         warnings.append(f"--vocab_size {options.vocab_size} is tiny: the trained vocabulary is then "
                         f"little more than the corpus's characters (BERT uses 30522; below {SMALL_VOCAB} is "
@@ -209,19 +213,22 @@ def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfi
     return config
 
 
-def check_tokenizer(name: Optional[str], causal: bool = False, sample: Callable[[], List[str]] = list) -> None:
+def check_tokenizer(name: Optional[str], causal: bool = False, sample: Callable[[], List[str]] = list):
     """A local ``--tokenizer`` is loaded (cheap, no code of its own runs) and checked against a
-    ``sample()`` of the corpus (``vocab_check``) so that a wrong one fails now."""
+    ``sample()`` of the corpus (``vocab_check``) so that a wrong one fails now; returns it (None
+    without a local one)."""
     if not name:
-        return
+        return None
     if not os.path.exists(name):
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise ValueError(f"--tokenizer {name}: no such file or directory")
-        return  # a hub name: loaded (with a network) at start-up
+        return None  # a hub name: loaded (with a network) at start-up
     try:
-        check_vocabulary(load_tokenizer(name, causal), sample())
+        tokenizer = load_tokenizer(name, causal)
+        check_vocabulary(tokenizer, sample())
     except ValueError as err:
         raise ValueError(f"--tokenizer {name}: {err}") from None
+    return tokenizer
 
 
 def check_output_dir(path: str) -> None:

@@ -19,13 +19,20 @@ from . import checkpoint
 from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
 from .stop_request import StopRequest
+from .save_failure import checkpoint_failure
 from .window import LogWindow, overhead
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(ValueError):
-    """A NaN / inf training or validation loss: the run stops, writes no checkpoint, exports nothing."""
+    """A NaN / inf training or validation loss, or more than ``MAX_NONFINITE_SCORE_SHARE`` of a log
+    window's selection scores non-finite: the run stops, writes no checkpoint, exports nothing."""
+
+
+# Non-finite selection scores rank below every finite one; when more than this share of the rows a
+# log window scored (all ranks) is non-finite, the selection is no longer by score and the run stops.
+MAX_NONFINITE_SCORE_SHARE = 0.5
 
 
 @dataclass
@@ -111,6 +118,7 @@ class Trainer:
                     batch = next(batches)
                     window.data_s += time.perf_counter() - fetched
                     window.add_loss(engine.train_step(batch))
+                    window.add_scores(engine.telemetry.pairs)
                 window.steps += 1
                 window.flops += self.flops.step_flops(tokens_per_step, gross_tokens_per_step, selecting)
                 step = self.step
@@ -193,11 +201,22 @@ class Trainer:
                if record.get(key) is not None and not math.isfinite(record[key])]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(step, " and ".join(bad)))
+        self._check_scores(step, window)
+
+    def _check_scores(self, step: int, window: "LogWindow") -> None:
+        """After ``window.mean_loss()`` (which reduces the counts over the ranks): too many non-finite
+        selection scores stop the run like a non-finite loss (``MAX_NONFINITE_SCORE_SHARE``)."""
+        if window.nonfinite_share > MAX_NONFINITE_SCORE_SHARE:
+            raise NonFiniteLoss(self._non_finite_message(
+                step, f"selection scores: {window.nonfinite_share:.0%} of the rows scored since the last record (more "
+                      f"than {MAX_NONFINITE_SCORE_SHARE:.0%}; the selection keeps rows it cannot rank)"))
 
     def _check_finite(self, step: int, window: "LogWindow") -> None:
         """Before a checkpoint: the steps since the last record had finite losses (a collective)."""
         if window.steps and not math.isfinite(window.mean_loss()):  # steps: the same on every rank
             raise NonFiniteLoss(self._non_finite_message(step, "training loss since the last record"))
+        if window.steps:
+            self._check_scores(step, window)
 
     def _non_finite_message(self, step: int, what: str) -> str:
         last = checkpoint.list_tags(self.opts.save_dir) if self.opts.save_dir else []
@@ -208,8 +227,12 @@ class Trainer:
     def save(self) -> Optional[str]:
         if not self.opts.save_dir:
             return None
-        tag = checkpoint.save(self.engine, self.opts.save_dir, self.run_state(), self.opts.keep_checkpoints or None,
-                              run=self.run_info)
+        tag = f"{checkpoint.TAG_PREFIX}{self.engine.global_steps}"
+        try:
+            checkpoint.save(self.engine, self.opts.save_dir, self.run_state(), self.opts.keep_checkpoints or None,
+                            run=self.run_info)
+        except Exception as err:  # noqa: BLE001 - torch's stream writer, OSError, a peer's failure: one line
+            raise checkpoint_failure(err, self.opts.save_dir, tag) from err
         self.metrics.info(f"saved checkpoint {self.opts.save_dir}/{tag}")
         return tag
 

@@ -21,6 +21,8 @@ class LogWindow:
         self.flops = 0.0
         self.paused = 0.0
         self.data_s = 0.0  # waiting for the loader's gross batches (read, masked; prefetched while stepping)
+        self.scores = torch.zeros(2, dtype=torch.float64, device=device)  # [non-finite scores, rows scored]
+        self.nonfinite_share = 0.0  # of the rows scored in the window, all ranks (set by mean_loss)
 
     def state(self) -> dict:
         """The partial sums, for a checkpoint: every rank's loss sum (a collective), steps, FLOPs, seconds."""
@@ -51,12 +53,21 @@ class LogWindow:
         self.loss += loss.detach().to(torch.float64)
         self.micro_steps += 1
 
+    def add_scores(self, pairs: Dict[str, torch.Tensor]) -> None:
+        """A selection's non-finite scores and rows scored, from its ``sift/*`` pairs (no host sync)."""
+        nonfinite, warmup, kept = (pairs.get(k) for k in ("sift/nonfinite_scores", "sift/warmup", "sift/kept_fraction"))
+        if nonfinite is not None and warmup is not None and kept is not None:
+            self.scores += torch.stack([nonfinite[0], kept[1] * (1 - warmup[0])]).to(self.scores)
+
     def mean_loss(self) -> float:
-        total = torch.stack([self.loss, torch.tensor(float(self.micro_steps), dtype=torch.float64,
-                                                     device=self.loss.device)])
+        """The window's mean loss over all ranks (a collective); also sets ``nonfinite_share``."""
+        total = torch.cat([torch.stack([self.loss, torch.tensor(float(self.micro_steps), dtype=torch.float64,
+                                                                device=self.loss.device)]), self.scores])
         if dist.is_initialized():
             dist.all_reduce(total)
-        return (total[0] / total[1].clamp(min=1)).item()
+        loss, steps, nonfinite, scored = total.tolist()
+        self.nonfinite_share = nonfinite / scored if scored > 0 else 0.0
+        return loss / max(steps, 1.0)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.paused
