@@ -272,10 +272,10 @@ def canonical_keys(section: Mapping[str, Any]) -> dict:
 
 
 def unknown_key_message(where: str, key: str, known) -> str:
-    """``unknown key 'x' in WHERE; did you mean 'y'? (known keys: ...)``: one line."""
+    """``WHERE: unknown key 'x'; did you mean 'y'? (known keys: ...)``: one line."""
     close = difflib.get_close_matches(str(key), sorted(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key {key!r} in {where}{hint} (known keys: {', '.join(sorted(known))})"
+    return f"{where}: unknown key {key!r}{hint} (known keys: {', '.join(sorted(known))})"
 
 
 def str2bool(value: str) -> bool:

@@ -35,8 +35,8 @@ BAD = [
     ({"scope": "node"}, "sift.scope"),
     ({"kernel": "cuda"}, "sift.kernel"),
     ({"seed": "x"}, "sift.seed"),
-    ({"topk": 3}, "unknown key 'topk' in ds_config 'sift' section"),
-    ({"keep_ration": 0.5}, "unknown key 'keep_ration' in ds_config 'sift' section; did you mean 'keep_ratio'?"),
+    ({"topk": 3}, "ds_config 'sift' section: unknown key 'topk'"),
+    ({"keep_ration": 0.5}, "ds_config 'sift' section: unknown key 'keep_ration'; did you mean 'keep_ratio'?"),
 ]
 
 
@@ -97,3 +97,23 @@ def test_triton_kernel_without_cuda_or_interpreter_fails_at_startup(single_rank_
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="sift.kernel='triton' cannot run here"):
         sift_ds.initialize(model=tiny_bert(), config=ds_config(kernel="triton"))
+
+
+def test_notes_are_ignored_in_every_section(tmp_path):
+    """Keys starting with "_" are notes: at the top level (DeepSpeed's part), in "sift" and in "pretrain";
+    a typo in "pretrain" gets the closest key, as in "sift"."""
+    from launch_helpers import config_file, load_cli, set_key
+
+    assert sift_ds.SiftConfig.from_dict({"_comment": "why", "keep_ratio": 0.25}).keep_ratio == 0.25
+    cli = load_cli()
+
+    def notes(config):
+        config["_comment"] = "top"
+        config["sift"]["_comment"] = "sift"
+        config["pretrain"]["_note"] = "pretrain"
+
+    plan = cli.resolve(["--ds_config", config_file(tmp_path, notes), "--output_dir", str(tmp_path / "o")])
+    assert "_comment" not in plan.ds_config["sift"] and plan.options.model == "tiny"
+    with pytest.raises(ValueError, match="'pretrain' section: unknown key 'max_step'; did you mean 'max_steps'"):
+        from sift_ds.pretrain.options import read_pretrain_section
+        read_pretrain_section(config_file(tmp_path, set_key(("pretrain", "max_step"), 3)))
