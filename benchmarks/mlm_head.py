@@ -72,6 +72,7 @@ def cpu_times() -> dict:
 
 def run(sparse: bool, steps: int, batch: int, out_dir: str) -> dict:
     cmd = [sys.executable, SCRIPT, "--config_name", CONFIG, "--tokenizer_name", TOKENIZER, "--output_dir", out_dir,
+           "--do_train", "--do_eval",
            "--per_device_train_batch_size", str(batch), "--max_seq_length", str(SEQ), "--max_steps", str(steps),
            "--logging_steps", "1", "--save_steps", str(steps), "--use_cpu", "--report_to", "none",
            "--max_eval_samples", "16", "--seed", "0", "--disable_tqdm", "true",
