@@ -16,8 +16,9 @@ before Trainer counts ``num_items_in_batch``, so the loss normalisation, mixed p
 accumulation and the forward / backward are Trainer's own, on the kept rows. The ``sift/*``
 statistics are summed over the logging window and the ranks, like the loss, and logged with it
 (``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is unchanged. The
-selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, so a
-run resumed from a Trainer checkpoint selects what the uninterrupted run selected.
+selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, and with
+transformers' ``DataCollatorForLanguageModeling`` so are the training masks (``sift_ds.hf_masking``):
+a run resumed from a Trainer checkpoint trains exactly what the uninterrupted run trained.
 
 The training forward runs the MLM head on the labelled positions only (``sparse_mlm_head=True``, the
 default, with SIFT on or off; ``sift_ds.mlm_head``): the loss and gradients are the dense head's, and
