@@ -17,6 +17,9 @@ import pytest
 from launch_helpers import CONFIGS, GPT_SCRIPT, REPO, SCRIPT, cpu_env, metrics, read_config
 from sift_ds.config import SiftConfig, load_ds_config
 from sift_ds.hf import sift_config_for
+from sift_ds.pretrain import ds_policy
+from sift_ds.pretrain.plan import resolve_sift, resolve_start
+from sift_ds.schedule import resolve_selection_start
 
 JOB_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "*.json")))
 ALL_CONFIGS = JOB_CONFIGS + sorted(glob.glob(os.path.join(CONFIGS, "hf", "*.json")))
@@ -66,15 +69,56 @@ def test_shipped_config_validates_and_follows_the_recommendation(path):
     if not sift.enabled:
         return
     assert (sift.criterion, sift.exit_layer) == recommended(), name(path)
-    lr_warmup = config.get("scheduler", {}).get("params", {}).get("warmup_num_steps")
-    if lr_warmup == "auto":  # the job's rule: 0.2 % of the steps (docs/usage.md)
-        lr_warmup = max(1, -(-2 * config["pretrain"]["max_steps"] // 1000))
-    if "_study" in name(path):  # reproduces a measured study as it ran (study A started at the peak)
+
+
+def lr_peak(config: dict, max_steps: int) -> int:
+    """The step where the config's learning rate peaks, by hand: its warm-up, "auto" being 0.2 % of
+    the steps rounded up (docs/usage.md), at least 2 (DeepSpeed's warm-up schedulers)."""
+    warmup = config["scheduler"]["params"]["warmup_num_steps"]
+    return max(2, -(-2 * max_steps // 1000) if warmup == "auto" else warmup)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=name)
+def test_shipped_config_starts_selection_before_the_lr_peak(path):
+    """Loaded with its own max_steps as the job resolves it, every config that selects starts inside
+    the learning-rate warm-up ("auto": 30 % of it), or says that it reproduces a study that did not."""
+    config = load_ds_config(path)
+    sift = SiftConfig.from_dict(config.get("sift"))
+    if not sift.enabled:
         return
-    if isinstance(lr_warmup, int):  # selection starts before the learning rate peaks
-        assert 0 < sift.warmup_steps < lr_warmup, (name(path), sift.warmup_steps, lr_warmup)
-    else:  # Trainer's config: its warm-up comes from TrainingArguments; selection starts early anyway
-        assert 0 < sift.warmup_steps <= 100, name(path)
+    if "pretrain" not in config:  # Trainer's config, with docs/hf_trainer.md's command: --warmup_steps 100
+        start, peak = resolve_selection_start(sift, 100, "--warmup_steps 100").start_step, 100
+    else:  # the job's own steps: the schedule's "auto" values filled in, then the start resolved
+        max_steps = config["pretrain"]["max_steps"]
+        ds_policy.resolve_schedule(config, max_steps, [])
+        start, peak = resolve_start(sift, config, False).start_step, lr_peak(load_ds_config(path), max_steps)
+    if sift.selection_start_step == "auto":
+        assert start == int(0.3 * peak + 0.5), (name(path), start, peak)
+    if sift.start_after_lr_peak:  # a study that started at the peak, reproduced as it ran
+        assert "_study" in name(path) and "peak" in config["_comment"] and start == peak, name(path)
+    else:
+        assert 0 < start < peak, (name(path), start, peak)
+
+
+def test_study_configs_start_selection_where_their_studies_did():
+    """Each study's recorded run (docs/results/*/runs/*/run_config.json of an entropy arm) against its
+    shipped config resolved as the job does: the same selection start and learning-rate warm-up."""
+    recorded = sorted(glob.glob(os.path.join(REPO, "docs", "results", "*", "runs", "entropy-exit1*", "seed0",
+                                             "run_config.json")))
+    assert recorded
+    for path in recorded:
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+        options = run["options"]
+        config = load_ds_config(os.path.join(REPO, options["ds_config"]))
+        overrides = {k: v for k, v in options["sift"].items()}
+        sift = resolve_sift(config["sift"], overrides)
+        lr_warmup = options.get("lr_warmup_steps", options.get("warmup_steps"))  # the option's old name
+        ds_policy.resolve_schedule(config, run["max_steps"], [], lr_warmup)
+        resolved = resolve_start(sift, config, lr_warmup is not None)
+        assert resolved.start_step == run["sift"]["warmup_steps"], path
+        assert (config["scheduler"]["params"]["warmup_num_steps"]
+                == run["ds_config"]["scheduler"]["params"]["warmup_num_steps"]), path
 
 
 def tiny_copy(path: str, corpus: str, cache: str) -> dict:
@@ -86,10 +130,10 @@ def tiny_copy(path: str, corpus: str, cache: str) -> dict:
         config.pop(key, None)
     config["train_micro_batch_size_per_gpu"] = 4
     config["gradient_accumulation_steps"] = min(2, config.get("gradient_accumulation_steps", 1))
-    config["scheduler"]["params"].update(warmup_num_steps=1, total_num_steps="auto")
+    config["scheduler"]["params"].update(warmup_num_steps=1, total_num_steps="auto")  # DeepSpeed: 2 steps
     sift = config["sift"]
     if sift.get("enabled", True):
-        sift.update(warmup_steps=1, kernel="torch")
+        sift.update(selection_start_step=1, kernel="torch")
         if sift.get("anneal_end_step"):
             sift.update(anneal_start_step=2, anneal_end_step=STEPS)
     config["pretrain"] = {"model": "tiny_llama" if clm else "tiny", "objective": config["pretrain"].get("objective", "mlm"),
