@@ -31,7 +31,9 @@ setup(
         "triton": ["triton>=3.0,<4"],
         "tensorboard": ["tensorboard<3"],
         "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "psutil<8", "triton>=3.0,<4",
-                 "tensorboard<3", "scipy<2", "matplotlib<4", "megatron-core>=0.16,<0.20", "accelerate>=1.1,<2"],
+                 "tensorboard<3", "scipy<2", "matplotlib<4", "megatron-core>=0.16,<0.20", "accelerate>=1.1,<2",
+                 # the trackers' offline runs (tests/test_tracking.py)
+                 "wandb>=0.31,<1", "comet-ml>=3.58,<4"],
         "study": ["matplotlib<4"],
         # sift_ds.hf.SiftTrainer: transformers' Trainer runs on accelerate.
         "hf": ["accelerate>=1.1,<2"],

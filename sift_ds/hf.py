@@ -15,7 +15,8 @@ shared core (``sift_ds.selection``, at the step's parameters: they do not change
 before Trainer counts ``num_items_in_batch``, so the loss normalisation, mixed precision, gradient
 accumulation and the forward / backward are Trainer's own, on the kept rows. The ``sift/*``
 statistics are summed over the logging window and the ranks, like the loss, and logged with it
-(``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is unchanged. The
+(``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is Trainer's; with
+SIFT on, its metrics add the early-exit fidelity probe on the first evaluation batch. The
 selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, and with
 transformers' ``DataCollatorForLanguageModeling`` so are the training masks (``sift_ds.hf_masking``):
 a run resumed from a Trainer checkpoint trains exactly what the uninterrupted run trained.
@@ -199,6 +200,17 @@ class SiftTrainer(Trainer):
             logs.update(self.sift_telemetry.means(reduce=True))
             self.sift_telemetry.clear()
         super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        """Trainer's evaluation loop; with SIFT on, its metrics also carry the fidelity probe
+        (``sift_probe``) on the loop's first batch, e.g. ``eval_probe/spearman``, which Trainer logs
+        to every reporter with the evaluation loss (a collective: every rank runs the loop)."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        first = next(iter(dataloader), None) if self.sift_config.enabled else None
+        if isinstance(first, Mapping) and self.sift_frontend.labels_key in first:
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self.sift_probe(first).items()})
+        return output
 
     def _mark_step_end(self) -> None:
         if self._step_marks is not None:
