@@ -54,7 +54,8 @@ def setup():
     model = build_bert(preset, vocab_size=vocab, max_position_embeddings=max(seq, 512))
     cfg = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_optimization": {"stage": 1},
-           "sift": {"exit_layer": exit_layer, "keep_ratio": 0.5, "scope": "local"}}
+           "sift": {"exit_layer": exit_layer, "keep_ratio": 0.5, "scope": "local",  # a constant lr: select from
+                    "selection_start_step": 0, "start_after_lr_peak": True}}   # step 0, the step measured
     if DTYPE == "bf16":
         cfg["bf16"] = {"enabled": True}
     engine = sift_ds.initialize(model=model, config=cfg)[0]

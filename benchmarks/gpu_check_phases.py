@@ -238,14 +238,15 @@ def phase_step(args):
            "gradient_clipping": 1.0, "steps_per_print": 10**9}
     if cuda:
         cfg["bf16"] = {"enabled": True}
-    sift_cfg = sift_ds.SiftConfig(exit_layer=exit_layer, keep_ratio=0.5, scope="local", kernel="triton")
+    sift_cfg = sift_ds.SiftConfig(exit_layer=exit_layer, keep_ratio=0.5, scope="local", kernel="triton",
+                                  selection_start_step=0, start_after_lr_peak=True)  # a constant lr: step 0 selects
     fused = sift_ds.initialize(model=model, config=cfg, sift_config=sift_cfg)[0]
     # The same DeepSpeed engine behind three SIFT settings: one model, one optimizer.
     arms = {
         "vanilla": sift_ds.SiftEngine(fused.engine, fused.adapter, sift_ds.SiftConfig(enabled=False)),
         "sift-fused": fused,
         "sift-torch": sift_ds.SiftEngine(fused.engine, fused.adapter, sift_ds.SiftConfig(
-            exit_layer=exit_layer, keep_ratio=0.5, scope="local", kernel="torch")),
+            exit_layer=exit_layer, keep_ratio=0.5, scope="local", kernel="torch", selection_start_step=0)),
     }
     g = torch.Generator().manual_seed(0)
 

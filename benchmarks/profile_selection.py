@@ -102,7 +102,8 @@ def main(argv=None) -> int:
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
            "zero_optimization": {"stage": 1}, "steps_per_print": 10 ** 9,
            "sift": {"exit_layer": args.exit_layer, "keep_ratio": args.keep_ratio, "scope": "local",
-                    "criterion": args.criterion, "kernel": "torch"}}
+                    "criterion": args.criterion, "kernel": "torch",
+                    "selection_start_step": 0, "start_after_lr_peak": True}}  # a constant lr: the measured step selects
     engine = sift_ds.initialize(model=model, config=cfg)[0]
     gross, cfg_sift, adapter = engine.gross_batch_size, engine.sift_config, engine.adapter
 
