@@ -102,7 +102,8 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     if options.dataset_name:
         check_dataset_name(options.dataset_name)
     tokenizer = check_tokenizer(options.tokenizer, causal=options.objective == "clm",
-                                sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name))
+                                sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name,
+                                                             options.sample_by))
     check_reference_model(sift, options.seq_len, tokenizer)  # the vocabulary again at start-up, with the run's tokenizer
     if create_output_dir:
         make_output_dir(options.output_dir)

@@ -28,7 +28,7 @@ from .options import PretrainOptions
 
 TRAINING_NEUTRAL = ("kernel",)  # the scorer's backend: the same scores, computed elsewhere
 FILE_KEYS = ("score_file", "frequency_table", "reference")  # known by content: a moved file is the same file
-SPLIT_OPTIONS = ("text_field", "val_fraction", "max_val_samples", "holdout_fraction", "train_on", "mlm_probability")
+SPLIT_OPTIONS = ("text_field", "sample_by", "val_fraction", "max_val_samples", "holdout_fraction", "train_on", "mlm_probability")
 
 
 def _stat(path: str) -> list:
@@ -44,7 +44,7 @@ def corpus_record(options: PretrainOptions, data_files: Optional[Sequence[str]],
         words = [options.dataset_name, f"config={options.dataset_config}", f"split={options.dataset_split}"]
         return {"sha256": data_digest(words), "source": f"--dataset_name {' '.join(words)}", "files": []}
     if not data_files:
-        text = json.dumps(default_corpus()["text"]).encode()
+        text = json.dumps(list(default_corpus()["text"])).encode()
         return {"sha256": hashlib.sha256(text).hexdigest(), "source": "the default corpus (pydoc_data)", "files": []}
     stats = [_stat(p) for p in data_files]
     if known and known.get("files") == stats and isinstance(known.get("sha256"), str):

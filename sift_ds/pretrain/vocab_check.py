@@ -58,8 +58,8 @@ def check_vocabulary(tokenizer, sample: Sequence[str]) -> None:
                          "corpus's text")
 
 
-def corpus_sample(data_files: Optional[Sequence[str]], text_field: str = "text",
-                  dataset_name: Optional[str] = None, max_chars: int = SAMPLE_CHARS) -> List[str]:
+def corpus_sample(data_files: Optional[Sequence[str]], text_field: str = "text", dataset_name: Optional[str] = None,
+                  sample_by: str = "paragraph", max_chars: int = SAMPLE_CHARS) -> List[str]:
     """The corpus's first documents up to ``max_chars``, read without preparing the corpus (streamed,
     in the order ``corpus.load_corpus`` reads them); [] for a hub dataset (read at start-up only)
     or files the stream cannot read (the job's own reading then reports them)."""
@@ -72,7 +72,7 @@ def corpus_sample(data_files: Optional[Sequence[str]], text_field: str = "text",
     streams = []
     try:
         if text_files:
-            stream = datasets.load_dataset("text", data_files=text_files, sample_by="paragraph", split="train",
+            stream = datasets.load_dataset("text", data_files=text_files, sample_by=sample_by, split="train",
                                            streaming=True)
             streams.append(row["text"] for row in stream)
         if json_files:
