@@ -22,8 +22,8 @@ def test_readme_example_runs(single_rank_dist, capsys):
     torch.manual_seed(0)
     model = build_bert("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=64)
     words = open(os.path.join(REPO, "README.md")).read().split()
-    dataset = [tokenizer(" ".join(words[i:i + 48]), truncation=True, max_length=64)
-               for i in range(0, len(words) - 48, (len(words) - 48) // 128)][:128]
+    dataset = [tokenizer(" ".join(words[i:i + 48]), truncation=True, max_length=64)  # 5 steps: selection from step 3
+               for i in range(0, len(words) - 48, (len(words) - 48) // 320)][:320]
     scope = {"model": model, "dataset": dataset, "tokenizer": tokenizer}
     exec(readme_example(), scope)  # noqa: S102 - the documented example, as written
     engine, sel = scope["engine"], scope["sel"]
