@@ -223,6 +223,32 @@ def test_the_last_checkpoint_rule():
         assert rule(tmp, overwrite_output_dir=True) is None
 
 
+def test_a_run_mlm_command_line_from_a_model_directory(train_file, tmp_path, monkeypatch):
+    """run_mlm.py's fine-tuning form: --model_name_or_path alone (no --config_name, --tokenizer_name),
+    --line_by_line with --pad_to_max_length, --max_train_samples / --max_eval_samples, in process."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    model_dir = tmp_path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    config = AutoConfig.from_pretrained(MODEL_CONFIG, vocab_size=len(tokenizer))
+    AutoModelForMaskedLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [MLM_SCRIPT, "--model_name_or_path", str(model_dir), "--train_file", train_file,
+                                      "--line_by_line", "--pad_to_max_length", "--max_seq_length", "32",
+                                      "--max_train_samples", "24", "--max_eval_samples", "4", "--do_train", "--do_eval",
+                                      "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_steps", "2",
+                                      "--warmup_steps", "2", "--logging_steps", "1", "--use_cpu", "--report_to", "none",
+                                      "--sift_config", json.dumps({"selection_start_step": 1, "kernel": "torch"})])
+    cli = load_cli(MLM_SCRIPT)
+    monkeypatch.setitem(sys.modules, cli.__name__, cli)  # Trainer pickles the script's TrainingArguments class
+    cli.main()
+    results = json.load(open(out / "all_results.json"))
+    assert results["train_samples"] == 24 and results["eval_samples"] == 4 and math.isfinite(results["eval_loss"])
+    state = json.load(open(out / "trainer_state.json"))
+    assert state["global_step"] == 2 and state["log_history"][0]["sift/kept_fraction"] == 0.5
+
+
 BAD_INPUTS = {
     "malformed JSON": (["--sift_config", "{bad"], "--sift_config is not valid JSON"),
     "unknown key": (["--sift_config", '{"keepratio": 0.5}'], "keepratio"),
