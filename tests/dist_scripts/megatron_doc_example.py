@@ -107,7 +107,7 @@ print(json.dumps({
     "is_distributed": getattr(call["train_valid_test_dataset_provider"], "is_distributed", False),
     "forward_step_wrapped": step.__wrapped__ is scope["forward_step"],
     "model_type": str(call["model_type"]), "tokenizer_type": ARGS.tokenizer_type,
-    "config": [sift.config.criterion, sift.config.exit_layer, sift.config.keep_ratio, sift.config.warmup_steps],
+    "config": [sift.config.criterion, sift.config.exit_layer, sift.config.keep_ratio, sift.config.selection_start_step],
     "model": type(model).__name__, "lengths": [len(train), len(valid)],
     "gross_shape": list(gross["text"].shape), "by_score": bool(sel.by_score),
     "scores": [float(x) for x in sel.scores], "kept": kept.tolist(),
