@@ -28,7 +28,7 @@ plain=anneal_start_step=0@anneal_end_step=0
 if [ ! -f "$reference/final/config.json" ]; then
   $py launch/pretrain_bert.py --ds_config "$config" --data "$data" --tokenizer "$tokenizer" "${holdout[@]}" \
     --train_on holdout --model ds_configs/models/bert_L4_H128.json --sift_enabled false \
-    --max_steps "${REFERENCE_STEPS:-300}" --output_dir "$reference"
+    --max_steps "${REFERENCE_STEPS:-300}" --output_dir "$reference" --resume auto
 fi
 if [ ! -f "$scores" ]; then
   $py launch/score_corpus.py --out "$scores" --scores reference_loss --reference "$reference/final" --masks 4 \

@@ -27,7 +27,7 @@ py="nice -n ${NICE:-0} .venv/bin/python"
 plain=anneal_start_step=0@anneal_end_step=0
 if [ ! -f "$warm/checkpoints/global_step30/mp_rank_00_model_states.pt" ]; then
   $py launch/pretrain_bert.py --ds_config "$config" --data "$data" --tokenizer "$tokenizer" --seed 0 \
-    --sift_anneal_start_step 0 --sift_anneal_end_step 0 --exit_interval 30 --output_dir "$warm"
+    --sift_anneal_start_step 0 --sift_anneal_end_step 0 --exit_interval 30 --output_dir "$warm" --resume auto
 fi
 if [ ! -f "$scores" ]; then
   $py launch/score_corpus.py --out "$scores" --scores unigram_entropy,unique_share,frozen_entropy \
