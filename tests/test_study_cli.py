@@ -29,7 +29,8 @@ def job(tmp_path, steps=30, eval_interval=10):
     """Passthrough of a tiny run: 30 steps, evaluations every 10, SIFT selecting from step 6."""
     return ["--model", "tiny", "--max_steps", steps, "--eval_interval", eval_interval, "--log_interval", 5,
             "--save_interval", 0,
-            "--vocab_size", 1024, "--seq_len", 64, "--sift_warmup_steps", 5, "--cache_dir", tmp_path / "cache"]
+            "--vocab_size", 1024, "--seq_len", 64, "--sift_warmup_steps", 5, "--cache_dir", tmp_path / "cache",
+            "--sift_start_after_lr_peak", "true"]  # step 6 is after the budget study's 4-step LR warm-up
 
 
 def shown(proc):
@@ -48,13 +49,13 @@ def study_args(tmp_path, ds_config, **job_args):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """One budget-matched study that the tests below read and then re-invoke: 3 arms x 2 seeds, two
-    runs at a time, pinned to cores 0 and 1. Each schedule warms up for 6 steps (SIFT starts inside,
-    at step 5) and decays to 0 at its own end."""
+    runs at a time, pinned to cores 0 and 1. Each schedule warms up for 4 steps and decays to 0 at its
+    own end."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
     tmp_path = tmp_path_factory.mktemp("study")
     config = json.loads(open(CONFIG).read())
-    config["scheduler"]["params"]["warmup_num_steps"] = 6
+    config["scheduler"]["params"]["warmup_num_steps"] = 4
     (tmp_path / "ds.json").write_text(json.dumps(config))
     args = study_args(tmp_path, tmp_path / "ds.json")
     proc = compare(args)
