@@ -176,10 +176,13 @@ class MetricsLogger:
     def info(self, message: str) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.write(message)
-        else:
-            print(message, flush=True)
+        try:
+            if self.bar is not None:
+                self.bar.write(message)
+            else:
+                print(message, flush=True)
+        except BrokenPipeError:  # the console's reader is gone (pdsh and ssh of a stopped multi-node run):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # carry on to the checkpoint
 
     def close(self) -> None:
         if self.bar is not None:
