@@ -167,8 +167,8 @@ class SiftConfig:
         if start == AUTO:  # checked against the annealing once resolved (sift_ds.schedule)
             start = 0
         if self.anneal_end_step and self.anneal_end_step <= start:
-            raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after sift.selection_start_step="
-                             f"{start}")
+            raise ValueError(f"sift.anneal_end_step={self.anneal_end_step} must be 0 or after "
+                             f"sift.selection_start_step={start}")
         if self.anneal_start_step and not start <= self.anneal_start_step < self.anneal_end_step:
             raise ValueError(f"sift.anneal_start_step={self.anneal_start_step} must lie in [sift.selection_start_step="
                              f"{start}, sift.anneal_end_step={self.anneal_end_step})")

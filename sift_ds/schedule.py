@@ -57,8 +57,8 @@ def resolve_selection_start(config: SiftConfig, lr_warmup_steps: Optional[int], 
         fix = (f'start it inside the warm-up ("auto": step {auto_start(config.selection_start_share, lr_warmup_steps)})'
                if lr_warmup_steps else "give the schedule a learning-rate warm-up")
         raise ValueError(
-            f"sift.selection_start_step={given.format(start)} starts selection at or after the learning-rate peak (step "
-            f"{lr_warmup_steps}: {source}); starting at the peak collapsed entropy-SIFT in the measurements: {fix}, or "
+            f"sift.selection_start_step={given.format(start)} starts selection at or after the learning-rate peak "
+            f"(step {lr_warmup_steps}: {source}); starting at the peak collapsed entropy-SIFT in the measurements: {fix}, or "
             "set sift.start_after_lr_peak true if this is deliberate")
     return config
 

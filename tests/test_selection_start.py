@@ -22,8 +22,8 @@ PEAK = "at or after the learning-rate peak"
 def with_schedule(warmup_num_steps, **sift):
     cfg = ds_config(micro=4)
     cfg["sift"] = {"exit_layer": 1, **sift}
-    cfg["scheduler"] = {"type": "WarmupDecayLR", "params": {"total_num_steps": 100, "warmup_num_steps": warmup_num_steps,
-                                                            "warmup_max_lr": 1e-3}}
+    cfg["scheduler"] = {"type": "WarmupDecayLR",
+                        "params": {"total_num_steps": 100, "warmup_num_steps": warmup_num_steps, "warmup_max_lr": 1e-3}}
     return cfg
 
 
@@ -101,8 +101,8 @@ def test_the_job_resolves_auto_against_its_warmup_and_refuses_the_peak(tmp_path,
     assert cli.resolve(["--ds_config", auto, "--output_dir", str(tmp_path / "o"), "--max_steps", "100000"]
                        ).sift.selection_start_step == 60  # 0.3 x 200
     err = one_line_error(capsys, common + ["--lr_warmup_steps", "20", "--sift_warmup_steps", "25"])
-    assert f"sift.selection_start_step=25 starts selection {PEAK} (step 20: WarmupDecayLR warmup_num_steps 20 (set by " \
-           "--lr_warmup_steps))" in err
+    assert (f"sift.selection_start_step=25 starts selection {PEAK} (step 20: WarmupDecayLR warmup_num_steps 20 "
+            "(set by --lr_warmup_steps))") in err
     err = one_line_error(capsys, common + ["--max_steps", "100000", "--sift_selection_start_step", "480",
                                            "--ds_config", auto])
     assert f"sift.selection_start_step=480 starts selection {PEAK} (step 200" in err

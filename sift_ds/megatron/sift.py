@@ -12,10 +12,10 @@ micro-step), as the other front-ends check it (``sift_ds.frontend``). ``datasets
 training item ``1 / keep_ratio`` samples (``datasets.py``);
 ``forward_step`` scores each gross micro-batch, keeps ``--micro-batch-size`` rows and hands them to
 the script's own ``forward_step`` (``forward_step.py``). Selection starts at ``selection_start_step``,
-resolved against Megatron-LM's learning-rate warm-up (``schedule.py``) when the datasets provider runs. The selection itself (warm-up subsets,
-scores merged over the tensor-parallel vocabulary, top-k or the config's knobs per rank or over the
-data-parallel group, the global row exchange) is the shared core, ``sift_ds.selection``. Pipeline
-parallelism is refused (see ``check_parallelism``).
+resolved against Megatron-LM's learning-rate warm-up (``schedule.py``) when the datasets provider
+runs. The selection itself (warm-up subsets, scores merged over the tensor-parallel vocabulary,
+top-k or the config's knobs per rank or over the data-parallel group, the global row exchange) is
+the shared core, ``sift_ds.selection``. Pipeline parallelism is refused (see ``check_parallelism``).
 """
 from __future__ import annotations
 
