@@ -11,10 +11,14 @@
 """
 from __future__ import annotations
 
+import bz2
+import codecs
 import glob
+import gzip
 import logging
+import lzma
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import datasets
 from pydoc_data.topics import topics
@@ -107,8 +111,33 @@ def load_corpus(
             ds = datasets.load_dataset("json", data_files=json_files, split="train", cache_dir=cache_dir)
             parts.append(_text_column(ds, text_field, ", ".join(json_files)))
     except datasets.exceptions.DatasetGenerationError as err:
+        bad = first_undecodable(files)
+        if bad:
+            raise ValueError(f"--data {bad[0]}: not UTF-8 text (byte 0x{bad[2]:02x} at offset {bad[1]}); convert it "
+                             "to UTF-8 (e.g. iconv) or leave it out") from None
         raise ValueError(f"cannot read --data {', '.join(files)}: {err.__cause__ or err}") from err
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def first_undecodable(files: Sequence[str]) -> Optional[Tuple[str, int, int]]:
+    """(file, offset, byte) of the first byte of ``files`` that is not UTF-8 (compressed files are read
+    decompressed, ``.zst`` not at all); None when every file decodes (read only when a read failed)."""
+    for path in files:
+        opener = OPENERS.get(os.path.splitext(path)[1], open)
+        if path.endswith(".zst"):
+            continue
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        with opener(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    return path, offset - (len(err.object) - len(chunk)) + err.start, err.object[err.start]
+                offset += len(chunk)
+    return None
 
 
 def _text_column(ds, field: str, source: str):

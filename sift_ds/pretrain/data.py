@@ -22,6 +22,7 @@ from .tokenizer import bounded_pieces, to_json
 OBJECTIVES = ("mlm", "mlm+nsp", "clm")
 MASKED_OBJECTIVES = ("mlm", "mlm+nsp")
 MIN_SEQ_LEN = 8
+PACK_BATCH = 1000  # documents per packing batch (``datasets.map``'s default); each batch's remainder is dropped
 
 
 def cached_map(ds, function, name: str, key, cache_dir: Optional[str] = None, **kwargs):
@@ -70,29 +71,30 @@ def _special_ids(tokenizer) -> Tuple[int, int, int]:
 def pack_mlm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None):
     """``[CLS] tokens [SEP]`` blocks of exactly ``seq_len`` cut from the concatenated documents,
     with ``[SEP]`` between documents (``run_mlm.py``'s ``group_texts``: the remainder of each map
-    batch is dropped)."""
+    batch of ``PACK_BATCH`` documents is dropped)."""
     cls, sep, _ = _special_ids(tokenizer)
+    return cached_map(tokenized, lambda batch: mlm_blocks(batch["input_ids"], seq_len, cls, sep), "pack_mlm",
+                      (seq_len, cls, sep), cache_dir, batch_size=PACK_BATCH, remove_columns=tokenized.column_names)
+
+
+def mlm_blocks(documents, seq_len: int, cls: int, sep: int) -> dict:
+    """The MLM blocks of one batch of tokenized documents (see ``pack_mlm``)."""
     body = seq_len - 2
-
-    def group(batch):
-        docs = [np.asarray(d, dtype=np.int64) for d in batch["input_ids"] if len(d)]
-        if not docs:
-            return _empty_blocks()
-        stream = np.concatenate([np.append(d, sep) for d in docs])
-        rows = len(stream) // body
-        blocks = np.empty((rows, seq_len), dtype=np.int64)
-        blocks[:, 0], blocks[:, -1] = cls, sep
-        blocks[:, 1:-1] = stream[: rows * body].reshape(rows, body)
-        special = (blocks == cls) | (blocks == sep)
-        return {
-            "input_ids": blocks,
-            "token_type_ids": np.zeros_like(blocks),
-            "attention_mask": np.ones_like(blocks),
-            "special_tokens_mask": special.astype(np.int64),
-        }
-
-    return cached_map(tokenized, group, "pack_mlm", (seq_len, cls, sep), cache_dir,
-                      remove_columns=tokenized.column_names)
+    docs = [np.asarray(d, dtype=np.int64) for d in documents if len(d)]
+    if not docs:
+        return _empty_blocks()
+    stream = np.concatenate([np.append(d, sep) for d in docs])
+    rows = len(stream) // body
+    blocks = np.empty((rows, seq_len), dtype=np.int64)
+    blocks[:, 0], blocks[:, -1] = cls, sep
+    blocks[:, 1:-1] = stream[: rows * body].reshape(rows, body)
+    special = (blocks == cls) | (blocks == sep)
+    return {
+        "input_ids": blocks,
+        "token_type_ids": np.zeros_like(blocks),
+        "attention_mask": np.ones_like(blocks),
+        "special_tokens_mask": special.astype(np.int64),
+    }
 
 
 def pack_clm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None):
@@ -100,17 +102,19 @@ def pack_clm(tokenized, tokenizer, seq_len: int, cache_dir: Optional[str] = None
     document followed by the EOS token (GPT-2's packing; the remainder of each map batch is dropped).
     No padding: every position is a target."""
     eos = tokenizer.eos_token_id
+    return cached_map(tokenized, lambda batch: clm_blocks(batch["input_ids"], seq_len, eos), "pack_clm",
+                      (seq_len, eos), cache_dir, batch_size=PACK_BATCH, remove_columns=tokenized.column_names)
 
-    def group(batch):
-        docs = [np.asarray(d, dtype=np.int64) for d in batch["input_ids"] if len(d)]
-        if not docs:
-            return {"input_ids": [], "attention_mask": []}
-        stream = np.concatenate([np.append(d, eos) for d in docs])
-        rows = len(stream) // seq_len
-        blocks = stream[: rows * seq_len].reshape(rows, seq_len)
-        return {"input_ids": blocks, "attention_mask": np.ones_like(blocks)}
 
-    return cached_map(tokenized, group, "pack_clm", (seq_len, eos), cache_dir, remove_columns=tokenized.column_names)
+def clm_blocks(documents, seq_len: int, eos: int) -> dict:
+    """The causal-LM blocks of one batch of tokenized documents (see ``pack_clm``)."""
+    docs = [np.asarray(d, dtype=np.int64) for d in documents if len(d)]
+    if not docs:
+        return {"input_ids": [], "attention_mask": []}
+    stream = np.concatenate([np.append(d, eos) for d in docs])
+    rows = len(stream) // seq_len
+    blocks = stream[: rows * seq_len].reshape(rows, seq_len)
+    return {"input_ids": blocks, "attention_mask": np.ones_like(blocks)}
 
 
 def _empty_blocks(nsp: bool = False) -> dict:
@@ -127,31 +131,35 @@ def pack_nsp(tokenized, tokenizer, seq_len: int, seed: int, cache_dir: Optional[
     token, not sentence, granularity. Random choices are seeded by (seed, first row of the batch).
     """
     cls, sep, pad = _special_ids(tokenizer)
-    target = seq_len - 3
-
-    def pairs(batch, indices):
-        rng = np.random.default_rng([seed, indices[0]])
-        docs = [list(d) for d in batch["input_ids"] if len(d) >= 2]
-        out = _empty_blocks(nsp=True)
-        for di, doc in enumerate(docs):
-            pos = 0
-            while len(doc) - pos >= 2:
-                chunk = min(target, len(doc) - pos)
-                a_len = int(rng.integers(1, chunk))
-                a = doc[pos : pos + a_len]
-                if rng.random() < 0.5:
-                    others = [j for j in range(len(docs)) if j != di] or [di]
-                    other = docs[others[int(rng.integers(len(others)))]]
-                    b_len = min(target - a_len, len(other))
-                    start = int(rng.integers(0, len(other) - b_len + 1))
-                    b, label, pos = other[start : start + b_len], 1, pos + a_len
-                else:
-                    b, label, pos = doc[pos + a_len : pos + chunk], 0, pos + chunk
-                _append_pair(out, a, b, label, cls, sep, pad, seq_len)
-        return out
-
-    return cached_map(tokenized, pairs, "pack_nsp", (seq_len, cls, sep, pad, seed), cache_dir,
+    return cached_map(tokenized, lambda batch, indices: nsp_blocks(batch["input_ids"], indices[0], seq_len, seed,
+                                                                   cls, sep, pad),
+                      "pack_nsp", (seq_len, cls, sep, pad, seed), cache_dir, batch_size=PACK_BATCH,
                       with_indices=True, remove_columns=tokenized.column_names)
+
+
+def nsp_blocks(documents, first_row: int, seq_len: int, seed: int, cls: int, sep: int, pad: int) -> dict:
+    """The NSP pairs of one batch of tokenized documents whose first is row ``first_row`` of the
+    corpus (see ``pack_nsp``)."""
+    target = seq_len - 3
+    rng = np.random.default_rng([seed, first_row])
+    docs = [list(d) for d in documents if len(d) >= 2]
+    out = _empty_blocks(nsp=True)
+    for di, doc in enumerate(docs):
+        pos = 0
+        while len(doc) - pos >= 2:
+            chunk = min(target, len(doc) - pos)
+            a_len = int(rng.integers(1, chunk))
+            a = doc[pos : pos + a_len]
+            if rng.random() < 0.5:
+                others = [j for j in range(len(docs)) if j != di] or [di]
+                other = docs[others[int(rng.integers(len(others)))]]
+                b_len = min(target - a_len, len(other))
+                start = int(rng.integers(0, len(other) - b_len + 1))
+                b, label, pos = other[start : start + b_len], 1, pos + a_len
+            else:
+                b, label, pos = doc[pos + a_len : pos + chunk], 0, pos + chunk
+            _append_pair(out, a, b, label, cls, sep, pad, seq_len)
+    return out
 
 
 def _append_pair(out: dict, a: list, b: list, label: int, cls: int, sep: int, pad: int, seq_len: int) -> None:
