@@ -26,6 +26,7 @@ from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
+from .prepared import prepared_data
 from .manifest import atomic_write
 from .reference_check import RUN_RECORD, check_reference_model, same_blocks_warnings
 from .resume import MODEL_KEYS
@@ -72,7 +73,7 @@ def setup_job(plan: RunPlan) -> Job:
         lock_output_dir(plan.output_dir)  # one live job per output directory (rank 0 holds it)
         clear(plan.delete_at_start)  # --overwrite_output_dir: the previous run's files, before anything is written
         warn_stale_build_locks(logger)  # before DeepSpeed's first JIT op build, which would wait on one
-    init_distributed()
+    init_distributed(opts.dist_timeout_minutes)
     rank = dist.get_rank()
     for note in plan.notes:
         logger.info(note)
@@ -137,9 +138,13 @@ def start_identity(plan: RunPlan) -> RunIdentity:
 
 
 def prepare_data(plan: RunPlan):
-    """(tokenizer, PretrainData): the corpus, then the tokenizer, then tokenized blocks, with each
-    node's first rank filling the ``datasets`` cache before the others read it."""
+    """(tokenizer, PretrainData): --prepared's blocks; or the corpus, then the tokenizer, then tokenized
+    blocks, with each node's first rank filling the ``datasets`` cache before the others read it."""
     opts = plan.options
+    if opts.prepared:  # memory-mapped blocks: no tokenization, no rank waiting on another
+        tokenizer, data = prepared_data(opts)
+        logger.info("tokenizer: %s; data: --prepared %s", tokenizer.name_or_path, opts.prepared)
+        return tokenizer, split_holdout(opts, data)
     with main_process_first():
         corpus = corpus_lib.load_corpus(plan.data_files, opts.text_field, opts.dataset_name, opts.dataset_config,
                                         opts.dataset_split, opts.cache_dir, opts.sample_by)
@@ -153,13 +158,18 @@ def prepare_data(plan: RunPlan):
     with main_process_first():
         data = data_lib.build_pretrain_data(corpus, tokenizer, opts.seq_len, opts.objective, opts.val_fraction,
                                             opts.max_val_samples, opts.data_seed, opts.cache_dir)
+    return tokenizer, split_holdout(opts, data)
+
+
+def split_holdout(opts, data):
+    """``data`` logged, with its training blocks cut by --holdout_fraction / --train_on."""
     logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
                 data.num_documents, data.num_tokens, len(data.train), len(data.val), opts.seq_len, opts.objective)
     if opts.holdout_fraction:
         rest, holdout = data_lib.holdout_split(data.train, opts.holdout_fraction, opts.data_seed)
         data = dataclasses.replace(data, train=holdout if opts.train_on == "holdout" else rest)
         logger.info("holdout: %d blocks held out, %d rest; training on the %s", len(holdout), len(rest), opts.train_on)
-    return tokenizer, data
+    return data
 
 
 def obtain_tokenizer(plan: RunPlan, corpus):

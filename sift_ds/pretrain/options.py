@@ -52,6 +52,8 @@ class PretrainOptions:
     dataset_config: Optional[str] = _opt(None, "the hub dataset's configuration name", "model and data")
     dataset_split: str = _opt("train", "the hub dataset's split", "model and data")
     cache_dir: Optional[str] = _opt(None, "`datasets` cache; None: the datasets library's", "model and data")
+    prepared: Optional[str] = _opt(None, "a directory of launch/prepare_data.py: its memory-mapped blocks, corpus and "
+                                         "tokenizer (instead of --data / --dataset_name)", "model and data", metavar="DIR")
     tokenizer: Optional[str] = _opt(None, "tokenizer path or hub name; None: train WordPiece on the corpus",
                                     "model and data")
     vocab_size: int = _opt(30522, "size of the trained WordPiece vocabulary", "model and data")
@@ -71,6 +73,9 @@ class PretrainOptions:
                                               "cumulative over resumes", "training", metavar="MINUTES")
     seed: int = _opt(42, "initialisation, dropout, data order, masks", "training")
     eval_batch_size: Optional[int] = _opt(None, "None: train_micro_batch_size_per_gpu", "training")
+    dist_timeout_minutes: float = _opt(30.0, "timeout of the process group's collectives (DeepSpeed's default: 10): "
+                                             "a rank that waits longer, e.g. behind rank 0's data preparation, fails",
+                                       "training")
     peak_tflops: float = _opt(312.0, "peak TFLOP/s per device for MFU (A100 bf16)", "training")
     output_dir: str = _opt("runs/bert", "checkpoints, metrics, tokenizer, final model", "logging and checkpoints")
     log_interval: Optional[int] = _opt(None, "None: 2%% of max_steps, at most 100", "logging and checkpoints")

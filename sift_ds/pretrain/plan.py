@@ -24,6 +24,7 @@ from .identity import RunIdentity
 from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .output_dir import check_reads, entries_to_clear
+from .prepared import check_prepared, in_job_notes
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .reference_check import check_reference_model
 from .run_record import check_resume
@@ -32,7 +33,8 @@ from .unigram import job_unigram_table
 from .vocab_check import check_vocabulary, corpus_sample
 
 POSITIVE = ("max_steps", "log_interval", "seq_len", "vocab_size", "eval_batch_size", "time_budget", "peak_tflops",
-            "max_val_samples", "lr_warmup_steps")  # DeepSpeed's warm-up schedulers refuse 0 warm-up steps
+            "max_val_samples", "lr_warmup_steps",  # DeepSpeed's warm-up schedulers refuse 0 warm-up steps
+            "dist_timeout_minutes")
 NON_NEGATIVE = ("eval_interval", "save_interval", "exit_interval", "keep_checkpoints", "probe_interval")
 SEEDS = ("seed", "data_seed")  # numpy's and the loader's seeds: 0 <= seed < 2**32
 SMALL_VOCAB = 1000  # a trained WordPiece vocabulary below this is little more than the corpus's characters
@@ -98,12 +100,14 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                         "in this run (every step trains on a random subset, as before the start)")
     if options.data and options.dataset_name:
         raise ValueError("give either --data or --dataset_name, not both")
+    options = check_prepared(options) if options.prepared else options  # launch/prepare_data.py's, checked
     data_files = check_compression(check_not_empty(resolve_data_files(options.data))) if options.data else None
+    notes += in_job_notes(data_files)
     if options.dataset_name:
         check_dataset_name(options.dataset_name)
     tokenizer = check_tokenizer(options.tokenizer, causal=options.objective == "clm",
-                                sample=lambda: corpus_sample(data_files, options.text_field, options.dataset_name,
-                                                             options.sample_by))
+                                sample=lambda: [] if options.prepared else corpus_sample(  # --prepared: by digest
+                                    data_files, options.text_field, options.dataset_name, options.sample_by))
     check_reference_model(sift, options.seq_len, tokenizer)  # the vocabulary again at start-up, with the run's tokenizer
     if create_output_dir:
         make_output_dir(options.output_dir)

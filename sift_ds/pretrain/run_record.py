@@ -25,6 +25,7 @@ from ..config import SiftConfig, canonical_keys
 from ..study.identity import data_digest, file_digest
 from .corpus import default_corpus
 from .options import PretrainOptions
+from .prepared import prepared_corpus
 
 TRAINING_NEUTRAL = ("kernel",)  # the scorer's backend: the same scores, computed elsewhere
 FILE_KEYS = ("score_file", "frequency_table", "reference")  # known by content: a moved file is the same file
@@ -39,7 +40,10 @@ def _stat(path: str) -> list:
 def corpus_record(options: PretrainOptions, data_files: Optional[Sequence[str]],
                   known: Optional[dict] = None) -> Dict[str, object]:
     """``{"sha256", "source", "files"}`` of the run's corpus. ``known``: a recorded one, reused
-    without hashing when every file has its recorded path, size and modification time."""
+    without hashing when every file has its recorded path, size and modification time. A --prepared
+    run's is its preparation's (the same as that corpus read in process)."""
+    if options.prepared:
+        return prepared_corpus(options.prepared)
     if options.dataset_name:
         words = [options.dataset_name, f"config={options.dataset_config}", f"split={options.dataset_split}"]
         return {"sha256": data_digest(words), "source": f"--dataset_name {' '.join(words)}", "files": []}

@@ -4,6 +4,7 @@ while DeepSpeed JIT-built an op leaves one, and every later start then waits on 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import logging
 import os
@@ -21,15 +22,16 @@ from ..shm import release_shm_buffer
 STALE_LOCK_S = 600.0  # a JIT build lock older than this is reported
 
 
-def init_distributed() -> None:
-    """``deepspeed.init_distributed``; a plain ``python`` start becomes a world of one."""
+def init_distributed(timeout_minutes: float = 30.0) -> None:
+    """``deepspeed.init_distributed`` with a collective timeout of ``timeout_minutes`` (DeepSpeed's
+    default is 10); a plain ``python`` start becomes a world of one."""
     if "WORLD_SIZE" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
-    deepspeed.init_distributed(verbose=False)
+    deepspeed.init_distributed(verbose=False, timeout=datetime.timedelta(minutes=timeout_minutes))
     release_shm_buffer()  # now, not at sift_ds.initialize: a kill during data preparation leaks nothing
 
 
