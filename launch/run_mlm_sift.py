@@ -30,6 +30,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from sift_ds.config import SiftConfig
 from sift_ds.hf import SiftTrainer  # (run_mlm.py: from transformers import Trainer)
+from sift_ds.prepare.blocks import PreparedRows, check_manifest, open_prepared
+from sift_ds.prepare.layout import tokenizer_digest
 from sift_ds.pretrain.corpus import TEXT_SAMPLES, default_corpus
 
 PROG = "run_mlm_sift.py"
@@ -90,6 +92,9 @@ class DataTrainingArguments:
     sample_by: str = field(
         default="line", metadata={"help": "txt files: one text per line (run_mlm.py), per blank-line-separated "
                                           "paragraph (the pretraining job's default) or per file", "choices": TEXT_SAMPLES})
+    prepared: Optional[str] = field(
+        default=None, metadata={"help": "a directory of launch/prepare_data.py (--objective mlm, --seq_len = "
+                                        "--max_seq_length): its memory-mapped blocks instead of a dataset or files"})
     sift_config: Optional[str] = field(
         default=None, metadata={"help": "SIFT settings as a JSON object (with --deepspeed: its 'sift' section, or both alike)"})
     sparse_mlm_head: bool = field(
@@ -97,6 +102,11 @@ class DataTrainingArguments:
                                         "loss and gradients); false: the dense head at every position"})
 
     def __post_init__(self):
+        given = [flag for flag, value in (("--dataset_name", self.dataset_name), ("--train_file", self.train_file),
+                                          ("--validation_file", self.validation_file),
+                                          ("--line_by_line", self.line_by_line)) if value]
+        if self.prepared and given:
+            raise ValueError(f"--prepared {self.prepared} holds the blocks: give --prepared or {given[0]}, not both")
         if self.streaming:
             raise ValueError("--streaming is not supported by run_mlm_sift.py: the gross batches and an exact resume "
                              "need a dataset with a length")
@@ -270,6 +280,18 @@ def tokenize_datasets(raw, data_args, training_args, tokenizer, max_seq_length):
         return tokenized.map(group_texts, desc=f"Grouping texts in chunks of {max_seq_length}", **common)
 
 
+def prepared_datasets(data_args, tokenizer, max_seq_length: int, tokenizer_name: str) -> dict:
+    """--prepared's blocks, checked against the tokenizer and --max_seq_length; without a validation
+    split, the first --validation_split_percentage of the blocks is held out (as run_mlm.py holds out
+    the first texts)."""
+    manifest, blocks = open_prepared(data_args.prepared)
+    check_manifest(manifest, data_args.prepared, max_seq_length, "mlm", tokenizer_digest(tokenizer), tokenizer_name,
+                   seq_flag="--max_seq_length")
+    held = int(round(data_args.validation_split_percentage * len(blocks) / 100.0))
+    return {"validation": PreparedRows(blocks.select(range(held))),
+            "train": PreparedRows(blocks.select(range(held, len(blocks))))}
+
+
 def take(tokenized, split: str, limit: Optional[int], flag: str):
     if split not in tokenized:
         raise ValueError(f"{flag} requires a {split} dataset")
@@ -311,9 +333,14 @@ def setup():
 
     config, tokenizer = load_config_and_tokenizer(model_args)
     max_seq_length = sequence_length(data_args, tokenizer, config)
-    raw = load_raw_datasets(model_args, data_args)
-    model = load_model(model_args, config, tokenizer)
-    tokenized = tokenize_datasets(raw, data_args, training_args, tokenizer, max_seq_length)
+    if data_args.prepared:  # (not in run_mlm.py: launch/prepare_data.py's blocks, memory-mapped)
+        tokenized = prepared_datasets(data_args, tokenizer, max_seq_length,
+                                      model_args.tokenizer_name or model_args.model_name_or_path)
+        model = load_model(model_args, config, tokenizer)
+    else:
+        raw = load_raw_datasets(model_args, data_args)
+        model = load_model(model_args, config, tokenizer)
+        tokenized = tokenize_datasets(raw, data_args, training_args, tokenizer, max_seq_length)
     train = take(tokenized, "train", data_args.max_train_samples, "--do_train") if training_args.do_train else None
     evaluation = take(tokenized, "validation", data_args.max_eval_samples, "--do_eval") \
         if training_args.do_eval else None

@@ -157,3 +157,6 @@ class PreparedRows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, List[int]]:
         return {k: v.tolist() for k, v in self.blocks[int(index)].items()}
+
+    def select(self, indices) -> "PreparedRows":
+        return PreparedRows(self.blocks.select(list(indices)))
