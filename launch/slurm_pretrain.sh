@@ -15,10 +15,11 @@
 #                                  (passwordless ssh between nodes required).
 #
 # Stopping: five minutes before the time limit Slurm sends SIGTERM to this script (--signal=B:...),
-# which forwards it to srun (srun passes it to each node's task) or to the local launcher. Each
-# node's launcher runs under launch/run_group.sh, which sends the signal to the launcher's whole
-# process group, so every rank gets it, saves a checkpoint at the next step boundary and exits; a
-# SIGTERM to the `deepspeed` command alone would kill it and leave its ranks running, orphaned.
+# which has Slurm send it to the job step on every node (`scancel --signal=TERM <job>`: srun, given
+# SIGTERM itself, SIGKILLs its tasks) or passes it to the local launcher. Each node's launcher runs
+# under launch/run_group.sh, which sends the signal to the launcher's whole process group and keeps
+# the node's task alive until its last rank has exited; every rank saves a checkpoint at the next
+# step boundary and exits.
 #
 # Other variables: GPUS_PER_NODE (default SLURM_GPUS_ON_NODE, else 8), MASTER_PORT (default 29500).
 # NCCL_* and other variables for every rank: put them in ./.deepspeed_env (see docs/usage.md).
@@ -64,7 +65,15 @@ case "${LAUNCHER}" in
         ;;
 esac
 LAUNCHER_PID=$!
-trap 'kill -TERM "${LAUNCHER_PID}" 2>/dev/null' TERM INT
+pass_on() {  # a signal to this script goes to every rank, which saves a checkpoint and exits
+    if [[ "${LAUNCHER}" == srun ]]; then
+        scancel --signal="$1" "${SLURM_JOB_ID}"  # the job's steps on every node; srun itself would SIGKILL them
+    else
+        kill -s "$1" "${LAUNCHER_PID}" 2>/dev/null
+    fi
+}
+trap 'pass_on TERM' TERM
+trap 'pass_on INT' INT
 status=0
 wait "${LAUNCHER_PID}" || status=$?
 while kill -0 "${LAUNCHER_PID}" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the ranks

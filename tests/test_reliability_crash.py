@@ -3,8 +3,10 @@
 * a rank SIGKILLed while the checkpoint is being written, at several points, never leaves a `latest`
   that names an incomplete checkpoint, and `--resume auto` continues from the last complete one and
   finishes;
-* SIGTERM to the Slurm script (as Slurm sends it) reaches every rank through launch/run_group.sh:
-  the ranks save a complete checkpoint and exit, and none is left running.
+* SIGTERM to the Slurm script (as Slurm sends it) reaches every rank through `scancel --signal` (not
+  srun, which SIGKILLs its tasks on SIGTERM) and launch/run_group.sh: the ranks save a complete
+  checkpoint and exit, and none is left running (stand-ins for srun, scancel and scontrol here; the
+  real Slurm in tests/cluster).
 
 The kills come from a ``sitecustomize`` on the ranks' PYTHONPATH that SIGKILLs its own process in the
 middle of one file write, chosen by ``SIFT_TEST_KILL=rank:tag:file:how``.
@@ -94,14 +96,20 @@ def test_a_rank_killed_while_saving_never_makes_latest_incomplete(tmp_path):
 
 
 FAKE_SRUN = """#!/bin/bash
-# Test stand-in for srun on one node: runs the task with SLURM_NODEID=0 and forwards SIGTERM to it.
+# Test stand-in for srun on one node: runs the task with SLURM_NODEID=0 (its pid in task.pid, for scancel);
+# SIGTERM to it SIGKILLs the task, as the real srun does ("forcing job termination").
 while [[ "$1" == --* ]]; do shift; done
 SLURM_NODEID=0 "$@" &
 task=$!
-trap 'kill -TERM "$task"' TERM
+echo "$task" > "$(dirname "$0")/task.pid"
+trap 'kill -KILL "$task"' TERM
 wait "$task"; status=$?
 while kill -0 "$task" 2>/dev/null; do wait "$task"; status=$?; done
 exit "$status"
+"""
+# ... and for `scancel --signal=SIG <job>`, which signals the job step's task (tests/cluster has the real Slurm).
+FAKE_SCANCEL = """#!/bin/bash
+kill -s "${1#--signal=}" "$(cat "$(dirname "$0")/task.pid")"
 """
 
 
@@ -109,8 +117,9 @@ def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scancel").write_text(FAKE_SCANCEL)
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho localhost\n")
-    for tool in ("srun", "scontrol"):
+    for tool in ("srun", "scancel", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     out = tmp_path / "run"
     config = small_config(tmp_path, base="tiny_cpu_vanilla.json", max_steps=10_000)
