@@ -16,6 +16,8 @@ import logging
 import os
 import sys
 
+import datasets
+
 from sift_ds.prepare.pipeline import Request, prepare
 from sift_ds.pretrain.corpus import TEXT_SAMPLES
 from sift_ds.pretrain.data import OBJECTIVES
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s", datefmt="%H:%M:%S")
+    datasets.disable_progress_bars()  # progress is logged shard by shard
     try:
         manifest = prepare(Request(**vars(args)))
     except (ValueError, OSError) as err:
