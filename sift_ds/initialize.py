@@ -52,15 +52,15 @@ def initialize(
         section = ds_config.pop(SECTION, None)
         if section is not None and SiftConfig.from_dict(section) != sift_config:
             raise ValueError("the ds_config's 'sift' section disagrees with the sift_config= passed")
-    if "lr_scheduler" in kwargs and kwargs["lr_scheduler"] is not None and "scheduler" not in ds_config:
-        warmup = (None, "the lr_scheduler passed to sift_ds.initialize")
-    else:
-        warmup = ds_config_warmup(ds_config)
-    sift_config = resolve_selection_start(sift_config, *warmup)
     adapter = adapter if adapter is not None else detect_adapter(model)
     # Check the model and batch sizes before paying for DeepSpeed's start-up (the kernel: in SiftEngine).
     world = dist.get_world_size() if dist.is_initialized() else world_size_from_env()
     start_up_checks(sift_config, adapter, micro_batch=resolve_batch_sizes(ds_config, world).micro)
+    if kwargs.get("lr_scheduler") is not None and "scheduler" not in ds_config:
+        warmup = (None, "the lr_scheduler passed to sift_ds.initialize")
+    else:
+        warmup = ds_config_warmup(ds_config)
+    sift_config = resolve_selection_start(sift_config, *warmup)  # where selection starts: inside the LR warm-up
 
     if args is not None and getattr(args, "deepspeed_config", None) is not None:
         # DeepSpeed refuses a config given both ways; ours (without "sift") goes through config=.
