@@ -1,7 +1,7 @@
 """launch/prepare_data.py: blocks prepared by N workers are byte-identical to one worker's and are the
 training job's in-process blocks (mlm, mlm+nsp, clm); a preparation killed mid-shard resumes to the
 same bytes, and a finished one is left untouched; each bad input is one line or a counted skip; a
-Megatron indexed dataset written by megatron-core's own builder prepares into the same blocks; and
+Megatron indexed dataset written by megatron-core's own builder prepares into the same blocks and trains; and
 the training side refuses a preparation made for another run, in one line naming both values."""
 import hashlib
 import json
@@ -16,7 +16,7 @@ import pytest
 import torch
 from pydoc_data.topics import topics
 
-from launch_helpers import cpu_env, load_cli, one_line_error, small_config
+from launch_helpers import cpu_env, load_cli, metrics, one_line_error, run_python, small_config
 from launcher import REPO
 from sift_ds.prepare.blocks import open_prepared, read_manifest
 from sift_ds.prepare.pipeline import Request, prepare
@@ -157,9 +157,10 @@ def test_each_bad_input_is_one_line_or_a_counted_skip(lines, tmp_path, capsys, c
                         "32: use another --out (or delete it to prepare again)")
 
 
-def test_a_megatron_indexed_dataset_prepares_into_the_in_process_blocks(lines, tmp_path, capsys):
+def test_a_megatron_indexed_dataset_prepares_into_the_in_process_blocks_and_trains(lines, tmp_path, capsys):
     """Written by megatron-core's own IndexedDatasetBuilder, one sequence per sentence (here a line),
-    documents of several lines, an end-of-document token after each (``--append-eod``)."""
+    documents of several lines, an end-of-document token after each (``--append-eod``); then 2 steps
+    of pretrain_bert.py from it. A tokenizer too small for its ids is refused in one line."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     tokenizer = tok.load_tokenizer(TOKENIZER)
@@ -169,7 +170,7 @@ def test_a_megatron_indexed_dataset_prepares_into_the_in_process_blocks(lines, t
     for doc in documents:
         sentences = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in doc.split("\n")]
         sentences[-1] = sentences[-1] + [tokenizer.sep_token_id]
-        builder.add_document(torch.tensor([t for s in sentences for t in s]), [len(s) for s in sentences])
+        builder.add_document(np.array([t for s in sentences for t in s]), [len(s) for s in sentences])
     builder.finalize(str(tmp_path / "docs_text_sentence.idx"))
     out = tmp_path / "prepared"
     load_cli(PREPARE).main(["--megatron_prefix", str(tmp_path / "docs_text_sentence"), "--tokenizer", TOKENIZER,
@@ -180,6 +181,11 @@ def test_a_megatron_indexed_dataset_prepares_into_the_in_process_blocks(lines, t
     _, blocks = open_prepared(str(out))
     train, _ = data_lib.split_blocks(blocks, 0.05, 2000, 0)
     assert np.array_equal(train["input_ids"], job.train.with_format("numpy")["input_ids"])
+    run = run_python(["--ds_config", small_config(tmp_path, max_steps=2), "--prepared", out, "--output_dir",
+                      tmp_path / "run"], timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in metrics(tmp_path / "run"))
     small = tmp_path / "small_vocab"
     tok.train_wordpiece(tok.batched_texts(corpus_lib.default_corpus()), 300).save_pretrained(small)
     err = prepare_error(capsys, ["--megatron_prefix", tmp_path / "docs_text_sentence", "--tokenizer", small,

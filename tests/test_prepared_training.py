@@ -1,16 +1,19 @@
 """Training from prepared data on 2 ranks (real DeepSpeed on the CPU, gloo, global-scope selection):
 the run from launch/prepare_data.py's blocks (--prepared) logs the loss curve of the same run that
 tokenizes the same corpus in process, and stopped at step 2 and resumed, it still does, bitwise, to
-the final parameters; both runs record the same corpus identity."""
+the final parameters; both runs record the same corpus identity. The collective timeout is an option.
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from pydoc_data.topics import topics
 from safetensors.torch import load_file
 
-from launch_helpers import metrics, pretrain_2_ranks, small_config
+from launch_helpers import cpu_env, metrics, one_line_error, pretrain_2_ranks, small_config
 from launcher import REPO
+from sift_ds.pretrain.options import build_parser
 from sift_ds.prepare.pipeline import Request, prepare
 from sift_ds.pretrain.manifest import read_manifest
 
@@ -56,3 +59,19 @@ def test_both_runs_record_the_same_corpus_identity(runs):
     in_process, from_prepared, _ = runs
     corpora = [read_manifest(str(run / "checkpoints" / "global_step4"))["run"]["corpus"] for run in runs[:2]]
     assert corpora[0]["sha256"] == corpora[1]["sha256"] and corpora[0]["source"] == corpora[1]["source"]
+
+
+def test_the_collective_timeout_is_an_option(tmp_path, capsys):
+    """--dist_timeout_minutes reaches the process group (gloo's timeout), is in --help, and 0 is refused."""
+    code = ("import torch, torch.distributed as dist\n"
+            "from sift_ds.pretrain.runtime import init_distributed\n"
+            "init_distributed(45)\n"
+            "print(dist.group.WORLD._get_backend(torch.device('cpu')).options._timeout)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.strip().splitlines()[-1] == "0:45:00", proc.stderr[-2000:]
+    help_text = build_parser().format_help()
+    option_help = " ".join(help_text.split("--dist_timeout_minutes DIST_TIMEOUT_MINUTES")[-1].split("\n  --")[0].split())
+    assert "DeepSpeed's default: 10" in option_help and option_help.endswith("(default: 30.0)"), option_help
+    err = one_line_error(capsys, ["--ds_config", small_config(tmp_path), "--dist_timeout_minutes", "0", "--check_only"])
+    assert err.endswith("--dist_timeout_minutes must be > 0, got 0.0")
