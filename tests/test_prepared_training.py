@@ -1,7 +1,7 @@
 """Training from prepared data on 2 ranks (real DeepSpeed on the CPU, gloo, global-scope selection):
 the run from launch/prepare_data.py's blocks (--prepared) logs the loss curve of the same run that
 tokenizes the same corpus in process, and stopped at step 2 and resumed, it still does, bitwise, to
-the final parameters; both runs record the same corpus identity. The collective timeout is an option.
+the final parameters; both runs record the same corpus identity. The collective timeout is an option."""
 import os
 import subprocess
 import sys
