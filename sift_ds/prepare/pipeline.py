@@ -41,7 +41,7 @@ class Request:
     objective: str = "mlm"
     data_seed: int = 0
     workers: int = 1
-    documents_per_shard: int = 10 * PACK_BATCH
+    documents_per_shard: int = 2 * PACK_BATCH
     max_document_chars: int = 1 << 26
 
     def check(self) -> None:
