@@ -310,10 +310,21 @@ def _check_type(key: str, value: Any, types, names: Optional[str] = None) -> Non
         raise ValueError(f"sift.{key} must be of type {names}, got {value!r} ({type(value).__name__})")
 
 
+def without_notes(value: Any) -> Any:
+    """``value`` without the keys starting with ``_`` at any depth: notes for people (``"_comment"``),
+    which DeepSpeed's own config sections would otherwise refuse."""
+    if isinstance(value, dict):
+        return {k: without_notes(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_"))}
+    if isinstance(value, list):
+        return [without_notes(v) for v in value]
+    return value
+
+
 def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
-    """A ds_config as a fresh dict, from a dict or a JSON file path (errors name the file)."""
+    """A ds_config as a fresh dict, from a dict or a JSON file path (errors name the file), without its
+    notes (``without_notes``)."""
     if isinstance(config, Mapping):
-        return json.loads(json.dumps(config))  # deep copy; also rejects non-JSON values early
+        return without_notes(json.loads(json.dumps(config)))  # deep copy; also rejects non-JSON values early
     path = os.fspath(config)
     if not os.path.isfile(path):
         raise ValueError(f"ds_config file not found: {path}")
@@ -326,7 +337,7 @@ def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
             raise ValueError(f"ds_config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"ds_config file {path} must hold a JSON object, got a JSON {type(loaded).__name__}")
-    return loaded
+    return without_notes(loaded)
 
 
 def split_ds_config(ds_config: Mapping[str, Any]):

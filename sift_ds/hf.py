@@ -33,7 +33,7 @@ import torch
 from transformers import Trainer
 
 from .adapters import EarlyExitAdapter
-from .config import SECTION, SiftConfig, load_ds_config
+from .config import SECTION, SiftConfig, load_ds_config, without_notes
 from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .hf_masking import PaddingOnly, StepMasking, masks_per_step
@@ -54,6 +54,9 @@ def sift_config_for(sift: Union[SiftConfig, Mapping[str, Any], None], args) -> S
         hf_config = getattr(args, "hf_deepspeed_config", None)
         if hf_config is not None:
             hf_config.config.pop(SECTION, None)  # the dict DeepSpeed is initialised with
+            notes_gone = without_notes(hf_config.config)  # "_comment" keys: DeepSpeed's sections refuse them
+            hf_config.config.clear()
+            hf_config.config.update(notes_gone)
     if sift is None:
         return SiftConfig.from_dict(section)
     if isinstance(sift, Mapping):

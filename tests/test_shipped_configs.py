@@ -95,7 +95,7 @@ def test_shipped_config_starts_selection_before_the_lr_peak(path):
     if sift.selection_start_step == "auto":
         assert start == int(0.3 * peak + 0.5), (name(path), start, peak)
     if sift.start_after_lr_peak:  # a study that started at the peak, reproduced as it ran
-        assert "_study" in name(path) and "peak" in config["_comment"] and start == peak, name(path)
+        assert "_study" in name(path) and "peak" in read_config(name(path))["_comment"] and start == peak, name(path)
     else:
         assert 0 < start < peak, (name(path), start, peak)
 
