@@ -104,7 +104,8 @@ def test_every_shipped_config_resolves(path, tmp_path, monkeypatch):
     cpu = "_cpu" in path
     monkeypatch.chdir(REPO)  # model config paths in the study configs are relative to the checkout
     causal = read_config(os.path.basename(path))["pretrain"].get("objective") == "clm"
-    args = (gpt_cli if causal else cli).parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o")])
+    consent = [] if cpu else ["--allow_embedded_corpus", "true"]  # the GPU configs' models want the user's corpus
+    args = (gpt_cli if causal else cli).parse_args(["--ds_config", path, "--output_dir", str(tmp_path / "o"), *consent])
     plan = cli.resolve_plan(args, world_size=2 if cpu else 8, accelerator="cpu" if cpu else "cuda")
     if "_sift" in path:
         assert plan.sift.enabled and plan.gross_batch == 2 * plan.batch.micro

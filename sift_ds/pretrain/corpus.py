@@ -76,6 +76,21 @@ def check_dataset_name(name: str) -> None:
                          "are not run: give its data files with --data instead")
 
 
+EMBEDDED_CORPUS_MAX_HIDDEN = 768  # BERT-base's hidden size: from there on, the embedded corpus needs consent
+EMBEDDED_CORPUS_KB = 465
+
+
+def check_embedded_corpus(options, hidden_size: int) -> None:
+    """A model of BERT-base size or larger (``EMBEDDED_CORPUS_MAX_HIDDEN``) with no corpus given would
+    train on the embedded demo corpus: refused, naming ``--allow_embedded_corpus``, which makes it deliberate."""
+    given = options.data or options.dataset_name or getattr(options, "prepared", None)
+    if given or options.allow_embedded_corpus or hidden_size < EMBEDDED_CORPUS_MAX_HIDDEN:
+        return
+    raise ValueError(f"--model {options.model} (hidden size {hidden_size}) with no --data: it would train on the "
+                     f"embedded demo corpus (CPython's documentation, about {EMBEDDED_CORPUS_KB} kB); give the corpus "
+                     "with --data (or --dataset_name / --prepared), or --allow_embedded_corpus true if that is meant")
+
+
 def default_corpus():
     """CPython's English documentation topics (``pydoc_data.topics``), one document per topic."""
     return datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})

@@ -20,13 +20,19 @@ def enabled(ds_config: dict, key: str) -> bool:
     return isinstance(section, dict) and bool(section.get("enabled", False))
 
 
-def check_precision(ds_config: dict, accelerator: str) -> None:
+def check_precision(ds_config: dict, accelerator: str, check_only: bool = False) -> List[str]:
+    """ValueError for a precision this accelerator cannot run; with ``check_only`` (a CPU login node
+    checking a GPU config), fp16 on the CPU is not refused but named in the warnings returned."""
     fp16, bf16 = enabled(ds_config, "fp16"), enabled(ds_config, "bf16") or enabled(ds_config, "bfloat16")
     if fp16 and bf16:
         raise ValueError("ds_config enables both fp16 and bf16; choose one")
     if fp16 and accelerator == "cpu":
+        if check_only:
+            return ["ds_config fp16.enabled: not checked on this node, whose accelerator is the CPU (DeepSpeed runs "
+                    "fp16 on CUDA only): the run needs GPUs; everything else was checked"]
         raise ValueError("ds_config fp16.enabled: DeepSpeed does not support fp16 on the CPU accelerator; "
                          "use bf16 or fp32 (e.g. ds_configs/tiny_cpu_sift.json)")
+    return []
 
 
 def resolve_schedule(ds_config: dict, max_steps_option: Optional[int], notes: List[str],

@@ -54,6 +54,9 @@ class PretrainOptions:
     cache_dir: Optional[str] = _opt(None, "`datasets` cache; None: the datasets library's", "model and data")
     prepared: Optional[str] = _opt(None, "a directory of launch/prepare_data.py: its memory-mapped blocks, corpus and "
                                          "tokenizer (instead of --data / --dataset_name)", "model and data", metavar="DIR")
+    allow_embedded_corpus: bool = _opt(False, "train a model of BERT-base size or larger (hidden size >= 768) on the "
+                                               "embedded demo corpus when no --data, --dataset_name or --prepared is "
+                                               "given (refused otherwise)", "model and data")
     tokenizer: Optional[str] = _opt(None, "tokenizer path or hub name; None: train WordPiece on the corpus",
                                     "model and data")
     vocab_size: int = _opt(30522, "size of the trained WordPiece vocabulary", "model and data")

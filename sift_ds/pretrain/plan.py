@@ -18,7 +18,7 @@ from .. import registry
 from ..config import ALIASES, FREQUENCY_LOSS, SECTION, SiftConfig, canonical_keys, load_ds_config
 from ..schedule import ds_config_warmup, resolve_selection_start
 from . import checkpoint, ds_check, ds_policy, tracking
-from .corpus import check_compression, check_dataset_name, check_not_empty, resolve_data_files
+from .corpus import check_compression, check_dataset_name, check_embedded_corpus, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
 from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
@@ -83,7 +83,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     batch = resolve_batch_sizes(ds_config, world_size)
     ds_config.update(batch.as_ds_config())
     gross = sift.gross_batch_size(batch.micro)
-    ds_policy.check_precision(ds_config, accelerator)
+    warnings += ds_policy.check_precision(ds_config, accelerator, options.check_only)
     check_ranges(options)
     ds_check.check_types(ds_config)
     ds_check.check_values(ds_config)
@@ -95,6 +95,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
+    check_embedded_corpus(options, getattr(model_config, "hidden_size", 0))  # --data-less base / large: refused
     if sift.enabled and sift.start_step >= max_steps:
         warnings.append(f"sift.selection_start_step={sift.start_step} >= max_steps={max_steps}: SIFT never selects "
                         "in this run (every step trains on a random subset, as before the start)")
