@@ -10,7 +10,8 @@
   (each copy with its own id) when the source holds less;
 * ``tokenizer``: a BERT-size (30,522) WordPiece vocabulary trained on the source, once;
 * ``prepare``: ``launch/prepare_data.py`` with each ``--workers`` count, wall time and MB of text per
-  second (the text's UTF-8 bytes; the corpus read, tokenized, packed and written);
+  second (the text's UTF-8 bytes; the corpus read, tokenized, packed and written), over the whole
+  command and over its shard phase (from its log), and the CPU seconds of the command and its workers;
 * ``start``: ``deepspeed --num_gpus 2 launch/pretrain_bert.py --prepared`` (tiny model, seq 128, one
   step) on the CPU: seconds from the launch to the first optimizer step (the ``time`` of metrics.jsonl's
   step-1 record) and each rank's peak RSS (``VmHWM``, polled); the first start builds DeepSpeed's op and
@@ -28,6 +29,7 @@ import json
 import lzma
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,19 +88,21 @@ def prepare(args) -> None:
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(args.cache_dir, f"w{workers}")
         shutil.rmtree(cache, ignore_errors=True)  # each run reads the corpus from its JSON lines
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "prepare_data.py"), "--data", args.data,
                                "--tokenizer", args.tokenizer, "--seq_len", "128", "--workers", str(workers),
                                "--documents_per_shard", str(args.documents_per_shard), "--cache_dir", cache,
                                "--out", out], stderr=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime  # the command and its workers
         if proc.returncode:
             raise SystemExit(proc.stderr[-3000:])
         shards = shard_phase_seconds(proc.stderr)
         with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
         stamp(step="prepare", data=args.data, text_mb=round(mb, 1), workers=workers, seconds=round(seconds, 1),
-              mb_per_s=round(mb / seconds, 2), shard_phase_seconds=shards, shard_phase_mb_per_s=round(mb / shards, 2),
+              mb_per_s=round(mb / seconds, 2), cpu_seconds=round(cpu_seconds, 1), shard_phase_seconds=shards, shard_phase_mb_per_s=round(mb / shards, 2),
               blocks=manifest["num_blocks"], tokens=manifest["num_tokens"],
               shards=len(manifest["shards"]), prepared_mb=round(sum(
                   m["size"] for s in manifest["shards"] for m in s["files"].values()) / 1e6, 1))

@@ -27,7 +27,8 @@ PROG = "prepare_data.py"
 
 def build_parser() -> argparse.ArgumentParser:
     r = Request(out="")
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description="Prepare a pretraining corpus once, with N worker processes, "
+                                "into memory-mapped shards that a training job maps with --prepared OUT.")
     src = p.add_argument_group("corpus (one of --data, --dataset_name, --megatron_prefix; none: CPython's pydoc_data)")
     src.add_argument("--data", action="append", metavar="PATH_OR_GLOB",
                      help="text files (see --sample_by) or JSON-lines files (.json, .jsonl, optionally .gz/.xz/.bz2/"
