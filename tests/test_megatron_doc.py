@@ -4,10 +4,13 @@ stand-ins for the three Megatron-LM functions it imports, then calls the functio
 ``run_pretrain`` handed to ``pretrain`` on a small megatron-core ``BertModel`` (one gloo rank). The
 references are independent of sift_ds: the entropy at exit layer 1 in float64 from the model's own
 forward, and the dense model's own masked-LM loss on the kept rows."""
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -40,3 +43,49 @@ def test_megatron_doc_example_runs():
     assert {"lm loss", "sift/kept_fraction", "sift/score_kept_mean", "sift/warmup"} <= set(r["report"])
     # evaluation passes through SIFT untouched
     assert r["eval_report"] == ["lm loss"] and 0 < r["eval_loss"] < 10
+
+
+def _sides(diff: str):
+    """The code before and after a unified diff block (its context lines in both)."""
+    before = [line[1:] for line in diff.splitlines() if line[:1] in (" ", "-")]
+    after = [line[1:] for line in diff.splitlines() if line[:1] in (" ", "+")]
+    return "\n".join(before), "\n".join(after)
+
+
+def _pretrain_call(code: str) -> dict:
+    """The arguments of the one ``pretrain(...)`` call in ``code``: position or keyword -> source."""
+    (call,) = [n for n in ast.walk(ast.parse(textwrap.dedent(code.split('if __name__ == "__main__":')[1])))
+               if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "pretrain"]
+    return {**{i: ast.unparse(a) for i, a in enumerate(call.args)},
+            **{k.arg: ast.unparse(k.value) for k in call.keywords}}
+
+
+def test_the_headline_diff_changes_what_the_doc_says_and_its_flags_configure_the_selection():
+    """The adoption diff (core_v0.17): the prose's count of changed ``pretrain`` arguments is the diff's,
+    and the script after it, run with a stand-in ``pretrain`` that parses a command line as Megatron's
+    does, configures the selection from the ``--sift-*`` flags that it adds (nothing hard-coded)."""
+    import argparse
+    import types
+
+    text = open(os.path.join(REPO, "docs", "megatron.md"), encoding="utf-8").read()
+    before, after = _sides(re.findall(r"```diff\n(.*?)```", text, re.S)[0])
+    old, new = _pretrain_call(before), _pretrain_call(after)
+    changed = sorted(str(k) for k in set(old) | set(new) if old.get(k) != new.get(k))
+    assert changed == ["0", "3", "extra_args_provider"], changed
+    assert "Adopting it changes three\narguments of `pretrain`" in text
+    parsed = argparse.Namespace()
+
+    def pretrain(datasets_provider, model_provider, model_type, forward_step, extra_args_provider=None,
+                 args_defaults=None):
+        argv = ["--sift-criterion", "loss", "--sift-exit-layer", "2", "--sift-keep-ratio", "0.25"]
+        vars(parsed).update(vars(extra_args_provider(argparse.ArgumentParser()).parse_args(argv)))
+
+    def provider(num_samples):
+        return None
+
+    scope = {"__name__": "__main__", "pretrain": pretrain, "get_args": lambda: parsed, "forward_step": lambda *a: None,
+             "train_valid_test_datasets_provider": provider, "model_provider": None,
+             "ModelType": types.SimpleNamespace(encoder_or_decoder="encoder_or_decoder")}
+    exec(compile(after, "docs/megatron.md (after the diff)", "exec"), scope)
+    config = scope["sift"].config
+    assert (config.criterion, config.exit_layer, config.keep_ratio) == ("loss", 2, 0.25)
