@@ -1,7 +1,8 @@
 """What a new user's first commands meet at start-up (in process, no run): a BERT-base-size model
 with no corpus given is refused, naming the flag that makes the embedded demo corpus deliberate (the
 tiny model of `make train` is not); `--check_only` on a CPU node checks a GPU (fp16) config and says
-what it could not check, while a real start with it is still refused."""
+what it could not check, while a real start with it is still refused; the JIT build of DeepSpeed's
+CPU op is announced when it will happen."""
 import os
 
 import pytest
@@ -49,3 +50,16 @@ def test_check_only_checks_an_fp16_config_on_a_cpu_node_and_says_what_it_could_n
     assert "stage" in err
     err = one_line_error(capsys, argv)  # a real start on the CPU: refused as before
     assert "DeepSpeed does not support fp16 on the CPU accelerator" in err
+
+
+def test_the_cpu_op_build_is_announced_only_when_deepspeed_will_compile_it(tmp_path, monkeypatch):
+    """`make train` on a fresh clone: the shared-memory all-reduce op is not yet in TORCH_EXTENSIONS_DIR,
+    so the process-group start compiles it (and says so first); once its library is there, nothing is
+    announced. (The build itself, minutes long, is what the 2-rank runs of the suite do.)"""
+    from sift_ds.pretrain.runtime import build_root, ops_to_build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert build_root() == str(tmp_path) and ops_to_build() == ["deepspeed_shm_comm"]
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert ops_to_build() == []
