@@ -208,8 +208,8 @@ class Trainer:
         selection scores stop the run like a non-finite loss (``MAX_NONFINITE_SCORE_SHARE``)."""
         if window.nonfinite_share > MAX_NONFINITE_SCORE_SHARE:
             raise NonFiniteLoss(self._non_finite_message(
-                step, f"selection scores: {window.nonfinite_share:.0%} of the rows scored since the last record (more "
-                      f"than {MAX_NONFINITE_SCORE_SHARE:.0%}; the selection keeps rows it cannot rank)"))
+                step, f"selection scores ({window.nonfinite_share:.0%} of the rows scored since the last record, more "
+                      f"than {MAX_NONFINITE_SCORE_SHARE:.0%}: the selection keeps rows it cannot rank)"))
 
     def _check_finite(self, step: int, window: "LogWindow") -> None:
         """Before a checkpoint: the steps since the last record had finite losses (a collective)."""
