@@ -4,10 +4,12 @@
 #
 #   launch/run_group.sh deepspeed --num_gpus 8 launch/pretrain_bert.py --ds_config ... --output_dir ...
 #
-# Why: SIGTERM to the `deepspeed` command alone kills it at once, while DeepSpeed's per-node launcher
-# and the ranks keep running, orphaned. Sent to the group, SIGTERM reaches every rank, which finishes
-# its step, saves a checkpoint and exits 0. (DeepSpeed's per-node launcher gets it too and SIGKILLs a
-# rank still alive 30 s later; a save cut off that way never becomes `latest`: docs/usage.md.)
+# Why: a Slurm task ends when its process does, and Slurm then kills whatever of the task is left. The
+# `deepspeed` command ends at once on SIGTERM (its ranks notice and stop at the next step boundary),
+# so this script keeps the task alive until the last rank has saved and exited. Sent to the group,
+# SIGTERM reaches every rank directly, which finishes its step, saves a checkpoint and exits 0.
+# (DeepSpeed's per-node launcher gets it too and SIGKILLs a rank still alive 30 s later; a save cut
+# off that way never becomes `latest`: docs/usage.md.)
 # Exit status: the command's (143 after a forwarded SIGTERM, as the launcher itself is terminated).
 set -u
 set -m  # job control: the background command leads a new process group (pgid = its pid)
