@@ -9,17 +9,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cluster: real multi-node launches on loopback (make test-cluster)")
 
 
+def running(tmp_path_factory, tools, start, name):
+    """``start(folder)``'s handle while its daemons run (skipped, or failed under CI=true, without ``tools``)."""
+    require(tools)
+    handle, procs = start(str(tmp_path_factory.mktemp(name)))
+    yield handle
+    stop(procs)
+
+
 @pytest.fixture(scope="module")
 def ssh_nodes(tmp_path_factory):
-    require(SSH_TOOLS)
-    nodes, procs = start_sshd(str(tmp_path_factory.mktemp("sshd")))
-    yield nodes
-    stop(procs)
+    yield from running(tmp_path_factory, SSH_TOOLS, start_sshd, "sshd")
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    require(SLURM_TOOLS)
-    cluster, procs = start_slurm(str(tmp_path_factory.mktemp("slurm")))
-    yield cluster
-    stop(procs)
+    yield from running(tmp_path_factory, SLURM_TOOLS, start_slurm, "slurm")
