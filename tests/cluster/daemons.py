@@ -90,7 +90,10 @@ class SshNodes:
 
 def start_sshd(folder: str):
     """An sshd at 127.0.0.1 and 127.0.0.2 on a free port; returns ``(SshNodes, [process])``."""
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    try:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    except PermissionError:
+        raise RuntimeError("sshd needs its privilege separation directory: sudo mkdir -p /run/sshd") from None
     keys = {name: os.path.join(folder, name) for name in ("host_key", "client_key")}
     for path in keys.values():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
