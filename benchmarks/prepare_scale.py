@@ -12,8 +12,8 @@
 * ``prepare``: ``launch/prepare_data.py`` with each ``--workers`` count, wall time and MB of text per
   second (the text's UTF-8 bytes; the corpus read, tokenized, packed and written), over the whole
   command and over its shard phase (from its log), and the CPU seconds of the command and its workers;
-* ``start``: ``deepspeed --num_gpus 2 launch/pretrain_bert.py --prepared`` (tiny model, seq 128, one
-  step) on the CPU: seconds from the launch to the first optimizer step (the ``time`` of metrics.jsonl's
+* ``start``: ``deepspeed --num_gpus 2 launch/pretrain_bert.py --prepared`` (tiny model, seq 128, two
+  steps) on the CPU: seconds from the launch to the first optimizer step (the ``time`` of metrics.jsonl's
   step-1 record) and each rank's peak RSS (``VmHWM``, polled); the first start builds DeepSpeed's op and
   is not counted;
 * ``loader``: rows per second of ``GrossBatchLoader`` over the prepared blocks, masking included, one
@@ -139,8 +139,8 @@ def start(args) -> None:
     for attempt in range(args.repeat + 1):  # the first start builds DeepSpeed's op (once per machine)
         out = os.path.join(args.out, f"start{attempt}")
         shutil.rmtree(out, ignore_errors=True)
-        command = ["deepspeed", "--num_gpus", "2", os.path.join(REPO, "launch", "pretrain_bert.py"), "--ds_config",
-                   CONFIG, "--prepared", args.prepared, "--max_steps", "1", "--lr_warmup_steps", "1",
+        command = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", os.path.join(REPO, "launch", "pretrain_bert.py"), "--ds_config",
+                   CONFIG, "--prepared", args.prepared, "--max_steps", "2", "--lr_warmup_steps", "1",
                    "--eval_interval", "0", "--save_interval", "0", "--output_dir", out]
         peaks: dict = {}
         launched = time.time()
