@@ -11,7 +11,8 @@ table of every module.
 """
 from . import kernels
 from .adapters import BertAdapter, EarlyExitAdapter, detect_adapter
-from .config import SiftConfig, load_ds_config, split_ds_config
+from .config import SiftConfig, split_ds_config
+from .config_io import load_ds_config
 from .engine import SiftEngine
 from .initialize import initialize
 from .scorer import early_exit_scores

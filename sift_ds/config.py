@@ -1,5 +1,5 @@
-"""The ``"sift"`` section of a DeepSpeed config as a typed, frozen, validated ``SiftConfig``, and
-reading a ds_config (path or dict) with errors that name the file or key.
+"""The ``"sift"`` section of a DeepSpeed config as a typed, frozen, validated ``SiftConfig``
+(reading a ds_config, old key names and command-line parsers: ``config_io``).
 
 Each field carries its help text and choices as metadata, so that command lines (the pretraining
 job's ``--sift_*`` flags, Megatron's ``--sift-*``) are generated from the dataclass and cannot miss
@@ -7,14 +7,12 @@ a field.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
+from .config_io import ALIASES, AUTO, START_STEP, canonical_keys, check_field_types, unknown_key_message
 from .kernels import BACKENDS, CRITERIA
 
 SECTION = "sift"
@@ -24,18 +22,10 @@ SAMPLINGS = ("topk", "rank")
 FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
 SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
 FREQUENCY_BASELINES = ("running", "unigram")
-AUTO = "auto"
-START_STEP = "int_or_auto"  # the kind of selection_start_step: a step number or "auto"
-ALIASES = {"warmup_steps": "selection_start_step"}  # old key -> its name now
 
 
 def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None, kind: Optional[str] = None):
     return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
-
-
-def field_kind(f: dataclasses.Field) -> str:
-    """A field's value kind for validation and command lines: bool, int, float, str or int_or_auto."""
-    return f.metadata.get("kind") or (f.type if isinstance(f.type, str) else f.type.__name__)
 
 
 @dataclass(frozen=True)
@@ -143,15 +133,7 @@ class SiftConfig:
         return cls.from_dict(given)
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), field_kind(f)
-            if kind == START_STEP:
-                if value != AUTO:
-                    _check_type(f.name, value, int, 'int or "auto"')
-            elif value is not None or f.default is not None:
-                _check_type(f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[kind])
-            if f.metadata["choices"] and value not in f.metadata["choices"]:
-                raise ValueError(f"sift.{f.name} must be one of {list(f.metadata['choices'])}, got {value!r}")
+        check_field_types(self)
         if not 0.0 <= float(self.selection_start_share) <= 1.0:
             raise ValueError(f"sift.selection_start_share must be in [0, 1], got {self.selection_start_share}")
         if self.exit_layer < 1:
@@ -257,87 +239,6 @@ class SiftConfig:
     def to_dict(self) -> dict:
         """The section's keys (the alias left out: it is always moved to selection_start_step)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ALIASES}
-
-
-def canonical_keys(section: Mapping[str, Any]) -> dict:
-    """The section without its notes (keys starting with ``_``) and with old key names replaced by the
-    current ones (``ALIASES``); a key given under both names is a ValueError."""
-    out = {k: v for k, v in section.items() if not (isinstance(k, str) and k.startswith("_"))}
-    for old, new in ALIASES.items():
-        if old in out:
-            if new in out:
-                raise ValueError(f"sift.{old} is the old name of sift.{new}: give one of them, not both")
-            out[new] = out.pop(old)
-    return out
-
-
-def unknown_key_message(where: str, key: str, known) -> str:
-    """``WHERE: unknown key 'x'; did you mean 'y'? (known keys: ...)``: one line."""
-    close = difflib.get_close_matches(str(key), sorted(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{where}: unknown key {key!r}{hint} (known keys: {', '.join(sorted(known))})"
-
-
-def str2bool(value: str) -> bool:
-    """A command-line boolean: 1/true/yes/on or 0/false/no/off."""
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def int_or_auto(value: str):
-    """A command-line step number or ``auto``."""
-    if str(value).lower() == AUTO:
-        return AUTO
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a step number or "auto", got {value!r}') from None
-
-
-# The command-line parser of each field type (the pretraining job's and Megatron's generated flags).
-CLI_TYPES = {"bool": str2bool, "int": int, "float": float, "str": str, START_STEP: int_or_auto}
-
-
-def _check_type(key: str, value: Any, types, names: Optional[str] = None) -> None:
-    # bool is an int subclass: reject True for an int key and 1 for a bool key.
-    want_bool = types is bool
-    if want_bool != isinstance(value, bool) or not isinstance(value, types):
-        names = names or (types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types))
-        raise ValueError(f"sift.{key} must be of type {names}, got {value!r} ({type(value).__name__})")
-
-
-def without_notes(value: Any) -> Any:
-    """``value`` without the keys starting with ``_`` at any depth: notes for people (``"_comment"``),
-    which DeepSpeed's own config sections would otherwise refuse."""
-    if isinstance(value, dict):
-        return {k: without_notes(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_"))}
-    if isinstance(value, list):
-        return [without_notes(v) for v in value]
-    return value
-
-
-def load_ds_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> dict:
-    """A ds_config as a fresh dict, from a dict or a JSON file path (errors name the file), without its
-    notes (``without_notes``)."""
-    if isinstance(config, Mapping):
-        return without_notes(json.loads(json.dumps(config)))  # deep copy; also rejects non-JSON values early
-    path = os.fspath(config)
-    if not os.path.isfile(path):
-        raise ValueError(f"ds_config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            loaded = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"ds_config file {path} is not valid JSON: {err}") from None
-        except UnicodeDecodeError as err:
-            raise ValueError(f"ds_config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"ds_config file {path} must hold a JSON object, got a JSON {type(loaded).__name__}")
-    return without_notes(loaded)
 
 
 def split_ds_config(ds_config: Mapping[str, Any]):

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 from .adapters import EarlyExitAdapter
-from .config import AUTO, SiftConfig
+from .config import SiftConfig
+from .config_io import AUTO
 from . import selection
 from .frontend import FrontEnd
 from .schedule import resolve_selection_start, scheduler_warmup

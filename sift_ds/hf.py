@@ -33,7 +33,8 @@ import torch
 from transformers import Trainer
 
 from .adapters import EarlyExitAdapter
-from .config import SECTION, SiftConfig, load_ds_config, without_notes
+from .config import SECTION, SiftConfig
+from .config_io import load_ds_config, without_notes
 from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
 from .hf_masking import PaddingOnly, StepMasking, masks_per_step

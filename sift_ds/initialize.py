@@ -9,7 +9,8 @@ import torch.distributed as dist
 
 from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import resolve_batch_sizes, world_size_from_env
-from .config import SECTION, SiftConfig, load_ds_config, split_ds_config
+from .config import SECTION, SiftConfig, split_ds_config
+from .config_io import load_ds_config
 from .engine import SiftEngine
 from .schedule import ds_config_warmup, resolve_selection_start
 from .frontend import start_up_checks

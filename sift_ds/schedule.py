@@ -17,7 +17,8 @@ import dataclasses
 import math
 from typing import Any, Mapping, Optional, Tuple
 
-from .config import AUTO, SiftConfig
+from .config import SiftConfig
+from .config_io import AUTO
 
 # DeepSpeed's schedulers whose warm-up is warmup_num_steps (default 1000; DeepSpeed uses at least 2).
 DS_WARMUP_SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")

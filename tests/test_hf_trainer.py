@@ -356,7 +356,7 @@ def test_the_shipped_trainer_config_gives_its_sift_section_and_hides_it_from_dee
     sift_config_for reads, and the config DeepSpeed would get has none."""
     from types import SimpleNamespace
 
-    from sift_ds.config import SiftConfig, load_ds_config
+    from sift_ds import SiftConfig, load_ds_config
     from sift_ds.hf import sift_config_for
     path = os.path.join(REPO, "ds_configs", "hf", "zero2_sift.json")
     shipped = load_ds_config(path)

@@ -15,10 +15,12 @@ from types import SimpleNamespace
 import pytest
 
 from launch_helpers import CONFIGS, GPT_SCRIPT, REPO, SCRIPT, cpu_env, metrics, read_config
-from sift_ds.config import SiftConfig, load_ds_config
+from sift_ds.config import SiftConfig
+from sift_ds.config_io import load_ds_config
 from sift_ds.hf import sift_config_for
 from sift_ds.pretrain import ds_policy
-from sift_ds.pretrain.plan import resolve_sift, resolve_start
+from sift_ds.pretrain.ds_policy import resolve_start
+from sift_ds.pretrain.plan import resolve_sift
 from sift_ds.schedule import resolve_selection_start
 
 JOB_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "*.json")))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import CLI_TYPES, SiftConfig, field_kind
+from ..config import SiftConfig
+from ..config_io import CLI_TYPES, field_kind
 
 GROUP_TITLE = "SIFT (sample sifting via early exiting)"
 

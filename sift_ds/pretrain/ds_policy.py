@@ -8,6 +8,9 @@ import copy
 import math
 from typing import List, Optional
 
+from ..config import SiftConfig
+from ..schedule import ds_config_warmup, resolve_selection_start
+
 PAPER_ADAMW = {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.01}}
 PAPER_WARMUP_FRACTION = 0.002  # the paper warms up over 0.2 % of the steps
 SCHEDULERS_WITH_TOTAL = ("WarmupDecayLR", "WarmupCosineLR")
@@ -95,3 +98,10 @@ def resolve_optimizer_path(ds_config: dict, accelerator: str, notes: List[str]) 
     params[TORCH_ADAM] = True
     notes.append('optimizer: torch.optim.AdamW on the CPU ("torch_adam": true), whose resume is exact; '
                  '"torch_adam": false in the optimizer params selects DeepSpeed\'s CPU FusedAdam')
+
+
+def resolve_start(sift: SiftConfig, ds_config: dict, lr_warmup_flag: bool) -> SiftConfig:
+    """``sift.selection_start_step`` against the scheduler's learning-rate warm-up (``sift_ds.schedule``),
+    once ``resolve_schedule`` has filled the scheduler in (``lr_warmup_flag``: set by --lr_warmup_steps)."""
+    steps, source = ds_config_warmup(ds_config)
+    return resolve_selection_start(sift, steps, source + (" (set by --lr_warmup_steps)" if lr_warmup_flag else ""))

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..config import CLI_TYPES, SiftConfig, load_ds_config, unknown_key_message
+from ..config import SiftConfig
+from ..config_io import CLI_TYPES, load_ds_config, unknown_key_message
 from .corpus import TEXT_SAMPLES
 from .data import OBJECTIVES
 

@@ -43,9 +43,13 @@ def run_traces(output_dir: str) -> List[str]:
     return found
 
 
-def refuse_used(output_dir: str) -> None:
-    """ValueError (one line) when ``output_dir`` holds a run: a start without ``--resume`` there."""
-    found = run_traces(output_dir)
+def check_new_run(output_dir: str, resume, overwrite: bool) -> None:
+    """ValueError (one line) for ``--resume`` with ``--overwrite_output_dir``, and for a start with
+    neither in an ``output_dir`` that holds a run."""
+    if resume and overwrite:
+        raise ValueError(f"--resume {resume} continues a run and --overwrite_output_dir starts a new one: give one "
+                         "of them")
+    found = [] if resume or overwrite else run_traces(output_dir)
     if found:
         raise ValueError(f"--output_dir {output_dir} already holds a run ({', '.join(found)}); nothing was changed: "
                          "pass --resume auto to continue it, or --overwrite_output_dir to delete its files and start "
@@ -61,6 +65,18 @@ def entries_to_clear(output_dir: str, ds_config: Mapping) -> List[str]:
               and _inside(section["output_path"], output_dir)]
     unique = list(dict.fromkeys(os.path.normpath(p) for p in paths))
     return [p for p in unique if os.path.lexists(p)]
+
+
+def overwrite_entries(options, ds_config: Mapping, sift, data_files, notes: List[str]) -> List[str]:
+    """What ``--overwrite_output_dir`` will delete (``entries_to_clear``), checked against what the run
+    reads, and a note naming it."""
+    entries = entries_to_clear(options.output_dir, ds_config)
+    if entries:
+        check_reads(entries, [("--tokenizer", options.tokenizer), *(("--data", f) for f in data_files or ()),
+                              ("sift.score_file", sift.score_file), ("sift.reference", sift.reference)])
+        notes.append("--overwrite_output_dir: a new run; the previous run's files are deleted at start-up: "
+                     f"{', '.join(os.path.relpath(p, options.output_dir) for p in entries)} (in {options.output_dir})")
+    return entries
 
 
 def check_reads(entries: Sequence[str], reads: Iterable) -> None:

@@ -15,15 +15,15 @@ from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from .. import registry
-from ..config import ALIASES, FREQUENCY_LOSS, SECTION, SiftConfig, canonical_keys, load_ds_config
-from ..schedule import ds_config_warmup, resolve_selection_start
+from ..config import FREQUENCY_LOSS, SECTION, SiftConfig
+from ..config_io import ALIASES, canonical_keys, load_ds_config
 from . import checkpoint, ds_check, ds_policy, tracking
 from .corpus import check_compression, check_dataset_name, check_embedded_corpus, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
 from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
-from .output_dir import check_reads, entries_to_clear
+from .output_dir import overwrite_entries
 from .prepared import check_prepared, in_job_notes
 from .resume import ResumePoint, check_same_model, decide, seed_warnings
 from .reference_check import check_reference_model
@@ -88,7 +88,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     ds_check.check_types(ds_config)
     ds_check.check_values(ds_config)
     max_steps = ds_policy.resolve_schedule(ds_config, options.max_steps, notes, options.lr_warmup_steps)
-    sift = resolve_start(sift, ds_config, options.lr_warmup_steps is not None)
+    sift = ds_policy.resolve_start(sift, ds_config, options.lr_warmup_steps is not None)
     ds_config[SECTION] = sift.to_dict()
     tracking.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
@@ -116,12 +116,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
         check_output_dir(options.output_dir)
     decision = decide(options.resume, options.output_dir, options.trust_checkpoint, options.overwrite_output_dir,
                       refuse_used_dir=starts_run)
-    delete = entries_to_clear(options.output_dir, ds_config) if options.overwrite_output_dir else []
-    if delete:
-        check_reads(delete, [("--tokenizer", options.tokenizer), *(("--data", f) for f in data_files or ()),
-                             ("sift.score_file", sift.score_file), ("sift.reference", sift.reference)])
-        notes.append(f"--overwrite_output_dir: a new run; the previous run's files are deleted at start-up: "
-                     f"{', '.join(os.path.relpath(p, options.output_dir) for p in delete)} (in {options.output_dir})")
+    delete = overwrite_entries(options, ds_config, sift, data_files, notes) if options.overwrite_output_dir else []
     resume = decision.point
     notes += decision.notes
     warnings += decision.warnings
@@ -135,13 +130,6 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
                         "likely a mistake)")
     return RunPlan(options, ds_config, sift, world_size, batch, gross, max_steps, model_config, data_files, resume,
                    decision.identity, notes, warnings, tuple(delete))
-
-
-def resolve_start(sift: SiftConfig, ds_config: dict, lr_warmup_flag: bool) -> SiftConfig:
-    """``sift.selection_start_step`` against the scheduler's learning-rate warm-up (``sift_ds.schedule``),
-    once the job has filled the scheduler in (``lr_warmup_flag``: set by --lr_warmup_steps)."""
-    steps, source = ds_config_warmup(ds_config)
-    return resolve_selection_start(sift, steps, source + (" (set by --lr_warmup_steps)" if lr_warmup_flag else ""))
 
 
 def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:

@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 from .checkpoint import CHECKPOINT_SUBDIR, LATEST, TAG_PREFIX, checkpoint_dir, list_tags
 from .identity import RunIdentity, checkpoint_owner, read_identity
 from .manifest import MANIFEST, incomplete_reason, read_manifest
-from .output_dir import METRICS_FILE, refuse_used
+from .output_dir import METRICS_FILE, check_new_run
 
 MODEL_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size")
@@ -179,16 +179,11 @@ def _foreign_note(save_dir: str, run_id: str, point: Optional[ResumePoint]) -> L
 
 def decide(resume: Optional[str], output_dir: str, trust: bool = False, overwrite: bool = False,
            refuse_used_dir: bool = True) -> ResumeDecision:
-    """The checkpoint this job continues and the run it belongs to (see the module docstring). Without
-    ``resume``, an output directory that holds a run is refused (``output_dir.refuse_used``) unless
-    ``overwrite`` (``--overwrite_output_dir``) starts a new run there on purpose; ``refuse_used_dir``
-    False: a tool that reads a run's settings without training."""
-    if resume and overwrite:
-        raise ValueError(f"--resume {resume} continues a run and --overwrite_output_dir starts a new one: give one "
-                         "of them")
+    """The checkpoint this job continues and the run it belongs to (see the module docstring); a new run
+    in a used output directory: ``output_dir.check_new_run`` (``refuse_used_dir`` False: a tool)."""
+    if refuse_used_dir:
+        check_new_run(output_dir, resume, overwrite)
     if not resume:
-        if refuse_used_dir and not overwrite:
-            refuse_used(output_dir)
         return ResumeDecision(None, RunIdentity())
     save_dir = checkpoint_dir(output_dir)
     own = read_identity(output_dir)

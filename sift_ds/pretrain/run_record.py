@@ -21,7 +21,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from ..config import SiftConfig, canonical_keys
+from ..config import SiftConfig
+from ..config_io import canonical_keys
 from ..study.identity import data_digest, file_digest
 from .corpus import default_corpus
 from .options import PretrainOptions
