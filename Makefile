@@ -11,6 +11,10 @@ LOCK        ?= requirements/lock.txt
 TORCH_INDEX ?=
 # make test-latest: a second venv with the newest releases setup.py allows (plus Hugging Face's kernels).
 LATEST_VENV ?= .venv-latest
+# make test-oldest: a third venv with the lowest releases setup.py allows, against this torch (the lock's:
+# the lowest torch from PyPI is a CUDA build of several GB; OLDEST_TORCH=2.1.0 with a TORCH_INDEX tries it).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TORCH ?= $(shell sed -n 's/^torch==//p' $(LOCK))
 NUM_GPUS    ?= 2
 DS_CONFIG   ?= ds_configs/tiny_cpu_sift.json
 RUN_DIR     ?= runs/tiny_sift
@@ -30,7 +34,7 @@ DS_ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.
 GPU_PYTHON  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_OUT     ?= runs/gpu_check
 
-.PHONY: setup train test test-latest test-cluster lock bench gpu-check clean
+.PHONY: setup train test test-latest test-oldest test-cluster lock bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -64,7 +68,7 @@ test-cluster: setup
 # line names the package and version that broke, when something did.
 test-latest: $(LATEST_VENV)/.installed
 	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(LATEST_VENV))/torch_extensions \
-	$(LATEST_VENV)/bin/python .ci/smoke_latest.py --lock $(LOCK)
+	$(LATEST_VENV)/bin/python .ci/smoke.py --lock $(LOCK)
 
 $(LATEST_VENV)/.installed: setup.py
 	rm -rf $(LATEST_VENV)
@@ -74,6 +78,26 @@ $(LATEST_VENV)/.installed: setup.py
 		"$$($(PYTHON) .ci/requirement.py setup.py torch)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	env -u PIP_CONSTRAINT $(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager \
 		--no-build-isolation -e ".[test]" kernels
+	touch $@
+
+# The lowest releases setup.py allows: torch OLDEST_TORCH by pip, then uv's "lowest-direct" resolve of
+# sift_ds with its test extras (each requirement of setup.py at its floor, what they need at the newest
+# that fits; Hugging Face's kernels, for the import check, at the lock's version), DeepSpeed's source
+# archive built against that torch; then the smoke set. A failure's last line names the package and
+# version that broke: raise that floor in setup.py (the front-ends refuse what is below it).
+test-oldest: $(OLDEST_VENV)/.installed
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(OLDEST_VENV))/torch_extensions \
+	$(OLDEST_VENV)/bin/python .ci/smoke.py --lock $(LOCK) --name test-oldest
+
+$(OLDEST_VENV)/.installed: setup.py
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/pip install -q --upgrade pip setuptools wheel "uv<1"
+	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/pip install -q "torch==$(OLDEST_TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	{ echo "torch==$(OLDEST_TORCH)"; grep '^kernels==' $(LOCK); } > $(OLDEST_VENV)/constraints.txt
+	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/uv pip install -q --python $(OLDEST_VENV)/bin/python \
+		--resolution lowest-direct --no-build-isolation-package deepspeed -c $(OLDEST_VENV)/constraints.txt \
+		-e ".[test]" kernels
 	touch $@
 
 # Refresh the lock from the newest-releases venv once `make test-latest` passed there; then
@@ -88,4 +112,4 @@ gpu-check:
 	TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(if $(DRY),--dry) --out $(GPU_OUT)
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) runs .pytest_cache .benchmarks
+	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV) runs .pytest_cache .benchmarks

@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # transformers' own floor since 5.x
     # The Triton kernels (the top-level kernels/ops) are installed as the subpackage sift_ds.kernels.ops.
     # kernels/ has no __init__.py: no checkout, editable install or wheel provides a top-level `kernels`
     # (Hugging Face's package of that name, which transformers imports).
@@ -16,27 +16,30 @@ setup(
     package_dir={"sift_ds": "sift_ds", "sift_ds.kernels.ops": "kernels/ops"},
     # Ranges for library users, each capped below the next major release, which nothing here has been
     # tested with; requirements/lock.txt holds the one tested set (what `make setup` installs), and
-    # `make test-latest` runs the smoke set with the newest releases these ranges allow.
+    # `make test-latest` runs the smoke set with the newest releases these ranges allow. Each floor is the
+    # oldest release `make test-oldest` passes the smoke set with (torch's, which that target keeps at the
+    # lock's version, excepted); the front-ends refuse an older release at start-up (sift_ds/versions.py).
     install_requires=[
         "torch>=2.1,<3",
-        "deepspeed>=0.14,<1",
-        "transformers>=4.40,<6",
-        "datasets>=2.18,<6",
-        "tokenizers>=0.15,<1",
-        "tqdm<5",
-        "numpy<3",
+        "deepspeed>=0.16,<1",
+        "transformers>=5.13,<6",
+        "datasets>=2.21,<6",
+        "tokenizers>=0.22,<1",
+        "tqdm>=4.62.1,<5",
+        "numpy>=2.0,<3",
     ],
     extras_require={
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
-        "triton": ["triton>=3.0,<4"],
-        "tensorboard": ["tensorboard<3"],
-        "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "psutil<8", "triton>=3.0,<4",
-                 "tensorboard<3", "scipy<2", "matplotlib<4", "megatron-core>=0.16,<0.20", "accelerate>=1.1,<2",
+        "triton": ["triton>=3.7,<4"],
+        "tensorboard": ["tensorboard>=2.14,<3"],
+        "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "psutil>=5.9,<8",
+                 "triton>=3.7,<4", "tensorboard>=2.14,<3", "scipy>=1.10,<2", "matplotlib>=3.9,<4",
+                 "megatron-core>=0.16,<0.20", "accelerate>=1.3,<2",
                  # the trackers' offline runs (tests/test_tracking.py)
                  "wandb>=0.31,<1", "comet-ml>=3.58,<4"],
-        "study": ["matplotlib<4"],
+        "study": ["matplotlib>=3.9,<4"],
         # sift_ds.hf.SiftTrainer: transformers' Trainer runs on accelerate.
-        "hf": ["accelerate>=1.1,<2"],
+        "hf": ["accelerate>=1.3,<2"],
         "megatron": ["megatron-core>=0.16,<0.20"],
     },
 )

@@ -41,6 +41,7 @@ from .hf_masking import PaddingOnly, StepMasking, masks_per_step
 from .hf_schedule import SelectionStart
 from .mlm_head import apply_sparse_mlm_head
 from .selection import Selection
+from .versions import require, require_trainer_hooks
 from .weighted_loss import ROW_WEIGHTS_KEY, weighted_output_loss
 
 __all__ = ["SiftTrainer", "apply_sparse_mlm_head", "sift_config_for"]
@@ -79,6 +80,8 @@ class SiftTrainer(Trainer):
 
     def __init__(self, model=None, args=None, *trainer_args, sift: Union[SiftConfig, Mapping[str, Any], None] = None,
                  adapter: Optional[EarlyExitAdapter] = None, sparse_mlm_head: bool = True, **kwargs):
+        require(("transformers", "accelerate"), "SiftTrainer")  # an older Trainer would skip the selection
+        require_trainer_hooks(Trainer)
         self.sift_config = sift_config_for(sift, args)
         self.sparse_mlm_head = sparse_mlm_head
         self._given_adapter = adapter

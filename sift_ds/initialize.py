@@ -15,6 +15,7 @@ from .engine import SiftEngine
 from .schedule import ds_config_warmup, resolve_selection_start
 from .frontend import start_up_checks
 from .shm import release_shm_buffer
+from .versions import require
 
 
 def initialize(
@@ -39,6 +40,7 @@ def initialize(
     config's scheduler (``sift_ds.schedule``; "auto" resolved against its warm-up) raise a ValueError
     naming the key before DeepSpeed starts.
     """
+    require(("deepspeed", "transformers"), "sift_ds.initialize")
     if model is None:
         raise ValueError("sift_ds.initialize needs model=")
     if config is None:

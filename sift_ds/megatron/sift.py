@@ -28,6 +28,7 @@ from ..adapters import detect_adapter
 from ..config import SiftConfig
 from ..criteria import sequence_scores
 from ..schedule import resolve_selection_start
+from ..versions import require
 from ..frontend import FrontEnd, MicroSteps
 from ..selection import Selection
 from .datasets import gross_datasets_provider
@@ -66,6 +67,7 @@ class Sift:
     def __init__(self, config: Union[SiftConfig, Callable[[], SiftConfig]],
                  iteration: Optional[Callable[[], int]] = None, adapter: Callable = detect_adapter,
                  sparse_mlm_head: bool = True):
+        require(("megatron-core",), "sift_ds.megatron")
         self._config = config if isinstance(config, SiftConfig) else None
         self._config_source = config
         if self._config is not None:

@@ -13,6 +13,7 @@ from .options import PretrainOptions, build_parser, parse_options
 from .plan import RunPlan, resolve_plan
 from .save_failure import SaveFailed
 from .trainer import NonFiniteLoss
+from ..versions import require
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Application:
         """Parse and validate everything that needs no process group (exits with one line on error)."""
         options = self.parse_args(argv)
         try:
+            require(("deepspeed", "transformers", "datasets", "tokenizers"), self.prog)
             return resolve_plan(options, create_output_dir=not options.check_only)
         except (ValueError, FileNotFoundError) as err:
             self.fail(err)

@@ -1,5 +1,5 @@
-"""The smoke set of `make test-latest`, run from the repository root in the venv of the newest releases
-setup.py allows (plus Hugging Face's kernels):
+"""The smoke set of `make test-latest` and `make test-oldest`, run from the repository root in the venv of
+the newest releases setup.py allows (plus Hugging Face's kernels), or of the lowest:
 
 1. imports from the root, a SIFT selection step against a direct HF forward, `run_mlm_sift.py --help`,
    and `import kernels` giving Hugging Face's package (tests/test_layout.py);
@@ -102,6 +102,7 @@ def deepspeed_run(env) -> tuple:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", default="requirements/lock.txt")
+    parser.add_argument("--name", default="test-latest", help="the make target, for the closing lines")
     args = parser.parse_args()
     changed = differences(read_lock(os.path.join(REPO, args.lock)), installed())
     print("differ from the lock:" if changed else "every installed version is the lock's")
@@ -120,9 +121,9 @@ def main() -> int:
             print(output[-6000:])
             failed.append((name, culprit(output, changed)))
     for name, blame in failed:
-        print(f"test-latest: {name} failed: broke with {blame}")
+        print(f"{args.name}: {name} failed: broke with {blame}")
     if not failed:
-        print(f"test-latest: ok with the newest releases ({len(changed)} differ from the lock)")
+        print(f"{args.name}: ok ({len(changed)} installed versions differ from the lock)")
     return 1 if failed else 0
 
 
