@@ -237,3 +237,19 @@ def test_run_mlm_sift_reads_prepared_blocks_and_refuses_another_length(prepared,
         script.prepared_datasets(args, tokenizer, 128, TOKENIZER)
     with pytest.raises(ValueError, match="give --prepared or --train_file, not both"):
         script.DataTrainingArguments(prepared=prepared, train_file=prepared + "/settings.json")
+
+
+def test_a_large_in_process_corpus_gets_a_note_naming_prepare_data(tmp_path, capsys):
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(101 << 20)  # sparse: its size is what counts
+    load_cli().main(["--ds_config", small_config(tmp_path), "--data", str(big), "--check_only", "--output_dir",
+                     str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "note: the --data corpus is 101 MiB: every start tokenizes it in one process (at least 1 min at 1.57 M " \
+           "characters/s) while the other ranks wait; launch/prepare_data.py --workers N prepares it once" in out
+    small = tmp_path / "small.txt"
+    small.write_text(topics["assert"])
+    load_cli().main(["--ds_config", small_config(tmp_path), "--data", str(small), "--check_only", "--output_dir",
+                     str(tmp_path / "run")])
+    assert "prepare_data.py" not in capsys.readouterr().out
