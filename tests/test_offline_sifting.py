@@ -166,7 +166,8 @@ def test_reducible_scores_are_the_difference_of_z_scored_losses(tmp_path, refere
         (tmp_path / "scores.npz").write_bytes(b"")
         target = str(tmp_path / "scores.npz")
         batch[REFERENCE_COLUMN] = torch.tensor(ref_loss)
-    cfg = SiftConfig.from_dict({"criterion": "reducible", "reference": target, "exit_layer": 1, "scope": "local"})
+    cfg = SiftConfig.from_dict({"criterion": "reducible", "reference": target, "exit_layer": 1, "scope": "local",
+                                "selection_start_step": 0})  # select() is below the front-ends' "auto" resolution
     sel = select(BertAdapter(model), cfg, batch, step=0, micro_step=0, keep=4)
     exit_loss = hf_reference_scores(model, batch, 1, "loss").numpy()
     z_exit, z_ref = f64_zscore(exit_loss), f64_zscore(ref_loss)
