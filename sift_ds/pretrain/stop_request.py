@@ -6,22 +6,17 @@ Why the launchers are watched: a signal to the ``deepspeed`` command alone (``ki
 scheduler's ``kill -TERM <pid>``) ends that process only. DeepSpeed's per-node launcher and the ranks
 under it are re-parented and would train on to the end. So each rank watches the DeepSpeed processes
 above it on its node (the per-node launcher ``deepspeed.launcher.launch`` and, when it runs on that
-node, the ``deepspeed`` command) and takes the end of any of them as a stop request. ``psutil`` comes
-with DeepSpeed, whose launcher uses it.
+node, the ``deepspeed`` command) and takes the end of any of them, seen at a step boundary, as a stop
+request. ``psutil`` comes with DeepSpeed, whose launcher uses it.
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import threading
 from typing import List, Optional, Tuple
 
 import psutil
 
-logger = logging.getLogger(__name__)
-
-POLL_S = 1.0  # how often a rank looks at its launchers
 LAUNCHER_MODULES = ("deepspeed.launcher.launch", "deepspeed.launcher.runner")
 RUNNER_COMMANDS = ("deepspeed", "ds")  # DeepSpeed's console scripts for the runner
 
@@ -64,20 +59,15 @@ def is_live(proc: psutil.Process) -> bool:
 
 class StopRequest:
     """Collects the reasons to stop at the next step boundary: SIGTERM, SIGINT (a second SIGINT aborts at
-    once, as usual, with ``KeyboardInterrupt``) or a launcher process above this rank that ended.
-    ``reason`` is the first one seen (None until then); ``install`` / ``restore`` bracket the loop."""
+    once, as usual, with ``KeyboardInterrupt``) or a launcher process above this rank that has ended.
+    ``install`` / ``restore`` bracket the loop; ``poll()`` at each step boundary gives the reason, the
+    first one seen, or None."""
 
-    def __init__(self, poll_s: float = POLL_S):
+    def __init__(self):
         self.reason: Optional[str] = None
-        self.poll_s = poll_s
         self._previous = {}
         self._sigints = 0
-        self._stop_watching = threading.Event()
-        self._watcher: Optional[threading.Thread] = None
-
-    @property
-    def received(self) -> bool:
-        return self.reason is not None
+        self._launchers: List[Tuple[psutil.Process, str]] = []
 
     def install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -88,12 +78,8 @@ class StopRequest:
         self.watch(launcher_processes())
 
     def watch(self, launchers: List[Tuple[psutil.Process, str]]) -> None:
-        """The end of any of these ``(process, role)`` is a stop request (a thread looks every ``poll_s``)."""
-        if launchers:
-            self._stop_watching.clear()
-            self._watcher = threading.Thread(target=self._watch, args=(launchers,), name="sift-launcher-watch",
-                                             daemon=True)
-            self._watcher.start()
+        """The end of any of these ``(process, role)`` is a stop request."""
+        self._launchers = list(launchers)
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -102,21 +88,17 @@ class StopRequest:
                 raise KeyboardInterrupt
         self.reason = self.reason or signal.Signals(signum).name
 
-    def _watch(self, launchers: List[Tuple[psutil.Process, str]]) -> None:
-        while not self._stop_watching.wait(self.poll_s):
-            for proc, role in launchers:
+    def poll(self) -> Optional[str]:
+        """The reason to stop, looking at the watched launchers now (a few microseconds per process)."""
+        if self.reason is None:
+            for proc, role in self._launchers:
                 if not is_live(proc):
-                    self.reason = self.reason or f"{role} (pid {proc.pid}) ended"
-                    logger.warning("%s (pid %d) ended: this rank stops at the next step boundary with a checkpoint",
-                                   role, proc.pid)
-                    return
+                    self.reason = f"{role} (pid {proc.pid}) ended"
+                    break
+        return self.reason
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             if previous is not None:
                 signal.signal(signum, previous)
         self._previous = {}
-        self._stop_watching.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=2 * self.poll_s)
-            self._watcher = None

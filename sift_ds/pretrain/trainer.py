@@ -153,14 +153,16 @@ class Trainer:
             (opts.exit_interval and step % opts.exit_interval == 0, f"exit interval ({opts.exit_interval} steps)"),
             (opts.time_budget_s and self.elapsed_s >= opts.time_budget_s,
              f"time budget ({opts.time_budget_s / 60:g} min)"),
-            (self._signal.received, self._signal.reason or "a stop request on another rank"),
+            (self._signal.poll() is not None, "a stop request"),
         ]
         flags = [1.0 if cond else 0.0 for cond, _ in reasons]
-        if dist.is_initialized():  # signals and the clock can differ between ranks
+        if dist.is_initialized():  # signals, launchers and the clock can differ between ranks
             t = torch.tensor(flags, dtype=torch.float32)
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._stop_group())
             flags = t.tolist()
-        hit = [text for (_, text), flag in zip(reasons, flags) if flag]
+        # Polled again: a launcher that another rank of this node saw end has ended for this one too.
+        texts = [text for _, text in reasons[:-1]] + [self._signal.poll() or "a stop request on another rank"]
+        hit = [text for text, flag in zip(texts, flags) if flag]
         return ", ".join(hit) if hit and step < opts.max_steps else None
 
     def _stop_group(self):
