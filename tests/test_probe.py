@@ -1,5 +1,5 @@
-"""The early-exit fidelity probe: rank statistics against scipy, correlation 1 at k = L on a real
-BERT, and exact known values on a crafted model."""
+"""The early-exit fidelity probe: rank statistics against scipy, the probe of a real BERT at exit 1 and
+at the full depth against scipy on a direct HF forward, and exact known values on a crafted model."""
 import math
 
 import numpy as np
@@ -11,7 +11,7 @@ from torch import nn
 from sift_ds import BertAdapter, SiftConfig
 from sift_ds.probe import fidelity, ranks, spearman, top_overlap
 from test_select_matches_hf import hf_reference_scores
-from tiny import mlm_batch, tiny_bert
+from tiny import f64_row_scores, mlm_batch, spread_weights, tiny_bert
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -29,12 +29,25 @@ def test_top_overlap():
     assert top_overlap(a, torch.tensor([6.0, 5, 1, 2, 3, 4])) == pytest.approx(1 / 3)
 
 
-def test_full_depth_probe_is_exact():
-    model = tiny_bert(layers=3)
-    batch = mlm_batch(12, empty_row=True)
-    out = fidelity(BertAdapter(model), batch, SiftConfig(exit_layer=3, criterion="loss", kernel="torch"))
-    assert out == {"probe/spearman": pytest.approx(1.0), "probe/top_half_overlap": 1.0}
-
+def test_full_depth_probe_matches_the_model_s_own_logits():
+    """At exit L the early exit is the whole model: the entropy criterion's probe against the full loss
+    equals scipy's Spearman and a numpy top-half overlap of both scores from the model's own forward
+    (``model(...).logits``, not the early-exit path), and neither is 1."""
+    model = spread_weights(tiny_bert(layers=3, seed=2), 6)
+    batch = mlm_batch(12, seed=5, empty_row=True)
+    out = fidelity(BertAdapter(model), batch, SiftConfig(exit_layer=3, criterion="entropy", kernel="torch"))
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    labelled = batch["labels"] != -100
+    entropy, loss = (f64_row_scores(logits, batch["labels"], labelled, c).numpy() for c in ("entropy", "loss"))
+    valid = np.isfinite(loss)
+    assert valid.sum() == 11  # the row without a labelled token is left out
+    want = scipy.stats.spearmanr(entropy[valid], loss[valid])[0]
+    k = round(valid.sum() / 2)
+    top = lambda v: set(np.argsort(-v[valid], kind="stable")[:k])  # noqa: E731
+    assert out["probe/spearman"] == pytest.approx(want, abs=1e-6) and abs(want) < 0.99
+    assert out["probe/top_half_overlap"] == pytest.approx(len(top(entropy) & top(loss)) / k)
 
 
 @pytest.mark.parametrize("criterion", ["loss", "entropy"])

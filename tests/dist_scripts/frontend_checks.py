@@ -6,7 +6,9 @@ asserts to <out>/<frontend>.json:
 * ``exit_layer_error``: the error of a config whose exit_layer (5) exceeds the model's depth (3), raised
   where the front-end starts (``sift_ds.initialize``; ``SiftTrainer(...)``; the first training
   micro-step of the wrapped ``forward_step``);
-* ``probe``: the fidelity probe at exit layer 1 and, with the loss criterion, at the full depth;
+* ``probe``: the fidelity probe at exit layer 1 (the loss criterion) and, with the entropy criterion, at
+  the full depth; ``full_depth_rows``: each row's float64 entropy and loss from the front-end's own model
+  forward (its logits, not the early-exit path), from which the test computes that probe independently;
 * ``kept``: rows kept of a full gross batch (8 rows, keep_ratio 0.25: micro-batch 2) and of a short one
   (5 rows), the same config in each front-end.
 """
@@ -25,7 +27,21 @@ LAYERS, BAD_EXIT, MICRO, KEEP_RATIO, SHORT = 3, 5, 2, 0.25, 5
 GROSS = round(MICRO / KEEP_RATIO)
 SIFT = {"exit_layer": 1, "keep_ratio": KEEP_RATIO, "kernel": "torch", "criterion": "loss", "selection_start_step": 0,
         "start_after_lr_peak": True}  # no scheduler: a constant learning rate
-FULL_DEPTH = {**SIFT, "exit_layer": LAYERS}
+FULL_DEPTH = {**SIFT, "exit_layer": LAYERS, "criterion": "entropy"}
+
+
+def rows_of(logits, labels, labelled):
+    """{criterion: per-row float64 score over the labelled positions} of the model's own logits."""
+    from tiny import f64_row_scores
+    return {c: f64_row_scores(logits, labels, labelled, c).tolist() for c in ("entropy", "loss")}
+
+
+def hf_rows(model, batch):
+    import torch
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    return rows_of(logits, batch["labels"], batch["labels"] != -100)
 
 
 def error_of(call):
@@ -54,6 +70,7 @@ def deepspeed_frontend():
     run = engine(SIFT)
     return {"exit_layer_error": error_of(lambda: engine({**SIFT, "exit_layer": BAD_EXIT})),
             "probe": run.probe(batch), "probe_full_depth": exact.probe(batch),
+            "full_depth_rows": hf_rows(exact.module, batch),
             "kept": [len(run.select(take(batch, rows)).indices) for rows in (GROSS, SHORT)]}
 
 
@@ -72,12 +89,14 @@ def hf_frontend(out):
     exact, run = trainer(FULL_DEPTH), trainer(SIFT)
     return {"exit_layer_error": error_of(lambda: trainer({**SIFT, "exit_layer": BAD_EXIT})),
             "probe": run.sift_probe(batch), "probe_full_depth": exact.sift_probe(batch),
+            "full_depth_rows": hf_rows(exact.model, batch),
             "kept": [len(run.select(take(batch, rows), micro_step=0).indices) for rows in (GROSS, SHORT)]}
 
 
 # ---------------------------------------------------------------- the Megatron drop-in
 def megatron_frontend():
     import megatron_common as mc
+    import torch
     from megatron.core import num_microbatches_calculator as nmc
 
     from sift_ds.megatron import Sift
@@ -94,8 +113,12 @@ def megatron_frontend():
         sift.forward_step(mc.forward_step)(iter([item]), model)
 
     run, exact = Sift(SiftConfig(**SIFT), iteration=lambda: 0), Sift(SiftConfig(**FULL_DEPTH), iteration=lambda: 0)
-    return {"exit_layer_error": error_of(bad_start),
-            "probe": run.probe(model, batch), "probe_full_depth": exact.probe(model, batch),
+    probes = {"probe": run.probe(model, batch), "probe_full_depth": exact.probe(model, batch)}
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"])
+    return {"exit_layer_error": error_of(bad_start), **probes,
+            "full_depth_rows": rows_of(logits, batch["labels"], batch["loss_mask"] == 1),
             "kept": [len(run.select(model, take(batch, rows), 0, 0)[0]["text"]) for rows in (GROSS, SHORT)]}
 
 
