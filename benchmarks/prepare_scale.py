@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,12 @@ def shard_phase_seconds(log: str) -> float:
     return max(1, (seconds(end) - seconds(begin)) % 86400)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def rank_peaks(peaks: dict) -> None:
     """Update ``peaks`` {pid: VmHWM kB} for the live ranks (processes of pretrain_bert.py with --local_rank)."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -139,7 +146,8 @@ def start(args) -> None:
     for attempt in range(args.repeat + 1):  # the first start builds DeepSpeed's op (once per machine)
         out = os.path.join(args.out, f"start{attempt}")
         shutil.rmtree(out, ignore_errors=True)
-        command = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", os.path.join(REPO, "launch", "pretrain_bert.py"), "--ds_config",
+        command = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port",
+                   str(free_port()), os.path.join(REPO, "launch", "pretrain_bert.py"), "--ds_config",
                    CONFIG, "--prepared", args.prepared, "--max_steps", "2", "--lr_warmup_steps", "1",
                    "--eval_interval", "0", "--save_interval", "0", "--output_dir", out]
         peaks: dict = {}
