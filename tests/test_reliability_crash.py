@@ -13,6 +13,7 @@ middle of one file write, chosen by ``SIFT_TEST_KILL=rank:tag:file:how``.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -121,12 +122,18 @@ def test_sigterm_to_the_slurm_script_reaches_every_rank_and_leaves_no_orphan(tmp
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho localhost\n")
     for tool in ("srun", "scancel", "scontrol"):
         (bin_dir / tool).chmod(0o755)
+    # The script's `deepspeed` is this environment's, linked here: putting the environment's bin folder
+    # first would also change the ninja that DeepSpeed JIT-builds its ops with, and a ninja of another
+    # version reads the build log as changed commands and rebuilds them (here and in the next test).
+    (bin_dir / "deepspeed").symlink_to(DEEPSPEED)
     out = tmp_path / "run"
     config = small_config(tmp_path, base="tiny_cpu_vanilla.json", max_steps=10_000)
     job_id = f"test{os.getpid()}"
-    env = clean_env(DS_ACCELERATOR="cpu", GPUS_PER_NODE="2", MASTER_PORT=str(free_port()), SLURM_JOB_ID=job_id,
+    env = clean_env(DS_ACCELERATOR="cpu", GPUS_PER_NODE="2", SLURM_JOB_ID=job_id,
                     SLURM_JOB_NODELIST="localhost", SLURM_SUBMIT_DIR=REPO,
-                    PATH=os.pathsep.join([str(bin_dir), os.path.dirname(DEEPSPEED), os.environ["PATH"]]))
+                    PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]))
+    env["MASTER_PORT"] = str(free_port())  # after clean_env, which drops the torch.distributed variables
+    assert shutil.which("ninja", path=env["PATH"]) == shutil.which("ninja")
     proc = subprocess.Popen(["bash", os.path.join(REPO, "launch", "slurm_pretrain.sh"), "--ds_config", config,
                              "--output_dir", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
