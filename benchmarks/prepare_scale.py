@@ -126,13 +126,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_peaks(peaks: dict) -> None:
-    """Update ``peaks`` {pid: VmHWM kB} for the live ranks (processes of pretrain_bert.py with --local_rank)."""
+def rank_peaks(peaks: dict, output_dir: str) -> None:
+    """Update ``peaks`` {pid: VmHWM kB} for the live ranks of the run in ``output_dir``."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            if "pretrain_bert.py" not in cmd or "--local_rank" not in cmd:
+                cmd = f.read().decode(errors="replace").split("\0")
+            if "--local_rank" not in " ".join(cmd) or output_dir not in cmd:
                 continue
             with open(f"/proc/{pid}/status", encoding="utf-8") as f:
                 hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -154,7 +154,7 @@ def start(args) -> None:
         launched = time.time()
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while proc.poll() is None:
-            rank_peaks(peaks)
+            rank_peaks(peaks, out)
             time.sleep(0.1)
         if proc.returncode:
             raise SystemExit(proc.stderr.read()[-3000:])
