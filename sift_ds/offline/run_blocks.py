@@ -7,7 +7,7 @@ import sys
 from typing import List, Sequence, Tuple
 
 from ..pretrain.cli import BERT
-from ..pretrain.job import prepare_data
+from ..pretrain.job_data import prepare_data
 from ..pretrain.plan import resolve_plan
 
 

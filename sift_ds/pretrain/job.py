@@ -16,8 +16,9 @@ from transformers import set_seed
 from .. import initialize
 from ..offline.score_file import attach_scores
 from ..zero import full_parameters
-from . import checkpoint, corpus as corpus_lib, data as data_lib, tokenizer as tok, tracking
+from . import checkpoint, tracking
 from .fused import fuse_layer_norms
+from .job_data import check_vocab, prepare_data
 from .identity import RunIdentity, new_run_id, write_identity
 from .lock import lock_output_dir
 from .output_dir import clear
@@ -26,16 +27,14 @@ from .metrics import FlopsModel, MetricsLogger, charge_criterion
 from .models import build_model, set_special_tokens
 from .optimizer import apex_adam, weight_decay_groups
 from .plan import RunPlan
-from .prepared import prepared_data
 from .manifest import atomic_write
 from .reference_check import RUN_RECORD, check_reference_model, same_blocks_warnings
 from .resume import MODEL_KEYS
 from .run_record import corpus_record, training_record
 from .save_failure import export_failure
-from .runtime import configure_logging, init_distributed, main_process_first, warn_stale_build_locks
+from .runtime import configure_logging, init_distributed, warn_stale_build_locks
 from .trainer import LoopOptions, Trainer
 from .unigram import write_unigram_counts
-from .vocab_check import check_vocabulary, first_texts
 
 logger = logging.getLogger("sift_ds.pretrain")
 
@@ -135,76 +134,6 @@ def start_identity(plan: RunPlan) -> RunIdentity:
     elif dist.get_rank() == 0:
         logger.info("run %s (continued)", identity.run_id)
     return identity
-
-
-def prepare_data(plan: RunPlan):
-    """(tokenizer, PretrainData): --prepared's blocks; or the corpus, then the tokenizer, then tokenized
-    blocks, with each node's first rank filling the ``datasets`` cache before the others read it."""
-    opts = plan.options
-    if opts.prepared:  # memory-mapped blocks: no tokenization, no rank waiting on another
-        tokenizer, data = prepared_data(opts)
-        logger.info("tokenizer: %s; data: --prepared %s", tokenizer.name_or_path, opts.prepared)
-        return tokenizer, split_holdout(opts, data)
-    with main_process_first():
-        corpus = corpus_lib.load_corpus(plan.data_files, opts.text_field, opts.dataset_name, opts.dataset_config,
-                                        opts.dataset_split, opts.cache_dir, opts.sample_by)
-    tokenizer, source = obtain_tokenizer(plan, corpus)
-    logger.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
-    if opts.tokenizer:  # a given vocabulary must fit the corpus (a trained one is the corpus's own)
-        try:
-            check_vocabulary(tokenizer, first_texts(row["text"] for row in corpus))
-        except ValueError as err:
-            raise ValueError(f"--tokenizer {opts.tokenizer}: {err}") from None
-    with main_process_first():
-        data = data_lib.build_pretrain_data(corpus, tokenizer, opts.seq_len, opts.objective, opts.val_fraction,
-                                            opts.max_val_samples, opts.data_seed, opts.cache_dir)
-    return tokenizer, split_holdout(opts, data)
-
-
-def split_holdout(opts, data):
-    """``data`` logged, with its training blocks cut by --holdout_fraction / --train_on."""
-    logger.info("data: %d documents, %d tokens -> %d train / %d validation blocks of %d tokens (%s)",
-                data.num_documents, data.num_tokens, len(data.train), len(data.val), opts.seq_len, opts.objective)
-    if opts.holdout_fraction:
-        rest, holdout = data_lib.holdout_split(data.train, opts.holdout_fraction, opts.data_seed)
-        data = dataclasses.replace(data, train=holdout if opts.train_on == "holdout" else rest)
-        logger.info("holdout: %d blocks held out, %d rest; training on the %s", len(holdout), len(rest), opts.train_on)
-    return data
-
-
-def obtain_tokenizer(plan: RunPlan, corpus):
-    """The tokenizer: --tokenizer; or, when resuming, the run's saved one; or a vocabulary (WordPiece,
-    or byte-level BPE for a causal LM) trained on rank 0 and sent to the other ranks (so every rank has
-    the same vocabulary)."""
-    opts = plan.options
-    causal = opts.objective == "clm"
-    run_tokenizer = os.path.join(plan.output_dir, "tokenizer")
-    if opts.tokenizer:
-        return tok.load_tokenizer(opts.tokenizer, causal), opts.tokenizer
-    if plan.resume is not None:
-        # The resumed run's own: in this output_dir, or next to the checkpoint directory resumed from.
-        for path in (run_tokenizer, os.path.join(os.path.dirname(os.path.abspath(plan.resume.load_dir)), "tokenizer")):
-            if os.path.isdir(path):
-                try:
-                    return tok.load_tokenizer(path, causal), f"{path} (the resumed run's)"
-                except ValueError as err:
-                    raise ValueError(f"the resumed run's tokenizer {path}: {err}") from None
-    train = tok.train_bpe if causal else tok.train_wordpiece
-    payload = [None]
-    if dist.get_rank() == 0:
-        payload = [tok.to_json(train(tok.batched_texts(corpus), opts.vocab_size))]
-    dist.broadcast_object_list(payload, src=0)
-    kind = "byte-level BPE" if causal else "WordPiece"
-    source = f"{kind} trained on the corpus (vocab_size {opts.vocab_size}), saved to {run_tokenizer}"
-    return tok.from_json(payload[0], causal=causal), source
-
-
-def check_vocab(plan: RunPlan, vocab_size: int) -> None:
-    """The resumed checkpoint's vocabulary size (from its manifest) against this run's tokenizer."""
-    recorded = plan.resume.run.get("vocab_size") if plan.resume is not None else None
-    if recorded is not None and recorded != vocab_size:
-        raise ValueError(f"--resume {plan.resume.path}: the checkpoint has a vocabulary of {recorded} tokens, this "
-                         f"run's tokenizer has {vocab_size} (--tokenizer / --vocab_size differ from the resumed run's)")
 
 
 def build_engine(plan: RunPlan, tokenizer):
