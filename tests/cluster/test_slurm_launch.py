@@ -43,9 +43,14 @@ def wait_for_end(slurm, job_id: str, timeout: float = 300) -> None:
 def test_slurm_script_saves_and_stops_every_rank_on_sigterm_and_resubmitting_finishes(slurm, tmp_path):
     out = tmp_path / "run"
     config = small_config(tmp_path, base="tiny_cpu_vanilla.json", max_steps=STEPS)
-    env = clean_env(**slurm.env, SIFT_LAUNCHER="srun", GPUS_PER_NODE="2", MASTER_PORT=str(free_port()),
-                    GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu",
-                    PATH=os.pathsep.join([os.path.dirname(DEEPSPEED), os.environ["PATH"]]))
+    # The script's `deepspeed` is this environment's, linked into a folder of its own: the environment's
+    # bin folder first on PATH would also change the ninja DeepSpeed JIT-builds its op with (a rebuild).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "deepspeed").symlink_to(DEEPSPEED)
+    env = clean_env(**slurm.env, SIFT_LAUNCHER="srun", GPUS_PER_NODE="2", GLOO_SOCKET_IFNAME="lo",
+                    DS_ACCELERATOR="cpu", PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]))
+    env["MASTER_PORT"] = str(free_port())  # after clean_env, which drops the torch.distributed variables
 
     def submit() -> str:
         return subprocess.run(["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", SLURM_SCRIPT,
