@@ -14,8 +14,9 @@
   command and over its shard phase (from its log), and the CPU seconds of the command and its workers;
 * ``start``: ``deepspeed --num_gpus 2 launch/pretrain_bert.py --prepared`` (tiny model, seq 128, two
   steps) on the CPU: seconds from the launch to the first optimizer step (the ``time`` of metrics.jsonl's
-  step-1 record) and each rank's peak RSS (``VmHWM``, polled); the first start builds DeepSpeed's op and
-  is not counted;
+  step-1 record) and each rank's peak RSS (``VmHWM``) and largest anonymous RSS (polled); with ``--cold``
+  the prepared files are dropped from the page cache before each start; the first start builds
+  DeepSpeed's op and is not counted;
 * ``loader``: rows per second of ``GrossBatchLoader`` over the prepared blocks, masking included, one
   process, no prefetch thread.
 
@@ -126,8 +127,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def evict(prepared: str) -> None:
+    """Drop the prepared files from the page cache (``POSIX_FADV_DONTNEED``), as on a node that has not
+    read them: pages written or read before are large folios, and a mapped row then maps a whole folio."""
+    for name in os.listdir(prepared):
+        if name.endswith(".npy"):
+            fd = os.open(os.path.join(prepared, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def rank_peaks(peaks: dict, output_dir: str) -> None:
-    """Update ``peaks`` {pid: VmHWM kB} for the live ranks of the run in ``output_dir``."""
+    """Update ``peaks`` {pid: [VmHWM kB, largest RssAnon kB seen]} for the live ranks of the run in
+    ``output_dir``."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -135,8 +149,9 @@ def rank_peaks(peaks: dict, output_dir: str) -> None:
             if "--local_rank" not in " ".join(cmd) or output_dir not in cmd:
                 continue
             with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-                hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-            peaks[pid] = max(peaks.get(pid, 0), hwm)
+                status = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmHWM", "RssAnon"))}
+            old = peaks.get(pid, [0, 0])
+            peaks[pid] = [max(old[0], int(status["VmHWM"])), max(old[1], int(status["RssAnon"]))]
         except (OSError, StopIteration):
             continue
 
@@ -151,6 +166,8 @@ def start(args) -> None:
                    CONFIG, "--prepared", args.prepared, "--max_steps", "2", "--lr_warmup_steps", "1",
                    "--eval_interval", "0", "--save_interval", "0", "--output_dir", out]
         peaks: dict = {}
+        if args.cold:
+            evict(args.prepared)
         launched = time.time()
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while proc.poll() is None:
@@ -161,8 +178,10 @@ def start(args) -> None:
         with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
             first = json.loads(f.readline())
         if attempt:
-            stamp(step="start", prepared=args.prepared, seconds_to_first_step=round(first["time"] - launched, 1),
-                  peak_rss_mb_per_rank=sorted(round(v / 1024) for v in peaks.values()))
+            stamp(step="start", prepared=args.prepared, cold=args.cold,
+                  seconds_to_first_step=round(first["time"] - launched, 1),
+                  peak_rss_mb_per_rank=sorted(round(v[0] / 1024) for v in peaks.values()),
+                  peak_anonymous_mb_per_rank=sorted(round(v[1] / 1024) for v in peaks.values()))
 
 
 def loader(args) -> None:
@@ -202,6 +221,7 @@ def main() -> None:
     s = sub.add_parser("start")
     s.add_argument("--prepared", required=True)
     s.add_argument("--repeat", type=int, default=1)
+    s.add_argument("--cold", action="store_true", help="drop the prepared files from the page cache first")
     s.add_argument("--extensions", default=os.path.join(REPO, ".venv", "torch_extensions"))
     s.add_argument("--out", required=True)
     lo = sub.add_parser("loader")
