@@ -394,6 +394,10 @@ def main():
         trainer.push_to_hub(**kwargs)
     else:
         trainer.create_model_card(**kwargs)
+    # Every process leaves the process group together: a process that exits while another still holds
+    # it can abort at exit (SIGABRT, "terminate called without an active exception"), failing the launch.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
