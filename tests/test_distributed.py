@@ -1,5 +1,7 @@
 """Real DeepSpeed runs (CPU, gloo) of a tiny BERT with SIFT: 2 ranks x ZeRO 1/2/3 x fp32/bf16 x local/global,
-and the global scope on 4 ranks under ZeRO-1 and ZeRO-3."""
+the entropy criterion under ZeRO-0, and the global scope on 4 ranks under ZeRO-1 and ZeRO-3. Runs that
+need the same number of ranks share a launch (tests/dist_scripts/sift_train.py --also), read by the
+tests of each."""
 import json
 import os
 import time
@@ -17,6 +19,24 @@ def launch(tmp_path, *extra, ranks=2):
     run_deepspeed(SCRIPT, ["--out", tmp_path, *extra], num_gpus=ranks)
     assert shm_buffers(since=start) == []  # sift_ds.initialize removed DeepSpeed's /dev/shm files
     return [json.load(open(tmp_path / f"rank{r}.json")) for r in range(ranks)]
+
+
+# Two launches that several tests read: ZeRO-1 with the ZeRO-0 entropy run, and the 4-rank runs.
+SHARED = {"zero1": (["--zero", 1, "--also", "0:entropy:16"], 2),
+          "four_ranks": (["--zero", 1, "--dtypes", "fp32", "--scopes", "global", "--steps", 6, "--also", "3:loss:6"], 4)}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """launch(...) of a SHARED entry, once per module."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            extra, ranks = SHARED[name]
+            done[name] = launch(tmp_path_factory.mktemp(name), *extra, ranks=ranks)
+        return done[name]
+    return get
 
 
 def check_run(rank_results, name, zero):
@@ -44,9 +64,9 @@ def check_run(rank_results, name, zero):
 
 
 @pytest.mark.parametrize("zero", [1, 2, 3])
-def test_two_rank_sift_training(tmp_path, zero):
-    extra = ["--zero", zero] + (["--vanilla_control"] if zero == 3 else [])
-    results = launch(tmp_path, *extra)
+def test_two_rank_sift_training(tmp_path, shared, zero):
+    results = shared("zero1") if zero == 1 else launch(tmp_path, "--zero", zero,
+                                                       *(["--vanilla_control"] if zero == 3 else []))
     for name in ("fp32/local", "fp32/global", "bf16/local", "bf16/global"):
         check_run(results, name, zero)
     if zero == 3:
@@ -60,12 +80,12 @@ def test_two_rank_sift_training(tmp_path, zero):
 
 
 @pytest.mark.parametrize("zero", [1, 3])
-def test_four_rank_global_selection(tmp_path, zero):
+def test_four_rank_global_selection(shared, zero):
     """Every one of 4 ranks keeps the same top-(4 x micro) of all ranks' gathered scores and trains on
     the rows its Selection.trained names (surplus rows move between ranks); the scores equal a direct HF forward."""
-    results = launch(tmp_path, "--zero", zero, "--dtypes", "fp32", "--scopes", "global", "--steps", 6, ranks=4)
+    results = shared("four_ranks")
     for rank, res in enumerate(results):
-        rec = res["fp32/global"]
+        rec = res["fp32/global" if zero == 1 else "zero3-loss/fp32/global"]
         assert set(rec["rows"]) == {4}, rank
         assert len(rec["global_agree"]) == 2 * (6 - 2), rank  # every micro-step after the warm-up was checked
         assert all(rec["global_agree"]) and all(rec["global_is_topk"]) and all(rec["rows_match"]), rank
@@ -74,9 +94,8 @@ def test_four_rank_global_selection(tmp_path, zero):
             assert rec["zero3_trace_complete"] and rec["zero3_invalidations_after_warmup"] == 0, rank
 
 
-def test_two_rank_entropy_global_stage0(tmp_path):
-    results = launch(tmp_path, "--zero", 0, "--dtypes", "fp32", "--scopes", "global", "--criterion", "entropy", "--steps", 16)
-    check_run(results, "fp32/global", 0)
+def test_two_rank_entropy_global_stage0(shared):
+    check_run(shared("zero1"), "zero0-entropy/fp32/global", 0)
 
 
 @requires_cuda

@@ -1,5 +1,6 @@
 """Run under `deepspeed --num_gpus 2` (CPU, gloo): train a tiny BERT with SIFT for each scope (and
-dtype) given, and write what the test asserts to <out>/rank<r>.json.
+dtype) given, and for each ``--also`` run (fp32, scope global, its own ZeRO stage, criterion and steps)
+in the same launch, and write what the test asserts to <out>/rank<r>.json.
 
 Checked here, with collectives across the real ranks:
 * every rank trains on exactly micro-batch rows, each micro-step;
@@ -33,6 +34,9 @@ p.add_argument("--criterion", default="loss")
 p.add_argument("--out", required=True)
 p.add_argument("--vanilla_control", action="store_true",
                help="also run fp32/local once with SIFT disabled, as the ZeRO-3 prefetch baseline")
+p.add_argument("--also", action="append", default=[], metavar="ZERO:CRITERION:STEPS",
+               help="also run fp32/global at that ZeRO stage, with that criterion, for that many steps "
+                    "(recorded as zero<ZERO>-<CRITERION>/fp32/global)")
 args = p.parse_args()
 
 MICRO = 4
@@ -72,11 +76,11 @@ def count_demand_fetches(coord, counter):
     coord.fetch_sub_module = fetch
 
 
-def run(dtype, scope, enabled=True):
+def run(dtype, scope, enabled=True, zero=args.zero, criterion=args.criterion, steps=args.steps):
     torch.manual_seed(0)
     model = tiny_bert(layers=3, dropout=0.0)
-    cfg = ds_config(micro=MICRO, gas=args.gas, stage=args.zero, dtype=dtype, scope=scope,
-                    criterion=args.criterion, exit_layer=1, warmup_steps=2, enabled=enabled)
+    cfg = ds_config(micro=MICRO, gas=args.gas, stage=zero, dtype=dtype, scope=scope,
+                    criterion=criterion, exit_layer=1, warmup_steps=2, enabled=enabled)
     cfg["zero_optimization"].update({"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 20000})
     engine, _, _, _ = sift_ds.initialize(model=model, config=cfg)
     rank, world, gross = dist.get_rank(), dist.get_world_size(), engine.gross_batch_size
@@ -96,7 +100,7 @@ def run(dtype, scope, enabled=True):
 
     rec = {"losses": [], "rows": [], "global_agree": [], "global_is_topk": [], "rows_match": [], "warmup": []}
     inval_after_warm = None
-    for step in range(args.steps * args.gas):
+    for step in range(steps * args.gas):
         g = torch.Generator().manual_seed(step * 97 + rank)
         pick = torch.randperm(64, generator=g)[:gross]
         batch = {k: v[pick] for k, v in pool.items()}
@@ -119,7 +123,7 @@ def run(dtype, scope, enabled=True):
             inval_after_warm, demand_after_warm = invalidations["n"], demand["numel"]
     rec["stats"] = engine.stats
     if coord is not None:
-        rec["zero3_demand_fetch_numel_per_step"] = (demand["numel"] - demand_after_warm) / (args.steps - 3)
+        rec["zero3_demand_fetch_numel_per_step"] = (demand["numel"] - demand_after_warm) / (steps - 3)
         rec["zero3_demand_fetch_numel_total"] = demand["numel"]  # > 0: the first step runs before the trace exists
     rec["zero3_trace_complete"] = coord.is_complete_trace() if coord is not None else None
     rec["zero3_invalidations_after_warmup"] = (
@@ -144,7 +148,7 @@ def run(dtype, scope, enabled=True):
     logp = torch.log_softmax(logits, -1)
     mask = check["labels"] != -100
     tok = -logp.gather(-1, check["labels"].clamp_min(0)[..., None]).squeeze(-1)
-    if args.criterion == "entropy":
+    if criterion == "entropy":
         tok = -(logp.exp() * logp).sum(-1)
     ref = torch.where(mask.any(1), (tok * mask).sum(1) / mask.sum(1).clamp_min(1),
                       torch.tensor(-math.inf, dtype=torch.float64, device=tok.device))
@@ -174,6 +178,10 @@ if args.vanilla_control:
 for dtype in args.dtypes.split(","):
     for scope in args.scopes.split(","):
         results[f"{dtype}/{scope}"] = run(dtype, scope)
+for spec in args.also:
+    zero, criterion, steps = spec.split(":")
+    results[f"zero{zero}-{criterion}/fp32/global"] = run("fp32", "global", zero=int(zero), criterion=criterion,
+                                                         steps=int(steps))
 os.makedirs(args.out, exist_ok=True)
 with open(os.path.join(args.out, f"rank{dist.get_rank()}.json"), "w") as f:
     json.dump(results, f)
