@@ -27,6 +27,7 @@ setup(
         "tokenizers>=0.22,<1",
         "tqdm>=4.62.1,<5",
         "numpy>=2.0,<3",
+        "psutil>=5.9,<8",  # a rank watches its launchers (sift_ds/pretrain/stop_request.py)
     ],
     extras_require={
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
