@@ -11,7 +11,6 @@ bytes of each file: its cost does not grow with the corpus. ``PreparedRows``: ro
 """
 from __future__ import annotations
 
-import mmap
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -62,16 +61,6 @@ def check_manifest(manifest: Dict[str, Any], path: str, seq_len: int, objective:
         refuse("--data_seed", manifest["data_seed"], data_seed, "its NSP pairs are drawn with that seed")
 
 
-def random_access_map(path: str) -> np.ndarray:
-    """The ``.npy`` file memory-mapped, read-only, with the kernel told that reads are random
-    (``MADV_RANDOM``): a batch's rows are scattered, and read-ahead would map far more of the file
-    than the rows read, so that a rank's resident memory grew with the corpus."""
-    array = np.load(path, mmap_mode="r")
-    if hasattr(mmap, "MADV_RANDOM") and isinstance(getattr(array, "_mmap", None), mmap.mmap):
-        array._mmap.madvise(mmap.MADV_RANDOM)
-    return array
-
-
 class PreparedBlocks:
     """Rows ``rows`` (all when None) of a prepared directory's blocks (see the module docstring)."""
 
@@ -81,7 +70,7 @@ class PreparedBlocks:
         self.objective = manifest["objective"]
         self.cls, self.sep = manifest["special_ids"][:2]
         self.shards = shards if shards is not None else [
-            {column: random_access_map(os.path.join(path, name))
+            {column: np.load(os.path.join(path, name), mmap_mode="r")
              for name, column in ((n, n.split(".")[1]) for n in shard["files"])} for shard in manifest["shards"]]
         self.offsets = np.cumsum([0] + [len(s["input_ids"]) for s in self.shards])
         self.rows = rows
