@@ -17,8 +17,9 @@
   step-1 record) and each rank's peak RSS (``VmHWM``) and largest anonymous RSS (polled); with ``--cold``
   the prepared files are dropped from the page cache before each start; the first start builds
   DeepSpeed's op and is not counted;
-* ``loader``: rows per second of ``GrossBatchLoader`` over the prepared blocks, masking included, one
-  process, no prefetch thread.
+* ``loader``: the job's data start-up from the prepared blocks in process (open, validation split,
+  masked validation batches, the loader's first batch: what could grow with the corpus), then rows per
+  second of ``GrossBatchLoader``, masking included, one process, no prefetch thread.
 
 Every result is one JSON line on stdout, with the date, the machine's load (``os.getloadavg``) and the
 versions.
@@ -186,18 +187,24 @@ def start(args) -> None:
 
 def loader(args) -> None:
     from sift_ds.prepare.blocks import open_prepared
-    from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator
+    from sift_ds.pretrain.data import split_blocks
+    from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
     from sift_ds.pretrain.tokenizer import load_tokenizer
-    _, blocks = open_prepared(args.prepared)
     collator = MaskingCollator(load_tokenizer(os.path.join(args.prepared, "tokenizer")))
-    batches = GrossBatchLoader(blocks, collator, args.batch, prefetch=False)
+    opened = time.perf_counter()
+    _, blocks = open_prepared(args.prepared)
+    train, val = split_blocks(blocks, 0.05, 2000, 0)
+    fixed_eval_batches(val, collator, 16)
+    batches = GrossBatchLoader(train, collator, args.batch, prefetch=False)
     batches.next_batch()
+    data_seconds = time.perf_counter() - opened
     started = time.perf_counter()
     for _ in range(args.batches):
         batches.next_batch()
     seconds = time.perf_counter() - started
-    stamp(step="loader", prepared=args.prepared, rows_per_batch=args.batch, seq_len=blocks.manifest["seq_len"],
-          rows_per_s=round(args.batch * args.batches / seconds))
+    stamp(step="loader", prepared=args.prepared, blocks=len(blocks), rows_per_batch=args.batch,
+          seq_len=blocks.manifest["seq_len"], rows_per_s=round(args.batch * args.batches / seconds),
+          open_split_first_batch_seconds=round(data_seconds, 3))
 
 
 def main() -> None:
