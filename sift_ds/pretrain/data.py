@@ -182,8 +182,10 @@ def split_blocks(blocks, val_fraction: float, max_val: int, seed: int = 0):
     if n < 2:
         raise ValueError(f"empty corpus: it packs into {n} block(s); at least 2 are needed (train + validation)")
     n_val = min(max_val, max(1, int(round(val_fraction * n))), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return blocks.select(np.sort(perm[n_val:])), blocks.select(np.sort(perm[:n_val]))
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:n_val])
+    rest = np.ones(n, dtype=bool)
+    rest[held] = False  # the complement in order without sorting n - n_val indices
+    return blocks.select(np.flatnonzero(rest)), blocks.select(held)
 
 
 def holdout_split(train, fraction: float, seed: int = 0):
