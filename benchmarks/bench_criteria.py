@@ -90,7 +90,8 @@ def main() -> None:
         open(stored_file, "wb").close()  # the column below stands for the file's attached values
         counts = os.path.join(folder, "unigram_counts.npy")
         np.save(counts, np.random.default_rng(0).integers(1, 1000, args.vocab))
-        common = dict(exit_layer=args.exit_layer, keep_ratio=args.keep_ratio, scope="local", kernel="auto")
+        common = dict(exit_layer=args.exit_layer, keep_ratio=args.keep_ratio, scope="local", kernel="auto",
+                      selection_start_step=0)  # select() at step 0 times the selection, not the warm-up's subset
         criteria = {"entropy": {"criterion": "entropy"},
                     "loss": {"criterion": "loss"},
                     "freq_loss, running baseline": {"criterion": "freq_loss"},
