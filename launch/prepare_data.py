@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] [%(name)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sift_ds").setLevel(logging.INFO)  # its progress; other libraries' warnings only
     datasets.disable_progress_bars()  # progress is logged shard by shard
     try:
         manifest = prepare(Request(**vars(args)))

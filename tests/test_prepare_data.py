@@ -188,6 +188,7 @@ def test_a_megatron_indexed_dataset_prepares_into_the_in_process_blocks_and_trai
     assert all(np.isfinite(r["train_loss"]) for r in metrics(tmp_path / "run"))
     small = tmp_path / "small_vocab"
     tok.train_wordpiece(tok.batched_texts(corpus_lib.default_corpus()), 300).save_pretrained(small)
+    capsys.readouterr()  # what this test printed before (megatron-core's import warnings among it)
     err = prepare_error(capsys, ["--megatron_prefix", tmp_path / "docs_text_sentence", "--tokenizer", small,
                                  "--out", tmp_path / "other", "--workers", 1])
     assert "beyond the tokenizer's" in err and "give the --tokenizer the dataset was made with" in err

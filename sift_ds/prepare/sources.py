@@ -12,7 +12,9 @@ shard reads):
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -56,7 +58,10 @@ class MegatronSource:
     """The documents of one or more Megatron indexed datasets, in order."""
 
     def __init__(self, prefixes: Sequence[str], end_token: int, vocab_size: int):
-        from megatron.core.datasets.indexed_dataset import IndexedDataset  # optional: megatron-core
+        with warnings.catch_warnings():  # megatron-core's import warns of every optional package it lacks
+            warnings.simplefilter("ignore")
+            from megatron.core.datasets.indexed_dataset import IndexedDataset  # optional: megatron-core
+        logging.getLogger("megatron.core.datasets.indexed_dataset").setLevel(logging.WARNING)
 
         self.prefixes = [megatron_prefix(p) for p in prefixes]
         self.end_token, self.vocab_size = end_token, vocab_size
