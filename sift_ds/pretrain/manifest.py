@@ -113,14 +113,20 @@ def remove_manifest(tag_dir: str) -> None:
         pass
 
 
-def read_manifest(tag_dir: str) -> Optional[dict]:
-    """The tag's manifest, or None when it is missing or unreadable."""
+def read_json_object(path: str) -> Optional[dict]:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
-        with open(os.path.join(tag_dir, MANIFEST), encoding="utf-8") as f:
-            manifest = json.load(f)
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
     except (OSError, ValueError):
         return None
-    ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) and manifest.get("format") == FORMAT
+    return record if isinstance(record, dict) else None
+
+
+def read_manifest(tag_dir: str) -> Optional[dict]:
+    """The tag's manifest, or None when it is missing or unreadable."""
+    manifest = read_json_object(os.path.join(tag_dir, MANIFEST))
+    ok = manifest is not None and isinstance(manifest.get("files"), dict) and manifest.get("format") == FORMAT
     return manifest if ok else None
 
 

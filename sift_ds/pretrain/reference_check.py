@@ -6,7 +6,6 @@ them is no held-out estimate). The reference's run record is ``RUN_RECORD`` in i
 the pretraining job writes next to its final model."""
 from __future__ import annotations
 
-import json
 import os
 from typing import List, Optional
 
@@ -15,6 +14,7 @@ from transformers import AutoConfig
 from ..config import SiftConfig
 from ..offline.score_file import vocab_digest
 from ..row_scores import is_online
+from .manifest import read_json_object
 from .models import max_sequence_length
 from .tokenizer import TOKENIZER_FILES, load_tokenizer
 
@@ -54,12 +54,7 @@ def check_reference_model(sift: SiftConfig, seq_len: int, tokenizer=None) -> Non
 
 def reference_record(path: str) -> Optional[dict]:
     """The run record saved with a model directory (None without one)."""
-    try:
-        with open(os.path.join(path, RUN_RECORD), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_object(os.path.join(path, RUN_RECORD))
 
 
 def same_blocks_warnings(sift: SiftConfig, run_info: dict) -> List[str]:
