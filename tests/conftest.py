@@ -1,4 +1,5 @@
 import os
+import sys
 import time
 import warnings
 
@@ -26,6 +27,20 @@ def no_leftover_processes():
     remove_shm_buffers(since=start)
     if leftovers:
         warnings.warn(f"killed {len(leftovers)} process(es) the test left running: {leftovers[:4]}")
+
+
+@pytest.fixture(autouse=True)
+def no_stale_world_group_clone():
+    """A test that ends the process group in process (run_mlm_sift.py's main calls the Trainer's
+    end_training, as a script's last line should) leaves DeepSpeed's cached clone of the world group
+    naming a group that no longer exists; the next in-process engine would fail to broadcast with it.
+    DeepSpeed clones the group again when its cache is empty."""
+    yield
+    import torch.distributed as dist
+
+    groups = sys.modules.get("deepspeed.utils.groups")  # only if a test imported DeepSpeed
+    if groups is not None and not dist.is_initialized():
+        groups._WORLD_GROUP = None
 
 
 @pytest.fixture(scope="session")

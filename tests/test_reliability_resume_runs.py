@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -208,11 +209,11 @@ def assert_one_line_and_intact(proc, out, cause):
 
 
 def can_mount() -> bool:
-    probe = "/tmp/sift_ds_tmpfs_probe"
-    os.makedirs(probe, exist_ok=True)
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True).returncode == 0
-    if ok:
-        subprocess.run(["umount", probe], check=True)
+    with tempfile.TemporaryDirectory() as probe:
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe],
+                            capture_output=True).returncode == 0
+        if ok:
+            subprocess.run(["umount", probe], check=True)
     return ok
 
 

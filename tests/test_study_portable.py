@@ -40,6 +40,35 @@ def test_the_data_is_known_by_content_not_by_path(tmp_path):
     assert first != stamp("out2", there)  # another corpus under the same name: refused
 
 
+def test_the_ds_config_is_known_by_meaning_not_by_bytes(tmp_path):
+    """A ds_config edited only in notes, key order, old sift key names or the start_after_lr_peak
+    permission is the same study config; a changed value is not. A run recorded before (with the
+    sha256 of the file's bytes) is accepted while the file is unchanged, and refused once it changes."""
+    def digest(config: dict) -> str:
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps(config))
+        return identity.config_digest(str(path))
+    base = {"train_micro_batch_size_per_gpu": 2, "sift": {"warmup_steps": 30, "keep_ratio": 0.5}}
+    same = {"_comment": "a note", "sift": {"keep_ratio": 0.5, "selection_start_step": 30, "_why": "x",
+                                           "start_after_lr_peak": True}, "train_micro_batch_size_per_gpu": 2}
+    assert digest(base) == digest(same)
+    assert digest(base) != digest({**base, "sift": {"warmup_steps": 30, "keep_ratio": 0.25}})
+    assert digest(base) != digest({**base, "train_micro_batch_size_per_gpu": 4})
+
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps(base))
+    plan = runs.plan([parse_arm("vanilla")], [0], str(tmp_path / "out"))
+    settings = runs.Settings("job.py", str(config), [], [])
+    old = dict(runs.record(plan[0], plan, settings), ds_config_sha256=identity.file_digest(str(config)))
+    os.makedirs(plan[0].directory)
+    with open(plan[0].path("command.json"), "w") as f:
+        json.dump(old, f)
+    preflight.check_settings(plan, settings)  # the record of the bytes, the same bytes: accepted
+    config.write_text(json.dumps(same))
+    with pytest.raises(ValueError, match="was started with other settings"):
+        preflight.check_settings(plan, runs.Settings("job.py", str(config), [], []))
+
+
 def test_relocate_leaves_no_machine_path(tmp_path):
     text = ("--ds_config /x/wt/ds_configs/a.json --data /d/corpus.xz --out /s/out "
             "saved to /s/out/runs/v/seed0/tokenizer, cmd = /y/other/.venv/bin/python")

@@ -11,6 +11,8 @@ import os
 import re
 from typing import Dict, Iterable, List, Sequence
 
+from ..config_io import canonical_keys
+
 _DIGESTS: Dict[tuple, str] = {}
 # An absolute path of a machine (the tests scan committed files for these prefixes).
 MACHINE_PATH = re.compile(r"/(?:work|root|home|tmp)/[^\s'\",\]\)`]*")
@@ -27,6 +29,26 @@ def file_digest(path: str) -> str:
                 h.update(block)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def config_digest(path: str) -> str:
+    """sha256 of a ds_config's meaning: notes (keys starting with ``_``, at any depth) left out, old
+    ``sift`` key names replaced by the current ones, ``sift.start_after_lr_peak`` left out (it permits
+    a start, it changes nothing trained), keys sorted. A config edited only in those ways is the same
+    config to a study."""
+    with open(path, encoding="utf-8") as f:
+        config = _without_notes(json.load(f))
+    if isinstance(config, dict) and isinstance(config.get("sift"), dict):
+        sift = canonical_keys(config["sift"])
+        sift.pop("start_after_lr_peak", None)
+        config["sift"] = sift
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _without_notes(value):
+    if isinstance(value, dict):
+        return {k: _without_notes(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_"))}
+    return [_without_notes(v) for v in value] if isinstance(value, list) else value
 
 
 def data_digest(words: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from .arms import Arm, flags
-from .identity import portable
+from .identity import file_digest, portable
 from .runs import RESERVED, Run, RunFailed, Settings, environment, is_done, job_args, record
 
 def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:
@@ -86,10 +86,14 @@ def check_plan(run: Run, s: Settings) -> None:
 def check_settings(runs: Sequence[Run], s: Settings) -> None:
     """ValueError when a run directory (finished or not) holds a run started with other settings
     (the study directory may have moved since: finished runs committed elsewhere are still found)."""
+    raw = file_digest(s.ds_config)  # the ds_config's bytes: how a record written before config_digest knew it
     for run in runs:
         stamp = run.path("command.json")
         if os.path.exists(stamp):
             with open(stamp, encoding="utf-8") as f:
-                if portable(json.load(f)) != portable(record(run, runs, s)):
-                    raise ValueError(f"run {run.name} was started with other settings (see {stamp}); "
-                                     f"use another --out, or delete {run.directory}")
+                found, expected = json.load(f), record(run, runs, s)
+            if found.get("ds_config_sha256") == raw:
+                found["ds_config_sha256"] = expected["ds_config_sha256"]
+            if portable(found) != portable(expected):
+                raise ValueError(f"run {run.name} was started with other settings (see {stamp}); "
+                                 f"use another --out, or delete {run.directory}")

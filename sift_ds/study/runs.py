@@ -12,7 +12,6 @@ refused (``check_settings``) rather than mixed into the same directory or report
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -28,7 +27,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..pretrain.metrics import read_metrics
 from .arms import Arm, flags
-from .identity import data_digest
+from .identity import config_digest, data_digest
 
 # Options the study sets itself for every run; the passthrough must not repeat them.
 RESERVED = ("--seed", "--output_dir", "--resume", "--ds_config", "--deepspeed_config", "--deepspeed", "--local_rank")
@@ -155,9 +154,7 @@ def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
     first loads the first run's tokenizer, unless the passthrough names one)."""
     first = runs[0]
     tokenizer = first.path("tokenizer") if run != first and shares_tokenizer(s) else None
-    with open(s.ds_config, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    stamp = {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": digest}
+    stamp = {"num_gpus": s.num_gpus, "args": job_args(run, s, tokenizer), "ds_config_sha256": config_digest(s.ds_config)}
     return dict(stamp, data_sha256=data_digest(s.data)) if s.data else stamp
 
 
