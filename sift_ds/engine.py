@@ -57,10 +57,6 @@ class SiftEngine:
         """Whether this optimizer step selects by score (not in the warm-up, nor after the annealing)."""
         return self.sift_config.selecting(self.engine.global_steps)
 
-    @property
-    def in_warmup(self) -> bool:
-        return self.engine.global_steps < self.sift_config.start_step
-
     # ------------------------------------------------------------------ selection
     def position(self) -> Tuple[int, int]:
         """The step source: (optimizer step, micro-step within it). DeepSpeed restores global_steps but

@@ -34,11 +34,6 @@ def gather_scores(scores: torch.Tensor, group=None) -> torch.Tensor:
     return torch.cat(gathered)
 
 
-def global_topk(scores: torch.Tensor, keep_per_rank: int, group=None, backend: str = "auto") -> torch.Tensor:
-    """Ascending indices of the world x ``keep_per_rank`` highest scores over all ranks' gross batches."""
-    return local_topk(gather_scores(scores, group), keep_per_rank * dist.get_world_size(group), backend)
-
-
 def warmup_subset(gross: int, keep: int, seed: int, step: int, micro_step: int, rank: int) -> torch.Tensor:
     """A uniform random subset of ``keep`` of ``gross`` rows, ascending; a function of (seed, optimizer
     step, micro-step, rank), so any rank can compute any other rank's subset."""

@@ -22,7 +22,8 @@ from megatron.core import num_microbatches_calculator as nmc  # noqa: E402
 from sift_ds import SiftConfig  # noqa: E402
 from sift_ds.megatron import GrossDataset, Sift, add_arguments  # noqa: E402
 from sift_ds.megatron.datasets import unstack_rows  # noqa: E402
-from sift_ds.megatron.forward_step import current_iteration, telemetry, wrap_loss_func  # noqa: E402
+from sift_ds.megatron.forward_step import current_iteration, loss_dict_stats, wrap_loss_func  # noqa: E402
+from sift_ds.telemetry import selection_stats  # noqa: E402
 from sift_ds.megatron.sift import gross_factor  # noqa: E402
 
 def test_import_sift_ds_does_not_import_megatron():
@@ -139,12 +140,12 @@ def test_gross_batches_and_resume_position():
 def test_loss_dict_carries_telemetry_pairs():
     scores = torch.tensor([1.0, 5.0, float("-inf"), 3.0])
     kept = torch.tensor([False, True, False, True])
-    stats = telemetry(scores, kept, True, 0.5)
+    stats = loss_dict_stats(selection_stats(scores, kept, True, 0.5), True)
     assert stats["sift/score_kept_mean"].tolist() == [8.0, 2.0]
     assert stats["sift/score_dropped_mean"].tolist() == [1.0, 1.0]
     assert stats["sift/kept_fraction"].tolist() == [2.0, 4.0]
     assert stats["sift/nonfinite_scores"].tolist() == [1.0, 1.0] and stats["sift/warmup"].tolist() == [0.0, 1.0]
-    warm = telemetry(torch.full((4,), float("nan")), kept, False, 0.5)
+    warm = loss_dict_stats(selection_stats(torch.full((4,), float("nan")), kept, False, 0.5), False)
     assert "sift/score_kept_mean" not in warm and warm["sift/warmup"].tolist() == [1.0, 1.0]
 
     two = wrap_loss_func(lambda out: (out * 2, {"lm loss": out.view(1)}), stats)

@@ -19,7 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 
 from ..row_exchange import pack_rows, unpack_rows
-from ..telemetry import SCORE_KEYS, selection_stats
+from ..telemetry import SCORE_KEYS
 from .adapter import unwrap_model
 from .mlm_head import apply_sparse_mlm_head
 from .datasets import unstack_rows
@@ -105,13 +105,6 @@ def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: b
         return (*out[:-1], {**out[-1], **stats})
 
     return sift_loss_func
-
-
-def telemetry(scores: torch.Tensor, kept: torch.Tensor, by_score: bool, keep_ratio: float,
-              with_dropped: bool = True) -> Dict[str, torch.Tensor]:
-    """The selection's ``sift/*`` ``[sum, count]`` pairs (``telemetry.selection_stats``) as the loss
-    dict carries them (``loss_dict_stats``)."""
-    return loss_dict_stats(selection_stats(scores, kept, by_score, keep_ratio), by_score, with_dropped)
 
 
 def loss_dict_stats(stats: Dict[str, torch.Tensor], by_score: bool, with_dropped: bool = True) -> Dict[str, torch.Tensor]:
