@@ -61,7 +61,16 @@ class EarlyExitAdapter(Protocol):
 
 
 def early_exit_hidden(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int) -> torch.Tensor:
-    """Hidden states [B, S, H] after the first ``exit_layer`` encoder layers."""
+    """Hidden states [B, S, H] after the first ``exit_layer`` encoder layers: the adapter's compiled
+    ``prefix_forward`` when it has one (``sift_ds.compiling.compile_prefix``), else ``prefix_hidden``."""
+    compiled = getattr(adapter, "prefix_forward", None)
+    if compiled is not None:
+        return compiled(batch, exit_layer)
+    return prefix_hidden(adapter, batch, exit_layer)
+
+
+def prefix_hidden(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int) -> torch.Tensor:
+    """The embeddings and the first ``exit_layer`` layers, eagerly."""
     hidden, ctx = adapter.embed(batch)
     for i in range(exit_layer):
         hidden = adapter.layer(i, hidden, ctx)

@@ -16,12 +16,19 @@ What the patched model returns in training (``model.training`` and ``labels`` gi
 dense model's, and ``logits`` of shape ``[N, V]``, row ``i`` for the ``i``-th labelled position in
 row-major order (``labels[labels != -100][i]``). In eval mode, or without labels, the forward is the
 dense one: evaluation loss, logits and metrics are exactly the dense model's.
+
+For ``torch.compile`` the number of rows must not change from batch to batch:
+``apply_sparse_mlm_head(model, masked_share=0.15)`` gathers a fixed number of rows per batch shape
+(``padded_row_count``: enough for that masked share with a wide margin), the labelled positions
+first, then unlabelled ones as padding whose label is the ignore index, so the loss and gradients are
+unchanged. No host sync, no data-dependent shape: the training forward compiles to one graph.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
+import math
 import types
 from typing import Callable, Iterator, Optional
 
@@ -102,6 +109,11 @@ def install_forward(model: nn.Module, sparse: Callable, labels_name: str = "labe
 
 def _forward(dense, signature: inspect.Signature, sparse: Callable, labels_name: str, model: nn.Module, *args,
              **kwargs):
+    if labels_name in kwargs:  # how Trainer and the pretraining job pass them (no binding: torch.compile traces this)
+        labels = kwargs[labels_name]
+        if labels is None or not model.training:
+            return dense(model, *args, **kwargs)
+        return sparse(model, labels, lambda new_labels: dense(model, *args, **{**kwargs, labels_name: new_labels}))
     bound = signature.bind(model, *args, **kwargs)
     labels = bound.arguments.get(labels_name)
     if labels is None or not model.training:
@@ -114,19 +126,77 @@ def _forward(dense, signature: inspect.Signature, sparse: Callable, labels_name:
     return sparse(model, labels, run)
 
 
-def apply_sparse_mlm_head(model: nn.Module) -> nn.Module:
+def apply_sparse_mlm_head(model: nn.Module, masked_share: Optional[float] = None) -> nn.Module:
     """Give ``model`` (a masked LM of any built-in family: BERT, RoBERTa, XLM-RoBERTa, ELECTRA generator,
     DistilBERT, ModernBERT, DeBERTa-v2; ``BertForPreTraining`` too) the masked-positions-only head in
     training, in place, and return it (module docstring). Weights, state dict, ``save_pretrained``
     and the evaluation forward are unchanged; calling it again does nothing. A ModernBERT whose
-    config already asks for ``sparse_prediction`` is left as it is (it gathers the rows itself)."""
+    config already asks for ``sparse_prediction`` is left as it is (it gathers the rows itself).
+
+    ``masked_share`` (the collator's masking probability): the padded head for ``torch.compile``, a
+    fixed number of rows per batch shape (``padded_row_count``); None: exactly the labelled rows."""
     if getattr(model, "sparse_prediction", False):
         return model
-    output_head(model)  # a TypeError now, not at the first step
-    return install_forward(model, _hf_sparse)
+    head = output_head(model)  # a TypeError now, not at the first step
+    if masked_share is None or is_patched(model):
+        return install_forward(model, _hf_sparse)
+    if not 0.0 < masked_share <= 1.0:
+        raise ValueError(f"masked_share must be in (0, 1], got {masked_share}")
+    rows = PaddedRows(masked_share)
+    head.register_forward_pre_hook(rows, with_kwargs=True)
+    model.sift_padded_rows = rows  # deepcopy copies it with the hook: one object in the copy too
+    return install_forward(model, _hf_padded)
 
 
 def _hf_sparse(model: nn.Module, labels: torch.Tensor, run: Callable):
     positions = labelled_positions(labels)
     with gathering_rows(output_head(model), positions, labels.shape):
         return run(labels.reshape(-1).index_select(0, positions))
+
+
+# The padded head leaves room for the binomial mean of the masked positions plus this many standard
+# deviations (a larger count is refused, never truncated), rounded up to a multiple of ROW_MULTIPLE.
+PADDING_SIGMAS = 7.0
+ROW_MULTIPLE = 8
+
+
+def padded_row_count(positions: int, masked_share: float) -> int:
+    """Rows the padded head gathers from a batch of ``positions`` token positions whose masks are drawn
+    independently with probability ``masked_share`` (``PADDING_SIGMAS``), at most ``positions``."""
+    mean = positions * masked_share
+    spread = PADDING_SIGMAS * math.sqrt(positions * masked_share * (1.0 - masked_share))
+    return min(positions, ROW_MULTIPLE * math.ceil((mean + spread) / ROW_MULTIPLE))
+
+
+def padded_positions(labels: torch.Tensor, count: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``count`` flat ``[B*S]`` indices: the labelled positions of ``labels`` in row-major order, then
+    unlabelled ones as padding (a fixed shape, no host sync). A batch with more than ``count`` labelled
+    positions fails (a device-side assertion) instead of losing rows."""
+    unlabelled = labels.reshape(-1) == ignore_index
+    torch._assert_async((~unlabelled).sum() <= count, "the padded masked-positions-only MLM head: a batch has more "
+                        "labelled positions than its rows (is masked_share the collator's masking probability?)")
+    return torch.sort(unlabelled.to(torch.uint8), stable=True).indices[:count]
+
+
+class PaddedRows:
+    """The padded head's forward pre-hook on the model's output head, installed once: while
+    ``positions`` is set (one training forward), the head gets the hidden states' rows at them."""
+
+    def __init__(self, masked_share: float):
+        self.masked_share = masked_share
+        self.positions: Optional[torch.Tensor] = None
+
+    def __call__(self, _module, args, kwargs):
+        if self.positions is None:
+            return None
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions), *args[1:]), kwargs
+
+
+def _hf_padded(model: nn.Module, labels: torch.Tensor, run: Callable):
+    rows = model.sift_padded_rows
+    rows.positions = padded_positions(labels, padded_row_count(labels.numel(), rows.masked_share))
+    try:
+        return run(labels.reshape(-1).index_select(0, rows.positions))
+    finally:
+        rows.positions = None

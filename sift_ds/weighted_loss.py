@@ -19,7 +19,8 @@ def weighted_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, row_weights: t
                       num_items: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``sum_t w_row(t) CE_t / T`` over the masked tokens t of ``labels`` [B, S] (-100: not masked),
     T their number (or ``num_items``). ``logits``: ``[B, S, V]`` (a dense head) or ``[N, V]``, one row
-    per masked token in row-major order (the masked-positions-only head, ``sift_ds.mlm_head``)."""
+    per masked token in row-major order (the masked-positions-only head, ``sift_ds.mlm_head``; the
+    padded one's rows after the N-th are padding)."""
     if row_weights.shape != labels.shape[:1]:
         raise ValueError(f"expected one weight per row ({labels.shape[0]}), got shape {tuple(row_weights.shape)}")
     masked = labels != IGNORE_INDEX
@@ -29,7 +30,8 @@ def weighted_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, row_weights: t
         total = (token * row_weights.to(token.dtype)[:, None]).sum()
     else:
         rows = torch.nonzero(masked, as_tuple=True)[0]  # row of each masked token, row-major
-        token = F.cross_entropy(logits.float(), labels[masked], reduction="none")
+        # the padded head (mlm_head.padded_positions) puts its padding rows after the masked ones
+        token = F.cross_entropy(logits[:rows.numel()].float(), labels[masked], reduction="none")
         total = (token * row_weights.to(token.dtype).index_select(0, rows)).sum()
     count = masked.sum() if num_items is None else num_items
     return total / torch.as_tensor(count, device=total.device).clamp_min(1)

@@ -1,12 +1,14 @@
 """The pretraining job's ds_config policy: the paper's AdamW and learning-rate schedule when the config
 leaves them out, "auto" scheduler values filled in from the run length, the precision checks DeepSpeed
 would otherwise make only after start-up, and the Adam implementation whose resume is exact on the CPU
-(the monitor sections: ``tracking``)."""
+(the monitor sections: ``tracking``), and ``--compile`` against the config."""
 from __future__ import annotations
 
 import copy
 import math
 from typing import List, Optional
+
+import torch
 
 from ..config import SiftConfig
 from ..schedule import ds_config_warmup, resolve_selection_start
@@ -105,3 +107,21 @@ def resolve_start(sift: SiftConfig, ds_config: dict, lr_warmup_flag: bool) -> Si
     once ``resolve_schedule`` has filled the scheduler in (``lr_warmup_flag``: set by --lr_warmup_steps)."""
     steps, source = ds_config_warmup(ds_config)
     return resolve_selection_start(sift, steps, source + (" (set by --lr_warmup_steps)" if lr_warmup_flag else ""))
+
+
+def check_compile(compile_flag: bool, backend: str, ds_config: dict) -> None:
+    """``--compile`` and ``--compile_backend`` against the ds_config (one-line ValueErrors)."""
+    section = ds_config.get("compile")
+    if isinstance(section, dict) and section.get("deepcompile"):
+        raise ValueError("ds_config compile.deepcompile: DeepCompile is not supported with SIFT (its passes schedule "
+                         "ZeRO's parameter gathers inside the compiled training graph, and the selection's prefix "
+                         "forward runs on the same parameters outside it); remove it and pass --compile true")
+    if not compile_flag:
+        return
+    if (ds_config.get("zero_optimization") or {}).get("stage", 0) == 3:
+        raise ValueError("--compile true with ZeRO stage 3 is not supported (the selection gathers the partitioned "
+                         "parameters around its prefix forward, outside DeepSpeed's compile support for ZeRO-3); "
+                         "use ZeRO stage 0-2 or --compile false")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"--compile_backend {backend!r} is not a torch.compile backend (one of: {', '.join(backends)})")

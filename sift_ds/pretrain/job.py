@@ -14,6 +14,7 @@ import torch.distributed as dist
 from transformers import set_seed
 
 from .. import initialize
+from ..compiling import compile_engine
 from ..offline.score_file import attach_scores
 from ..zero import full_parameters
 from . import checkpoint, tracking
@@ -144,7 +145,8 @@ def build_engine(plan: RunPlan, tokenizer):
     config = copy.deepcopy(plan.model_config)
     config.vocab_size = len(tokenizer)
     set_special_tokens(config, tokenizer)
-    model = build_model(config, opts.objective, sparse_head=opts.sparse_mlm_head)
+    model = build_model(config, opts.objective, sparse_head=opts.sparse_mlm_head,
+                        masked_share=opts.mlm_probability if opts.compile else None)
     count, norm = fuse_layer_norms(model)
     groups = weight_decay_groups(model)
     client_optimizer, ds_config = apex_adam(groups, plan.ds_config)
@@ -156,6 +158,8 @@ def build_engine(plan: RunPlan, tokenizer):
     flops = charge_criterion(flops, plan.sift, opts.seq_len, opts.mlm_probability)
     engine, _, _, _ = initialize(model=model, model_parameters=groups, config=ds_config, sift_config=plan.sift,
                                  optimizer=client_optimizer)
+    if opts.compile:  # DeepSpeed's engine.compile for the training forward, and the selection's prefix forward
+        compile_engine(engine, opts.compile_backend)
     basic = getattr(engine.engine, "basic_optimizer", None) or client_optimizer
     logger.info("model: %s, %.1fM parameters; layer norm: %s%s; optimizer: %s.%s%s", opts.model,
                 sum(p.numel() for p in model.parameters()) / 1e6, norm, f" (x{count})" if count else "",

@@ -137,20 +137,22 @@ def bert_config(preset: str, vocab_size: int, max_position_embeddings: int = 512
 
 def build_bert(preset: str, vocab_size: int, objective: str = "mlm", max_position_embeddings: int = 512,
                dropout: float = 0.1, attn_implementation: Optional[str] = None, sparse_head: bool = False,
-               **overrides):
+               masked_share: Optional[float] = None, **overrides):
     """``BertForMaskedLM`` ("mlm") or ``BertForPreTraining`` ("mlm+nsp") of a BERT preset, randomly
-    initialised; ``sparse_head``: with the masked-positions-only MLM head in training (``build_model``)."""
+    initialised; ``sparse_head``: with the masked-positions-only MLM head in training, padded for
+    ``masked_share`` when given (``build_model``)."""
     cfg = bert_config(preset, vocab_size, max_position_embeddings, dropout, **overrides)
-    return build_model(cfg, objective, attn_implementation, sparse_head)
+    return build_model(cfg, objective, attn_implementation, sparse_head, masked_share)
 
 
 def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implementation: Optional[str] = None,
-                sparse_head: bool = False) -> nn.Module:
+                sparse_head: bool = False, masked_share: Optional[float] = None) -> nn.Module:
     """A randomly initialised masked LM for ``config``: ``BertForMaskedLM`` ("mlm") or
     ``BertForPreTraining`` ("mlm+nsp") for BERT, any other family's ``AutoModelForMaskedLM`` class
     (objective "mlm"); with ``sparse_head``, its training forward runs the MLM head on the labelled
     positions only (``sift_ds.mlm_head``: the same loss and gradients). For objective "clm", the
-    config's ``AutoModelForCausalLM`` class (its own next-token loss)."""
+    config's ``AutoModelForCausalLM`` class (its own next-token loss). ``masked_share``: the sparse head
+    padded for that masking probability (static shapes for ``torch.compile``)."""
     if attn_implementation:
         config._attn_implementation = attn_implementation
     if objective == "clm":
@@ -165,4 +167,4 @@ def build_model(config: PretrainedConfig, objective: str = "mlm", attn_implement
         model = AutoModelForMaskedLM.from_config(config)
     else:
         model = BertForMaskedLM(config) if objective == "mlm" else BertForPreTraining(config)
-    return apply_sparse_mlm_head(model) if sparse_head else model
+    return apply_sparse_mlm_head(model, masked_share) if sparse_head else model

@@ -80,6 +80,11 @@ class PretrainOptions:
     dist_timeout_minutes: float = _opt(30.0, "timeout of the process group's collectives (DeepSpeed's default: 10): "
                                              "a rank that waits longer, e.g. behind rank 0's data preparation, fails",
                                        "training")
+    compile: bool = _opt(False, "torch.compile the training forward (DeepSpeed's engine.compile) and SIFT's prefix "
+                                "forward; the masked-positions-only MLM head then gathers a fixed number of rows "
+                                "per batch, padded, so that no shape changes between steps", "training")
+    compile_backend: str = _opt("inductor", "the torch.compile backend with --compile true (e.g. inductor, "
+                                            "aot_eager, eager)", "training")
     peak_tflops: float = _opt(312.0, "peak TFLOP/s per device for MFU (A100 bf16)", "training")
     output_dir: str = _opt("runs/bert", "checkpoints, metrics, tokenizer, final model", "logging and checkpoints")
     log_interval: Optional[int] = _opt(None, "None: 2%% of max_steps, at most 100", "logging and checkpoints")

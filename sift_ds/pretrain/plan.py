@@ -92,6 +92,7 @@ def resolve_plan(options: PretrainOptions, world_size: Optional[int] = None,
     ds_config[SECTION] = sift.to_dict()
     tracking.resolve_monitors(ds_config, options.output_dir, "sift" if sift.enabled else "vanilla")
     ds_policy.resolve_optimizer_path(ds_config, accelerator, notes)
+    ds_policy.check_compile(options.compile, options.compile_backend, ds_config)
     warnings += ds_check.check_with_deepspeed(ds_config)
     check_kernel(sift, accelerator)
     model_config = resolve_model(options, sift)
