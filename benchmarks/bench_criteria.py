@@ -33,7 +33,7 @@ import numpy as np
 from sift_ds.config import SiftConfig
 from sift_ds.pretrain.metrics import FlopsModel, charge_criterion
 from sift_ds.pretrain.models import build_model
-from sift_ds.row_scores import REFERENCE_COLUMN
+from sift_ds.criteria.columns import REFERENCE_COLUMN
 from sift_ds.selection import select
 
 

@@ -46,7 +46,7 @@ from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator  # noqa: E
 from sift_ds.pretrain.metrics import FlopsModel  # noqa: E402
 from sift_ds.pretrain.models import build_bert  # noqa: E402
 from sift_ds.row_exchange import take_rows  # noqa: E402
-from sift_ds.scorer import check_labels, eval_mode, labelled_positions  # noqa: E402
+from sift_ds.criteria.early_exit import check_labels, eval_mode, labelled_positions  # noqa: E402
 from sift_ds.zero import full_parameters  # noqa: E402
 
 TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ds_configs", "tokenizers",

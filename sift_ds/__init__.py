@@ -15,7 +15,7 @@ from .config import SiftConfig, split_ds_config
 from .config_io import load_ds_config
 from .engine import SiftEngine
 from .initialize import initialize
-from .scorer import early_exit_scores
+from .criteria import early_exit_scores
 from .selection import Selection
 
 __version__ = "0.1.0"

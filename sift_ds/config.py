@@ -8,24 +8,17 @@ a field.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Union
 
-from .config_io import ALIASES, AUTO, START_STEP, canonical_keys, check_field_types, unknown_key_message
-from .kernels import BACKENDS, CRITERIA
+from . import criteria
+from .config_io import ALIASES, AUTO, START_STEP, check_field_types, key_field, unknown_key_message
+from .kernels import BACKENDS
 
 SECTION = "sift"
 SCOPES = ("global", "local")
 SAMPLINGS = ("topk", "rank")
-# The selection criteria: the kernels' scores (loss, entropy), then ``sift_ds.criteria``'s (the rest).
-FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE = "freq_loss", "importance", "stored", "reducible"
-SELECTION_CRITERIA = CRITERIA + (FREQUENCY_LOSS, IMPORTANCE, STORED, REDUCIBLE)
-FREQUENCY_BASELINES = ("running", "unigram")
-
-
-def _key(default, help: str, choices: Optional[Tuple[str, ...]] = None, kind: Optional[str] = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
+_key = key_field
 
 
 @dataclass(frozen=True)
@@ -41,12 +34,12 @@ class SiftConfig:
     """
 
     enabled: bool = _key(True, "False trains vanilla: the gross batch is the micro-batch, nothing is scored")
-    criterion: str = _key("entropy", "early-exit score: prediction entropy (the best measured), the masked-LM "
-                                      "cross-entropy (loss, the paper's default), the loss minus a per-token-id "
-                                      "baseline (freq_loss), unbiased importance sampling by the gradient-norm "
-                                      "bound (importance), a per-block score of score_file (stored: offline "
-                                      "sifting, no model pass) or z(exit-k loss) - z(reference loss) (reducible)",
-                          SELECTION_CRITERIA)
+    criterion: str = _key("entropy", "a registered criterion (sift_ds.criteria): prediction entropy (entropy, the best "
+                                      "measured), the masked-LM cross-entropy (loss, the paper's default), the loss "
+                                      "minus a per-token-id baseline (freq_loss), unbiased importance sampling by the "
+                                      "gradient-norm bound (importance), a per-block score of a score file (stored: "
+                                      "offline sifting, no model pass) or z(exit-k loss) - z(reference loss) "
+                                      "(reducible); its own keys go in the section named after it")
     exit_layer: int = _key(1, "score from the hidden states after this many encoder layers (1..L; L: the exact loss)")
     keep_ratio: float = _key(0.5, "fraction of the gross batch trained on (0 < r <= 1; the paper keeps 0.5)")
     selection_start_step: Union[int, str] = _key(
@@ -75,28 +68,16 @@ class SiftConfig:
         "topk", "topk: the highest scores; rank: sample rows with probability percentile^(1/keep - 1) of their "
                 "score rank (Composer SelectiveBackprop)", SAMPLINGS)
     outlier_fraction: float = _key(0.0, "drop this top share of the scores (noisy, unlearnable rows) before selecting")
-    frequency_baseline: str = _key(
-        "running", "freq_loss's per-token-id baseline: a running mean of the exit loss per target id (running) or "
-                   "the corpus unigram -log p of the target id (unigram, from frequency_table)", FREQUENCY_BASELINES)
-    frequency_table: str = _key(
-        "", "freq_loss with frequency_baseline unigram: a .npy file of token counts per vocabulary id "
-            "(sift_ds.criteria.save_unigram_counts; the pretraining job writes it from its training split)")
-    baseline_decay: float = _key(
-        0.9, "freq_loss with frequency_baseline running: the per-id mean moves by (1 - decay) towards the id's "
-             "mean exit loss of each selection that scores it (0 <= decay < 1)")
-    importance_mix: float = _key(
-        0.5, "importance: the uniform share lambda of the sampling probability p_i = (1 - lambda) g_i / sum g + "
-             "lambda / N (0 < lambda <= 1: every row can be drawn, so the 1 / (N p_i) weights stay bounded)")
     max_positions: int = _key(
         0, "score at most this many positions per row, a seeded random subset (0: every labelled position); "
            "for long causal-LM rows, where the vocabulary projection at every position would cost more than the prefix")
-    score_file: str = _key("", "criterion stored: the score file of launch/score_corpus.py (scores per training block)")
-    score_name: str = _key("", "criterion stored: which score of score_file selects (e.g. unique_share)")
-    reference: str = _key("", "criterion reducible: the reference model's directory (online) or a score file with its "
-                              "stored reference_loss per block")
+    # The criterion's own keys (its typed sub-config, the section named after it); None: its defaults.
+    options: Any = field(default=None, compare=True)
 
     def __post_init__(self):
-        """The old key ``warmup_steps`` moves to ``selection_start_step`` (given both: a ValueError)."""
+        """The old key ``warmup_steps`` moves to ``selection_start_step`` (given both: a ValueError); the
+        criterion's options default to its sub-config's defaults, or are made from a mapping."""
+        object.__setattr__(self, "options", criteria.make_options(self.criterion, self.options))
         if self.warmup_steps is None:
             return
         if self.selection_start_step != AUTO:
@@ -106,20 +87,41 @@ class SiftConfig:
         object.__setattr__(self, "warmup_steps", None)
 
     # ------------------------------------------------------------------ construction
+    @property
+    def criterion_class(self) -> type:
+        """The registered criterion ``criterion`` names (a ValueError naming sift.criterion otherwise)."""
+        return criteria.criterion_class(self.criterion)
+
+    def make_criterion(self):
+        """A new object of the configured criterion (``sift_ds.criteria.criterion_of`` keeps one per adapter)."""
+        return self.criterion_class(self.options, self)
+
     @classmethod
     def from_dict(cls, section: Optional[Mapping[str, Any]]) -> "SiftConfig":
         """Build from the ``"sift"`` section; every bad value is a ValueError naming its key. Keys
-        starting with ``_`` are notes (ignored); an unknown key is named with the closest known one."""
+        starting with ``_`` are notes (ignored); an unknown key is named with the closest known one.
+        A criterion's keys go in the section named after it (``"freq_loss": {"baseline_decay": 0.95}``);
+        the flat spelling (``"baseline_decay": 0.95``) is read as that (``canonical_section``)."""
         if section is None:
             return cls()
         if not isinstance(section, Mapping):
             raise ValueError(f"ds_config key 'sift' must be a JSON object, got {type(section).__name__}")
-        section = canonical_keys(section)
-        known = {f.name for f in dataclasses.fields(cls)}
+        section = canonical_section(section)
+        name = section.get("criterion", cls.criterion)
+        if not isinstance(name, str):
+            raise ValueError(f"sift.criterion must be of type str, got {name!r} ({type(name).__name__})")
+        criteria.criterion_class(name)
+        for other in criteria.criterion_names():
+            if other != name and other in section:
+                criteria.check_unread(other, name, section.pop(other))
+        known = {f.name for f in dataclasses.fields(cls) if f.name != "options"} | {name}
         unknown = sorted(set(section) - known)
         if unknown:
             raise ValueError(unknown_key_message("ds_config 'sift' section", unknown[0], known))
-        cfg = cls(**dict(section))
+        options = section.pop(name, None)
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"ds_config key 'sift.{name}' must be a JSON object, got {type(options).__name__}")
+        cfg = cls(**dict(section), options=options)
         cfg.validate()
         return cfg
 
@@ -128,8 +130,8 @@ class SiftConfig:
         """Build from a Megatron ``args`` namespace: every field ``f`` is read from the attribute
         ``sift_<f>`` (the flag ``--sift-<f>`` that ``sift_ds.megatron.add_arguments`` adds); a missing
         or None attribute keeps the default. Bad values are ValueErrors naming the key."""
-        given = {f.name: getattr(args, f"sift_{f.name}") for f in dataclasses.fields(cls)
-                 if getattr(args, f"sift_{f.name}", None) is not None}
+        given = {name: getattr(args, f"sift_{name}") for name, _ in key_fields()
+                 if getattr(args, f"sift_{name}", None) is not None}
         return cls.from_dict(given)
 
     def validate(self) -> None:
@@ -157,34 +159,11 @@ class SiftConfig:
         for key in ("random_fraction", "outlier_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise ValueError(f"sift.{key} must be in [0, 1), got {getattr(self, key)}")
-        if not 0.0 <= float(self.baseline_decay) < 1.0:
-            raise ValueError(f"sift.baseline_decay must be in [0, 1), got {self.baseline_decay}")
-        if not 0.0 < float(self.importance_mix) <= 1.0:
-            raise ValueError(f"sift.importance_mix must be in (0, 1], got {self.importance_mix}")
-        if (self.criterion == FREQUENCY_LOSS and self.frequency_baseline == "unigram" and self.enabled
-                and not self.frequency_table):
-            raise ValueError("sift.frequency_table must name a .npy file of token counts when sift.criterion is "
-                             "'freq_loss' with sift.frequency_baseline 'unigram'")
-        if self.criterion == IMPORTANCE and not self.plain_topk:
-            raise ValueError("sift.criterion='importance' samples rows itself: sift.sampling must be 'topk' and "
-                             "sift.anneal_end_step, sift.random_fraction, sift.outlier_fraction 0")
-        self._validate_criterion_inputs()
+        check_field_types(self.options, f"sift.{self.criterion}.")
+        self.criterion_class.check_options(self.options, self)
         if self.outlier_fraction + self.keep_ratio > 1.0 + 1e-9:
             raise ValueError(f"sift.outlier_fraction={self.outlier_fraction} + sift.keep_ratio={self.keep_ratio} "
                              "exceeds 1: too few rows would remain to keep")
-
-    def _validate_criterion_inputs(self) -> None:
-        """The files that criteria stored and reducible read: given when needed, present, unused otherwise."""
-        reader = {"score_file": STORED, "score_name": STORED, "reference": REDUCIBLE}
-        for key, criterion in reader.items():
-            value = getattr(self, key)
-            if criterion == self.criterion and not value:
-                raise ValueError(f"sift.{key} is required by sift.criterion={self.criterion!r}")
-            if value and criterion != self.criterion:
-                raise ValueError(f"sift.{key}={value!r} is only read by sift.criterion={criterion!r}, "
-                                 f"not {self.criterion!r}")
-            if value and key != "score_name" and not os.path.exists(value):
-                raise ValueError(f"sift.{key}: no such file or directory: {value}")
 
     def validate_for_model(self, num_layers: int) -> None:
         if self.exit_layer > num_layers:
@@ -236,9 +215,30 @@ class SiftConfig:
         return (self.sampling == "topk" and not self.anneal_end_step and not self.random_fraction
                 and not self.outlier_fraction)
 
-    def to_dict(self) -> dict:
-        """The section's keys (the alias left out: it is always moved to selection_start_step)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ALIASES}
+    def to_dict(self, flat: bool = False) -> dict:
+        """The section's keys (the alias left out: it is always moved to selection_start_step), the
+        criterion's in the section named after it (``flat``: beside the others, the old spelling)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ALIASES
+               and f.name != "options"}
+        own = dataclasses.asdict(self.options)
+        if flat:
+            out.update(own)
+        elif own:
+            out[self.criterion] = own
+        return out
+
+
+def canonical_section(section: Mapping[str, Any]) -> dict:
+    """A "sift" section in the current spelling (``sift_ds.criteria.keys.canonical_section``)."""
+    return criteria.canonical_section(section, {f.name for f in dataclasses.fields(SiftConfig)})
+
+
+def key_fields():
+    """(name, Field) of every key a command line can set: ``SiftConfig``'s, then each registered
+    criterion's (a flag ``--sift_<key>`` sets a criterion's key in its section)."""
+    own = [(f.name, f) for f in dataclasses.fields(SiftConfig) if f.name != "options"]
+    return own + [(f.name, f) for name in criteria.criterion_names()
+                  for f in dataclasses.fields(criteria.criterion_class(name).Options)]
 
 
 def split_ds_config(ds_config: Mapping[str, Any]):

@@ -7,12 +7,17 @@ import argparse
 import difflib
 import json
 import os
-from dataclasses import Field, fields
-from typing import Any, Mapping, Optional, Union
+from dataclasses import Field, field, fields
+from typing import Any, Mapping, Optional, Tuple, Union
 
 AUTO = "auto"  # selection_start_step: resolved against the learning-rate warm-up (sift_ds.schedule)
 ALIASES = {"warmup_steps": "selection_start_step"}  # old key -> its name now
 START_STEP = "int_or_auto"  # the kind of selection_start_step: a step number or "auto"
+
+
+def key_field(default, help: str, choices: Optional[Tuple[str, ...]] = None, kind: Optional[str] = None):
+    """A config key: a dataclass field carrying its help text, choices and value kind (for command lines)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
 
 
 def field_kind(f: Field) -> str:
@@ -20,17 +25,20 @@ def field_kind(f: Field) -> str:
     return f.metadata.get("kind") or (f.type if isinstance(f.type, str) else f.type.__name__)
 
 
-def check_field_types(config) -> None:
-    """Every field of a ``SiftConfig`` of its kind and among its choices (ValueError naming the key)."""
+def check_field_types(config, where: str = "sift.") -> None:
+    """Every key field of a ``SiftConfig`` (or a criterion's sub-config, ``where`` "sift.<name>.") of its
+    kind and among its choices (ValueError naming the key)."""
     for f in fields(config):
+        if "help" not in f.metadata:
+            continue
         value, kind = getattr(config, f.name), field_kind(f)
         if kind == START_STEP:
             if value != AUTO:
-                _check_type(f.name, value, int, 'int or "auto"')
+                _check_type(where + f.name, value, int, 'int or "auto"')
         elif value is not None or f.default is not None:
-            _check_type(f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[kind])
+            _check_type(where + f.name, value, {"bool": bool, "int": int, "float": (int, float), "str": str}[kind])
         if f.metadata["choices"] and value not in f.metadata["choices"]:
-            raise ValueError(f"sift.{f.name} must be one of {list(f.metadata['choices'])}, got {value!r}")
+            raise ValueError(f"{where}{f.name} must be one of {list(f.metadata['choices'])}, got {value!r}")
 
 
 def _check_type(key: str, value: Any, types, names: Optional[str] = None) -> None:
@@ -38,7 +46,7 @@ def _check_type(key: str, value: Any, types, names: Optional[str] = None) -> Non
     want_bool = types is bool
     if want_bool != isinstance(value, bool) or not isinstance(value, types):
         names = names or (types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types))
-        raise ValueError(f"sift.{key} must be of type {names}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{key} must be of type {names}, got {value!r} ({type(value).__name__})")
 
 
 def canonical_keys(section: Mapping[str, Any]) -> dict:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from . import kernels, probe, selection
+from . import criteria, kernels, probe, selection
 from .adapters import EarlyExitAdapter, detect_adapter
 from .batching import batch_rows
 from .config import SiftConfig
@@ -52,12 +52,14 @@ def start_up_checks(config: SiftConfig, adapter: Optional[EarlyExitAdapter] = No
                     device: Optional[torch.device] = None, micro_batch: Optional[int] = None,
                     micro_key: str = MICRO_BATCH_KEY) -> None:
     """What a front-end checks before training, each a one-line ValueError naming the key: with SIFT
-    enabled, ``exit_layer`` within the adapter's depth; a whole gross batch for ``micro_batch`` (named
-    ``micro_key``, the front-end's own flag); with SIFT enabled, the kernel runnable on ``device``."""
+    enabled, ``exit_layer`` within the adapter's depth and the criterion serving its kind of model; a
+    whole gross batch for ``micro_batch`` (named ``micro_key``, the front-end's own flag); with SIFT
+    enabled, the kernel runnable on ``device``."""
     if config.enabled and adapter is not None:
         config.validate_for_model(adapter.num_layers)
     if micro_batch is not None:
         config.gross_batch_size(micro_batch, micro_key)
+        criteria.check_model(adapter, config)
     if config.enabled and device is not None:
         check_kernel(config, device)
 

@@ -13,9 +13,8 @@ from typing import Dict, Mapping
 import torch
 
 from .adapters import EarlyExitAdapter
-from .config import REDUCIBLE, STORED, SiftConfig
-from .criteria import sequence_scores
-from .scorer import early_exit_scores
+from .config import SiftConfig
+from .criteria import early_exit_scores, sequence_scores
 from .selector import gather_scores
 
 
@@ -56,9 +55,10 @@ def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: 
     """``probe/spearman`` and ``probe/top_half_overlap`` of the exit-``cfg.exit_layer`` scores
     (``cfg.criterion``) against the full model's per-sequence loss, over every rank's probe batch
     (a collective when a process group exists; every rank must call it with same-sized batches)."""
-    # Every labelled position; the running baseline of freq_loss does not move. Criteria stored and
-    # reducible read per-row columns that the probe batch has not: their exit-k loss is probed.
-    probed = dataclasses.replace(cfg, criterion="loss") if cfg.criterion in (STORED, REDUCIBLE) else cfg
+    # Every labelled position; a criterion's state does not move. A criterion that reads per-row
+    # columns the probe batch has not names the criterion probed instead (``probe_as``).
+    stand_in = cfg.criterion_class.probe_as
+    probed = dataclasses.replace(cfg, criterion=stand_in, options=None) if stand_in else cfg
     early = sequence_scores(adapter, probed, batch, labels_key=labels_key, max_positions=0)
     full = early_exit_scores(adapter, batch, adapter.num_layers, "loss", cfg.kernel, labels_key=labels_key)
     early, full = gather_scores(early, group).cpu(), gather_scores(full, group).cpu()

@@ -22,10 +22,10 @@ import torch.distributed as dist
 from . import criteria, importance, kernels, selector
 from .adapters import EarlyExitAdapter, aligned_labels
 from .batching import batch_rows
-from .config import IMPORTANCE, SiftConfig
+from .config import SiftConfig
+from .criteria.columns import split_row_columns
+from .criteria.early_exit import check_labels, labelled_positions
 from .row_exchange import exchange_kept_rows, local_rows_kept, take_rows
-from .row_scores import split_row_columns
-from .scorer import check_labels, labelled_positions
 from .seeding import derive_seed
 from .telemetry import selection_stats
 
@@ -50,9 +50,9 @@ class Selection:
     step: int = 0  # the optimizer step and micro-step within it that the random choices followed
     micro_step: int = 0
     keep_ratio: float = 1.0  # the effective keep ratio of the step (annealing)
-    # Criterion "importance" only: float32 [keep], the factor of each trained row's token losses in
-    # the training loss (``sift_ds.importance``; the loss's token-mean normalisation is unchanged).
-    # None: every row counts once (all other criteria, the warm-up).
+    # A criterion that samples rows (importance) only: float32 [keep], the factor of each trained row's
+    # token losses in the training loss (``sift_ds.importance``; the loss's token-mean normalisation is
+    # unchanged). None: every row counts once (top-k criteria, the warm-up).
     weights: Optional[torch.Tensor] = None
 
     def stats(self) -> Dict[str, torch.Tensor]:
@@ -92,13 +92,17 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
         raise ValueError(f"the batch has no {labels_key!r} tensor to score the early exit with")
     world, rank = data_parallel(group)
     subset_seed = position_seed(config, step, micro_step, rank) if config.enabled and config.max_positions else 0
-    # Labelled positions on the host copy (the data loader's), before the batch moves: no device sync.
+    # The labels aligned once (the adapter's targets of each position); the labelled positions found on
+    # the host copy (the data loader's), before the batch moves: no device sync.
+    aligned = aligned_labels(adapter, labels) if config.enabled else None
     on_host = config.enabled and labels.device.type == "cpu"
-    positions = labelled_positions(adapter, batch, labels_key, config.max_positions, subset_seed) if on_host else None
+    positions = labelled_positions(adapter, batch, labels_key, config.max_positions, subset_seed,
+                                   aligned) if on_host else None
     if on_host:
-        check_labels(adapter, labels, positions)
+        check_labels(adapter, aligned, positions)
     device = device if device is not None else next(v.device for v in batch.values() if torch.is_tensor(v))
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    aligned = aligned.to(device, non_blocking=True) if aligned is not None else None
     nan_scores = torch.full((gross,), float("nan"), dtype=torch.float32, device=device)
     common = dict(step=step, micro_step=micro_step)
 
@@ -117,10 +121,10 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
                          trained=trained, **common)
 
     scores = criteria.sequence_scores(adapter, config, batch, positions, labels_key, check_targets=not on_host,
-                                      seed=subset_seed, group=group, update=True, columns=columns)
-    if config.criterion == IMPORTANCE:
-        return _importance_selection(adapter, config, batch, scores, keep, group, world if global_scope else 1, rank,
-                                     labels_key, common)
+                                      seed=subset_seed, group=group, update=True, columns=columns, aligned=aligned)
+    if config.criterion_class.rows == criteria.SAMPLED:
+        return _sampled_selection(adapter, config, batch, aligned, scores, keep, group, world if global_scope else 1,
+                                  rank, common)
     if global_scope:
         everyone = selector.gather_scores(scores, group)
         indices = selector.select_by_score(everyone, keep * world, config, step, micro_step)
@@ -132,28 +136,29 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
     return Selection(kept, indices, scores, kept_mask, trained=trained, by_score=True, **common)
 
 
-def labelled_counts(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], labels_key: str) -> torch.Tensor:
-    """int64 [B]: each row's tokens in the training loss (labels other than -100, or the adapter's
-    ``labelled_mask``), counted on the device (no host sync)."""
+def labelled_counts(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor],
+                    aligned: torch.Tensor) -> torch.Tensor:
+    """int64 [B]: each row's tokens in the training loss (the aligned labels other than -100, or the
+    adapter's ``labelled_mask``), counted on the device (no host sync)."""
     hook = getattr(adapter, "labelled_mask", None)
-    mask = hook(batch) != 0 if hook is not None else aligned_labels(adapter, batch[labels_key]) != kernels.IGNORE_INDEX
+    mask = hook(batch) != 0 if hook is not None else aligned != kernels.IGNORE_INDEX
     return mask.sum(dim=1)
 
 
-def _importance_selection(adapter, config, batch, scores, keep, group, world, rank, labels_key, common):
-    """Rows drawn with replacement by ``sift_ds.importance`` (over every rank's rows when ``world`` > 1:
-    scope "global"), with their loss weights."""
-    if getattr(adapter, "align_labels", None) is not None:
-        raise ValueError("sift.criterion='importance' weights a masked-LM loss: causal LMs are not supported")
-    counts = labelled_counts(adapter, batch, labels_key)
+def _sampled_selection(adapter, config, batch, aligned, scores, keep, group, world, rank, common):
+    """Rows drawn with replacement by the criterion's sampling probabilities (over every rank's rows
+    when ``world`` > 1: scope "global"), with their loss weights (``sift_ds.importance``)."""
+    criteria.check_model(adapter, config)
+    criterion = criteria.criterion_of(adapter, config)
+    counts = labelled_counts(adapter, batch, aligned)
     if world > 1:
         everyone, counts = selector.gather_scores(scores, group), selector.gather_scores(counts, group)
-        p = importance.sampling_probabilities(everyone, config.importance_mix)
+        p = criterion.sampling_probabilities(everyone)
         indices = importance.draw_rows(p, keep * world, config.seed, common["step"], common["micro_step"])
         kept, trained = exchange_kept_rows(batch, indices, keep, group)
         kept_mask = local_rows_kept(indices, rank, batch_rows(batch))
     else:
-        p = importance.sampling_probabilities(scores, config.importance_mix)
+        p = criterion.sampling_probabilities(scores)
         indices = importance.draw_rows(p, keep, config.seed, common["step"], common["micro_step"], rank)
         kept, trained, kept_mask = take_rows(batch, indices), None, local_rows_kept(indices, 0, batch_rows(batch))
     weights = importance.loss_weights(p, counts, trained if trained is not None else indices)

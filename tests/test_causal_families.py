@@ -11,7 +11,7 @@ import sift_ds
 from sift_ds import registry
 from sift_ds.adapters import detect_adapter
 from sift_ds.config import SiftConfig
-from sift_ds.scorer import early_exit_scores, labelled_positions, position_subset
+from sift_ds.criteria.early_exit import early_exit_scores, labelled_positions, position_subset
 from sift_ds.selection import position_seed
 from tiny import ds_config, f64_row_scores, spread_weights
 

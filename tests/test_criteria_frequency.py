@@ -110,7 +110,7 @@ def test_unigram_counts_and_neg_log_probs(tmp_path):
     expected = [-math.log((want.get(v, 0) + 1) / (total + 12)) for v in range(12)]
     torch.testing.assert_close(criteria.unigram_neg_log_probs(counts).double(), torch.tensor(expected,
                                                                                              dtype=torch.float64))
-    with pytest.raises(ValueError, match="sift.frequency_table .*expected 13"):
+    with pytest.raises(ValueError, match="sift.freq_loss.frequency_table .*expected 13"):
         criteria.load_unigram_counts(path, 13)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         criteria.unigram_counts([[12]], 12)
@@ -165,20 +165,39 @@ def test_freq_loss_reads_the_fused_kernels_token_losses(monkeypatch, tmp_path):
     path = str(tmp_path / "counts.npy")
     criteria.save_unigram_counts(path, counts)
     model = spread_weights(tiny_bert(layers=2), seed=6)
-    cfg = SiftConfig(criterion="freq_loss", frequency_baseline="unigram", frequency_table=path, kernel="triton")
+    cfg = SiftConfig(criterion="freq_loss", options={"frequency_baseline": "unigram", "frequency_table": path},
+                     kernel="triton")
     batch = mlm_batch(6, seed=11)
     got = criteria.sequence_scores(sift_ds.detect_adapter(model), cfg, batch)
     assert_scores(got, unigram_excess_reference(model, batch, counts, 1, 6))
 
 
 def test_config_keys_are_checked():
-    with pytest.raises(ValueError, match="sift.frequency_table must name"):
+    with pytest.raises(ValueError, match="sift.freq_loss.frequency_table must name"):
         SiftConfig.from_dict({"criterion": "freq_loss", "frequency_baseline": "unigram"})
-    with pytest.raises(ValueError, match="sift.baseline_decay must be in"):
-        SiftConfig.from_dict({"criterion": "freq_loss", "baseline_decay": 1.0})
-    with pytest.raises(ValueError, match="sift.frequency_baseline must be one of"):
-        SiftConfig.from_dict({"frequency_baseline": "zipf"})
+    with pytest.raises(ValueError, match="sift.freq_loss.baseline_decay must be in"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "freq_loss": {"baseline_decay": 1.0}})
+    with pytest.raises(ValueError, match="sift.freq_loss.frequency_baseline must be one of"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "frequency_baseline": "zipf"})
     assert SiftConfig().criterion == "entropy"  # the library default stays
+
+
+def test_a_criterions_keys_live_in_its_section_and_the_flat_spelling_is_read_as_that():
+    nested = SiftConfig.from_dict({"criterion": "freq_loss", "freq_loss": {"baseline_decay": 0.95}})
+    flat = SiftConfig.from_dict({"criterion": "freq_loss", "baseline_decay": 0.95})
+    assert nested == flat and nested.options.baseline_decay == 0.95
+    assert nested.to_dict()["freq_loss"] == {"frequency_baseline": "running", "frequency_table": "", "baseline_decay": 0.95}
+    assert "baseline_decay" not in nested.to_dict() and nested.to_dict(flat=True)["baseline_decay"] == 0.95
+    assert SiftConfig.from_dict(nested.to_dict()) == nested == SiftConfig.from_dict(nested.to_dict(flat=True))
+    # An older record names every criterion's keys: another criterion's defaults mean nothing.
+    assert SiftConfig.from_dict({"criterion": "entropy", "importance_mix": 0.5, "score_file": ""}) == SiftConfig()
+    with pytest.raises(ValueError, match=r"^sift.importance.importance_mix=0.25 is only read by "
+                                         r"sift.criterion='importance', not 'entropy'$"):
+        SiftConfig.from_dict({"criterion": "entropy", "importance_mix": 0.25})
+    with pytest.raises(ValueError, match="^sift.baseline_decay is the old spelling of sift.freq_loss.baseline_decay"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "baseline_decay": 0.5, "freq_loss": {"baseline_decay": 0.5}})
+    with pytest.raises(ValueError, match="'sift.freq_loss' section: unknown key 'decay'"):
+        SiftConfig.from_dict({"criterion": "freq_loss", "freq_loss": {"decay": 0.5}})
 
 
 def test_the_new_criteria_as_study_arms_and_job_flags(tmp_path):
@@ -194,9 +213,10 @@ def test_the_new_criteria_as_study_arms_and_job_flags(tmp_path):
     config, out, cli = small_config(tmp_path), str(tmp_path / "out"), load_cli()  # launch/pretrain_bert.py
     plans = [cli.resolve(["--ds_config", config, "--output_dir", out, *arm.overrides]) for arm in (freq, running, imp)]
     # The job's unigram baseline without a table: the counts file it writes from its training split.
-    assert (plans[0].sift.criterion, plans[0].sift.frequency_table) == ("freq_loss", job_unigram_table(out))
-    assert (plans[1].sift.exit_layer, plans[1].sift.baseline_decay, plans[1].sift.frequency_table) == (2, 0.95, "")
-    assert (plans[2].sift.criterion, plans[2].sift.importance_mix) == ("importance", 0.5)
+    assert (plans[0].sift.criterion, plans[0].sift.options.frequency_table) == ("freq_loss", job_unigram_table(out))
+    assert (plans[1].sift.exit_layer, plans[1].sift.options.baseline_decay,
+            plans[1].sift.options.frequency_table) == (2, 0.95, "")
+    assert (plans[2].sift.criterion, plans[2].sift.options.importance_mix) == ("importance", 0.5)
 
 
 def test_a_resumed_sifttrainer_run_scores_with_the_checkpointed_baseline(tmp_path):

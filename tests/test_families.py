@@ -9,7 +9,7 @@ import sift_ds
 from sift_ds import registry
 from sift_ds.adapters import detect_adapter
 from sift_ds.pretrain.models import family_presets, model_config
-from sift_ds.scorer import early_exit_scores
+from sift_ds.criteria import early_exit_scores
 from tiny import ds_config, f64_row_scores, spread_weights
 
 FAMILY_PRESETS = family_presets()

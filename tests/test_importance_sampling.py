@@ -217,5 +217,5 @@ def test_megatron_loss_func_scales_each_rows_token_losses():
 def test_config_refuses_importance_with_other_samplers():
     with pytest.raises(ValueError, match="sift.sampling must be 'topk'"):
         SiftConfig.from_dict({"criterion": "importance", "sampling": "rank"})
-    with pytest.raises(ValueError, match="sift.importance_mix must be in"):
+    with pytest.raises(ValueError, match="sift.importance.importance_mix must be in"):
         SiftConfig.from_dict({"criterion": "importance", "importance_mix": 0.0})

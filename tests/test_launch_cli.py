@@ -238,21 +238,27 @@ def test_bad_value_in_the_pretrain_section_is_one_line_naming_the_key(tmp_path, 
 
 
 def test_every_sift_config_field_has_a_flag(tmp_path):
-    """The --sift_* flags are generated from SiftConfig, so a new field cannot be missed."""
+    """The --sift_* flags are generated from SiftConfig and every registered criterion's keys, so a new
+    field cannot be missed; a criterion's flag sets its key in the criterion's section."""
     import dataclasses
 
     from sift_ds import SiftConfig
+    from sift_ds.criteria import criterion_class, criterion_names
 
     (tmp_path / "scores.npz").write_bytes(b"")
     values = {"enabled": "false", "criterion": "stored", "exit_layer": "2", "keep_ratio": "0.25",
               "selection_start_step": "7", "selection_start_share": "0.5", "start_after_lr_peak": "true",
               "scope": "local", "kernel": "torch", "seed": "9", "anneal_end_step": "50",
               "random_fraction": "0.25", "sampling": "rank", "outlier_fraction": "0.05", "anneal_start_step": "20",
-              "max_positions": "16", "frequency_baseline": "unigram", "frequency_table": "counts.npy",
-              "baseline_decay": "0.5", "importance_mix": "0.25", "score_file": str(tmp_path / "scores.npz"),
-              "score_name": "unique_share", "reference": ""}
-    assert set(values) | {"warmup_steps"} == {f.name for f in dataclasses.fields(SiftConfig)}  # and the old name
+              "max_positions": "16", "score_file": str(tmp_path / "scores.npz"), "score_name": "unique_share"}
+    others = {"frequency_baseline": "unigram", "frequency_table": "counts.npy", "baseline_decay": "0.5",
+              "importance_mix": "0.25", "reference": "ref"}  # keys of the other criteria: flags too
+    keys = {f.name for f in dataclasses.fields(SiftConfig)} - {"options"}
+    keys |= {f.name for name in criterion_names() for f in dataclasses.fields(criterion_class(name).Options)}
+    assert set(values) | set(others) | {"warmup_steps"} == keys  # and the old name
     argv = ["--ds_config", tiny(tmp_path), "--output_dir", str(tmp_path / "o")]
+    parsed = cli.parse_args([*argv, *(w for k, v in others.items() for w in (f"--sift_{k}", v))])
+    assert dict(parsed.sift) == {**others, "baseline_decay": 0.5, "importance_mix": 0.25}
     for key, value in values.items():
         argv += [f"--sift_{key}", value]
     plan = cli.resolve(argv)
@@ -260,9 +266,8 @@ def test_every_sift_config_field_has_a_flag(tmp_path):
                                    selection_start_step=7, selection_start_share=0.5, start_after_lr_peak=True,
                                    scope="local", kernel="torch", seed=9, anneal_end_step=50,
                                    random_fraction=0.25, sampling="rank", outlier_fraction=0.05,
-                                   anneal_start_step=20, max_positions=16, frequency_baseline="unigram",
-                                   frequency_table="counts.npy", baseline_decay=0.5, importance_mix=0.25,
-                                   score_file=str(tmp_path / "scores.npz"), score_name="unique_share")
+                                   anneal_start_step=20, max_positions=16,
+                                   options={"score_file": str(tmp_path / "scores.npz"), "score_name": "unique_share"})
 
 
 def test_errors_after_start_up_are_one_line_too(tmp_path):

@@ -4,7 +4,6 @@ the loss-dict telemetry, the iteration / micro-step source, import isolation. Th
 (TP scores, selection, training) run on 2 and 4 ranks in test_megatron_dist.py; Megatron-LM's entry
 points and the example scripts are in test_megatron_entry.py."""
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ pytest.importorskip("megatron.core", reason="needs the megatron-core test extra"
 from megatron.core import num_microbatches_calculator as nmc  # noqa: E402
 
 from sift_ds import SiftConfig  # noqa: E402
+from sift_ds.config import key_fields  # noqa: E402
 from sift_ds.megatron import GrossDataset, Sift, add_arguments  # noqa: E402
 from sift_ds.megatron.datasets import unstack_rows  # noqa: E402
 from sift_ds.megatron.forward_step import current_iteration, loss_dict_stats, wrap_loss_func  # noqa: E402
@@ -42,8 +42,8 @@ def parse(argv):
 def test_every_config_field_has_a_flag_and_defaults_hold():
     parser = add_arguments(argparse.ArgumentParser())
     flags = {opt for action in parser._actions for opt in action.option_strings}
-    for f in dataclasses.fields(SiftConfig):
-        assert "--sift-" + f.name.replace("_", "-") in flags, f.name
+    for name, _ in key_fields():  # SiftConfig's fields and every criterion's keys
+        assert "--sift-" + name.replace("_", "-") in flags, name
     assert SiftConfig.from_megatron_args(parse([])) == SiftConfig()
     assert SiftConfig.from_megatron_args(argparse.Namespace()) == SiftConfig()  # flags not added at all
 

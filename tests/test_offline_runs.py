@@ -78,7 +78,7 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     assert any(r["sift/kept_fraction"] != 0.5 for r in selected)
     assert [r["sift/score_kept_mean"] for r in got] == [r["sift/score_kept_mean"] for r in want]
     with open(whole / "run_config.json", encoding="utf-8") as f:
-        assert json.load(f)["sift"]["score_name"] == "frozen_entropy"
+        assert json.load(f)["sift"]["stored"]["score_name"] == "frozen_entropy"
 
     # Criterion reducible on 2 ranks: the reference model online, and its stored losses.
     for name, target in (("online", reference / "final"), ("stored", scores)):

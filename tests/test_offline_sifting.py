@@ -13,11 +13,12 @@ from transformers import BertTokenizerFast
 
 from sift_ds import BertAdapter
 from sift_ds.config import SiftConfig
+from sift_ds.offline import reference_model  # noqa: F401 - registers the online reference loader
 from sift_ds.offline.model_scores import SCORE_STREAM, block_model_scores
 from sift_ds.offline.score_file import attach_scores, read_meta, read_scores, write_scores
 from sift_ds.offline.text_stats import text_tokens, unigram_entropy, unique_share
+from sift_ds.criteria.columns import REFERENCE_COLUMN, SCORE_COLUMN
 from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator
-from sift_ds.row_scores import REFERENCE_COLUMN, SCORE_COLUMN
 from sift_ds.selection import select
 from sift_ds.study.arms import parse_arm
 from tiny import VOCAB, f64_row_scores, hf_reference_scores, mlm_batch, spread_weights, tiny_bert
@@ -182,12 +183,13 @@ def test_reducible_scores_are_the_difference_of_z_scored_losses(tmp_path, refere
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"criterion": "stored"}, "sift.score_file is required by sift.criterion='stored'"),
+    ({"criterion": "stored"}, "sift.stored.score_file is required by sift.criterion='stored'"),
     ({"criterion": "stored", "score_file": "/no/such.npz", "score_name": "x"},
-     "sift.score_file: no such file or directory: /no/such.npz"),
-    ({"criterion": "reducible"}, "sift.reference is required by sift.criterion='reducible'"),
-    ({"criterion": "entropy", "reference": "x"}, "sift.reference='x' is only read by sift.criterion='reducible'"),
-    ({"score_name": "x"}, "sift.score_name='x' is only read by sift.criterion='stored'"),
+     "sift.stored.score_file: no such file or directory: /no/such.npz"),
+    ({"criterion": "reducible"}, "sift.reducible.reference is required by sift.criterion='reducible'"),
+    ({"criterion": "entropy", "reference": "x"},
+     "sift.reducible.reference='x' is only read by sift.criterion='reducible', not 'entropy'"),
+    ({"score_name": "x"}, "sift.stored.score_name='x' is only read by sift.criterion='stored', not 'entropy'"),
     ({"criterion": "bogus"}, "sift.criterion must be one of"),
 ])
 def test_criterion_inputs_are_checked_at_start_up(section, message):

@@ -32,7 +32,7 @@ from launch_helpers import (SCRIPT, cpu_env, load_cli, metrics, one_line_error, 
 from launcher import REPO
 from sift_ds.pretrain.manifest import read_manifest
 from sift_ds.pretrain.models import model_config
-from sift_ds.row_scores import reducible_scores
+from sift_ds.criteria import reducible_scores
 
 cli = load_cli()
 TOKENIZER = os.path.join(REPO, "ds_configs", "tokenizers", "pydoc_wordpiece_4096")
@@ -161,7 +161,7 @@ def test_the_online_reference_is_checked_at_start_up(run_a, tmp_path, capsys, ov
     ref = reference(tmp_path, "ref", **overrides)
     capsys.readouterr()  # save_pretrained's progress bar
     err = one_line_error(capsys, reducible(run_a[0], ref) + ["--output_dir", str(tmp_path / "o")])
-    assert f"sift.reference {ref}: {message}" in err
+    assert f"sift.reducible.reference {ref}: {message}" in err
 
 
 def test_a_reference_of_nan_losses_stops_the_run_and_one_on_the_same_blocks_warns(run_a, tmp_path):
@@ -176,7 +176,7 @@ def test_a_reference_of_nan_losses_stops_the_run_and_one_on_the_same_blocks_warn
     proc = pretrain_2_ranks(reducible(run_a[0], ref) + ["--output_dir", out], check=False)  # both ranks stop
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-4000:]
-    assert f"sift.reference {ref} was trained on blocks this run trains on" in log
+    assert f"sift.reducible.reference {ref} was trained on blocks this run trains on" in log
     errors = [line for line in log.splitlines() if "pretrain_bert.py: error:" in line]
     assert len(errors) == 2 and all("pretrain_bert.py: error: non-finite selection scores (100% of the rows scored "
                                     "since the last record, more than 50%: the selection keeps rows it cannot rank) "

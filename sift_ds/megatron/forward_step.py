@@ -24,6 +24,7 @@ from .adapter import unwrap_model
 from .mlm_head import apply_sparse_mlm_head
 from .datasets import unstack_rows
 from .schedule import megatron_args
+from ..weighted_loss import apply_row_weights
 
 
 def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
@@ -98,7 +99,7 @@ def wrap_loss_func(loss_func: Callable, stats: Dict[str, torch.Tensor], pairs: b
     @functools.wraps(loss_func)
     def sift_loss_func(output_tensor, *args, **kwargs):
         if row_weights is not None:
-            output_tensor = output_tensor * row_weights.to(output_tensor.dtype).view(-1, 1)  # [b, s]
+            output_tensor = apply_row_weights(output_tensor, row_weights)  # [b, s]
         out = loss_func(output_tensor, *args, **kwargs)
         if kwargs.get("non_loss_data") or not isinstance(out, tuple) or not isinstance(out[-1], dict):
             return out

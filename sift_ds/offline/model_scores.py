@@ -18,7 +18,7 @@ import torch
 from ..adapters import detect_adapter
 from ..pretrain.checkpoint import weights_only_loads
 from ..pretrain.models import build_model, set_special_tokens
-from ..scorer import early_exit_scores
+from ..criteria import early_exit_scores
 
 SCORE_STREAM = 0x5C0_4E5  # seed-sequence tag of the scoring masks (apart from training and validation masks)
 

@@ -19,11 +19,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from ..config import REDUCIBLE, STORED, SiftConfig
-from ..row_scores import REFERENCE_COLUMN, SCORE_COLUMN, is_online
+from ..config import SiftConfig
 
 FORMAT = "sift_ds.scores/1"
-REFERENCE_LOSS = "reference_loss"  # the score name of a reference model's stored loss
 
 
 def blocks_digest(blocks) -> str:
@@ -141,10 +139,7 @@ def read_scores(path: str, name: str, blocks, tokenizer) -> np.ndarray:
 def attach_scores(blocks, config: SiftConfig, tokenizer):
     """The training blocks with the column the criterion reads (``sift_score`` for criterion stored,
     ``sift_reference_loss`` for reducible with a stored reference); unchanged for the other criteria."""
-    if config.criterion == STORED:
-        path, name, column = config.score_file, config.score_name, SCORE_COLUMN
-    elif config.criterion == REDUCIBLE and not is_online(config):
-        path, name, column = config.reference, REFERENCE_LOSS, REFERENCE_COLUMN
-    else:
+    stored = config.make_criterion().stored_scores()
+    if stored is None:
         return blocks
-    return blocks.add_column(column, read_scores(path, name, blocks, tokenizer))
+    return blocks.add_column(stored.column, read_scores(stored.path, stored.name, blocks, tokenizer))

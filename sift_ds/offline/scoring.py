@@ -10,7 +10,7 @@ import numpy as np
 
 from ..pretrain.metrics import last_step_record
 from .model_scores import block_model_scores
-from .score_file import REFERENCE_LOSS
+from ..criteria.columns import REFERENCE_LOSS
 from .text_stats import TEXT_SCORES, block_text_scores
 
 FROZEN_ENTROPY = "frozen_entropy"  # the early exit's entropy of a fixed checkpoint (e.g. the end of the warm-up)

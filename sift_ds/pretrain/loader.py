@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from ..kernels import IGNORE_INDEX
-from ..row_scores import ROW_COLUMNS
+from ..criteria.columns import ROW_COLUMNS
 from ..seeding import derive_seed
 from .models import takes_token_types
 
@@ -61,7 +61,7 @@ class MaskingCollator:
 class CausalCollator:
     """A batch of packed causal-LM blocks as tensors with ``labels = input_ids`` (HF's unshifted
     convention: the model and the early-exit adapter shift them); -100 only where ``attention_mask``
-    is 0. A stored per-block score column (``sift_ds.row_scores.ROW_COLUMNS``) is passed on. A pure function of the batch: the seed key is accepted and unused."""
+    is 0. A stored per-block score column (``sift_ds.criteria.columns.ROW_COLUMNS``) is passed on. A pure function of the batch: the seed key is accepted and unused."""
 
     def __call__(self, columns: Mapping[str, Any], *seed_key: int) -> Dict[str, torch.Tensor]:
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in columns.items()

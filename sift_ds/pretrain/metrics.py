@@ -14,8 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import detect_adapter
-from ..config import STORED, SiftConfig
-from ..row_scores import is_online, reference_model
+from ..config import SiftConfig
+from ..criteria.reducible import is_online
+from ..offline.reference_model import reference_model
 from .tracking import write_record
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,10 @@ def charge_criterion(flops: FlopsModel, sift: SiftConfig, seq_len: int, masked_f
     """``flops`` with the selection pass of the criterion: none for a stored score; for the reducible
     loss with an online reference, the reference model's own forward (every layer, the head on the
     masked positions) on every gross token as well."""
-    if sift.criterion == STORED:
+    if sift.criterion_class.statistic is None:  # no model pass (a stored score)
         return replace(flops, select_per_token=0.0)
-    if is_online(sift):
-        reference, adapter = reference_model(sift.reference, "cpu")
+    if sift.criterion == "reducible" and is_online(sift.options):
+        reference, adapter = reference_model(sift.options.reference, "cpu")
         extra = FlopsModel.for_masked_lm(reference, seq_len, adapter.num_layers, masked_fraction, sparse_head=True)
         return replace(flops, select_per_token=flops.select_per_token + extra.select_per_token)
     return flops

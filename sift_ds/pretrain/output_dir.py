@@ -73,7 +73,7 @@ def overwrite_entries(options, ds_config: Mapping, sift, data_files, notes: List
     entries = entries_to_clear(options.output_dir, ds_config)
     if entries:
         check_reads(entries, [("--tokenizer", options.tokenizer), *(("--data", f) for f in data_files or ()),
-                              ("sift.score_file", sift.score_file), ("sift.reference", sift.reference)])
+                              *sift.make_criterion().input_files().items()])
         notes.append("--overwrite_output_dir: a new run; the previous run's files are deleted at start-up: "
                      f"{', '.join(os.path.relpath(p, options.output_dir) for p in entries)} (in {options.output_dir})")
     return entries

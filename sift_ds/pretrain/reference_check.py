@@ -13,7 +13,7 @@ from transformers import AutoConfig
 
 from ..config import SiftConfig
 from ..offline.score_file import vocab_digest
-from ..row_scores import is_online
+from ..criteria.reducible import is_online
 from .manifest import read_json_object
 from .models import max_sequence_length
 from .tokenizer import TOKENIZER_FILES, load_tokenizer
@@ -22,14 +22,20 @@ RUN_RECORD = "sift_run.json"  # the run facts of the model in this directory (it
 SAME_BLOCKS_KEYS = ("seq_len", "objective", "data_seed", "vocab_size")
 
 
+def online_reference(sift: SiftConfig) -> bool:
+    """Criterion reducible with a reference model directory (an online reference)."""
+    return sift.criterion == "reducible" and is_online(sift.options)
+
+
 def check_reference_model(sift: SiftConfig, seq_len: int, tokenizer=None) -> None:
-    """ValueError (one line naming ``sift.reference``) for a reference whose positions do not cover
+    """ValueError (one line naming ``sift.reducible.reference``) for a reference whose positions do not cover
     ``seq_len`` or whose vocabulary differs from ``tokenizer``'s (skipped without one)."""
-    if not is_online(sift):
+    if not online_reference(sift):
         return
-    where = f"sift.reference {sift.reference}"
+    reference = sift.options.reference
+    where = f"sift.reducible.reference {reference}"
     try:
-        config = AutoConfig.from_pretrained(sift.reference, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(reference, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - transformers raises many kinds for a directory that is no model
         first = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"{where}: not a Hugging Face model directory ({type(err).__name__}: {first})") from None
@@ -42,9 +48,9 @@ def check_reference_model(sift: SiftConfig, seq_len: int, tokenizer=None) -> Non
         raise ValueError(f"{where}: the reference model has a vocabulary of {config.vocab_size} tokens, this run's "
                          f"tokenizer {len(tokenizer)}: it was trained with another tokenizer (give the run the "
                          "reference's --tokenizer, or train the reference with the run's)")
-    if any(os.path.isfile(os.path.join(sift.reference, f)) for f in TOKENIZER_FILES):
+    if any(os.path.isfile(os.path.join(reference, f)) for f in TOKENIZER_FILES):
         try:
-            own = load_tokenizer(sift.reference)
+            own = load_tokenizer(reference)
         except ValueError:
             return
         if vocab_digest(own) != vocab_digest(tokenizer):
@@ -60,9 +66,9 @@ def reference_record(path: str) -> Optional[dict]:
 def same_blocks_warnings(sift: SiftConfig, run_info: dict) -> List[str]:
     """A warning when the reference was trained on blocks this run trains on: the same corpus and
     split, unless the two runs train on the two shares of one holdout split."""
-    if not is_online(sift):
+    if not online_reference(sift):
         return []
-    ref = reference_record(sift.reference)
+    ref = reference_record(sift.options.reference)
     if not ref or not isinstance(ref.get("corpus"), dict) or not isinstance(ref.get("training"), dict):
         return []
     mine, theirs = run_info.get("training") or {}, ref["training"]
@@ -74,7 +80,7 @@ def same_blocks_warnings(sift: SiftConfig, run_info: dict) -> List[str]:
     overlap = not apart
     if not (same_corpus and same_split and overlap):
         return []
-    return [f"sift.reference {sift.reference} was trained on blocks this run trains on (the same corpus and split, "
+    return [f"sift.reducible.reference {sift.options.reference} was trained on blocks this run trains on (the same corpus and split, "
             f"--holdout_fraction {theirs.get('holdout_fraction')} --train_on {theirs.get('train_on')}): its loss on them is no held-out estimate, and the reducible "
             "loss then favours what the reference memorised; train it with --holdout_fraction F --train_on holdout "
             "and this run with the same --holdout_fraction (--train_on rest)"]

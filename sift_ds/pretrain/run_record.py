@@ -71,7 +71,7 @@ def content_digest(path: str) -> str:
 
 def training_record(options: PretrainOptions, sift: SiftConfig) -> Dict[str, object]:
     """The ``sift`` keys and options that change what is trained (files by their content's sha256)."""
-    keys = {k: v for k, v in sift.to_dict().items() if k not in TRAINING_NEUTRAL}
+    keys = {k: v for k, v in sift.to_dict(flat=True).items() if k not in TRAINING_NEUTRAL}  # the records' spelling
     keys.update({k: content_digest(keys[k]) for k in FILE_KEYS if k in keys})
     return {"sift": keys, **{name: getattr(options, name) for name in SPLIT_OPTIONS}}
 

@@ -5,8 +5,9 @@ Grammar of one spec (``--arms`` takes a comma-separated list of them):
 
     vanilla                          --sift_enabled false
     CRITERION:EXIT                   --sift_enabled true --sift_criterion CRITERION --sift_exit_layer EXIT
-    stored:NAME                      --sift_enabled true --sift_criterion stored --sift_score_name NAME
-                                     (offline sifting: give the file as @score_file=PATH)
+    CRITERION:VALUE                  --sift_enabled true --sift_criterion CRITERION --sift_KEY VALUE for a
+                                     criterion that names its arm key (stored:NAME sets score_name: offline
+                                     sifting, give the file as @score_file=PATH)
     SPEC@key=value[@key=value...]    ... --sift_key value (any SiftConfig field, e.g. keep_ratio)
     SPEC@max_steps=N                 ... --max_steps N (the arm's own budget; its schedule decays at N)
 
@@ -24,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from ..criteria import criterion_class, criterion_names
+
 BASELINE = "vanilla"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
@@ -32,7 +35,6 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 _BASE_KEYS = ("enabled", "criterion", "exit_layer")
 # '@' keys that are options of the job rather than SiftConfig fields.
 JOB_KEYS = ("max_steps",)
-STORED = "stored"  # the head stored:NAME (criterion stored, selecting by the score NAME of @score_file)
 PATH_KEYS = ("score_file", "reference")  # named in the label by their file or directory name
 
 
@@ -75,12 +77,13 @@ def parse_arm(spec: str) -> Arm:
         label = BASELINE
         if any(not e.startswith("max_steps=") for e in extras):
             raise ValueError(f"arm {spec!r}: a vanilla arm takes only @max_steps=N")
-    elif head.startswith(STORED + ":"):
-        name = head.split(":", 1)[1]
-        if not _NAME.match(name):
-            raise ValueError(f"arm {spec!r}: expected stored:SCORE_NAME (e.g. stored:unigram_entropy)")
-        overrides = ["--sift_enabled", "true", "--sift_criterion", STORED, "--sift_score_name", name]
-        label = f"{STORED}-{name}"
+    elif _arm_key(head):
+        criterion, value = head.split(":", 1)
+        key = _arm_key(head)
+        if not _NAME.match(value):
+            raise ValueError(f"arm {spec!r}: expected {criterion}:{key.upper()} (a name)")
+        overrides = ["--sift_enabled", "true", "--sift_criterion", criterion, f"--sift_{key}", value]
+        label = f"{criterion}-{value}"
     else:
         parts = head.split(":")
         if len(parts) != 2 or not _NAME.match(parts[0]) or not parts[1].isdigit() or int(parts[1]) < 1:
@@ -95,7 +98,7 @@ def parse_arm(spec: str) -> Arm:
         if not sep or not _NAME.match(key) or not _VALUE.match(value):
             raise ValueError(f"arm {spec!r}: {'@' + extra!r} is not @key=value (key a SiftConfig field name, "
                              f"value without spaces or commas)")
-        if key in _BASE_KEYS + (("score_name",) if head.startswith(STORED + ":") else ()) or key in seen:
+        if key in _BASE_KEYS + ((_arm_key(head),) if _arm_key(head) else ()) or key in seen:
             raise ValueError(f"arm {spec!r}: key {key!r} is set twice")
         seen.add(key)
         if key in JOB_KEYS:
@@ -106,6 +109,12 @@ def parse_arm(spec: str) -> Arm:
             overrides += [f"--sift_{key}", value]
         label += f"_{key}-{_safe(_path_label(value) if key in PATH_KEYS else value)}"
     return Arm(label=label, overrides=tuple(overrides), spec=text, vanilla=head == BASELINE)
+
+
+def _arm_key(head: str) -> Optional[str]:
+    """The key that the head CRITERION:VALUE sets, for a criterion that names one (``arm_key``)."""
+    name = head.split(":", 1)[0]
+    return criterion_class(name).arm_key if ":" in head and name in criterion_names() else None
 
 
 def _path_label(path: str) -> str:

@@ -26,8 +26,10 @@ from typing import Tuple
 
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from ..config import REDUCIBLE, STORED
-from ..offline.score_file import REFERENCE_LOSS, read_meta
+from ..config import canonical_section
+from ..criteria import criterion_class, criterion_names
+from ..criteria.reducible import is_online
+from ..offline.score_file import read_meta
 from ..pretrain.metrics import FlopsModel, last_step_record
 from ..pretrain.models import model_config
 
@@ -53,20 +55,25 @@ def one_off(run_dir: str) -> OneOff:
     directory, as the study recorded them."""
     with open(os.path.join(run_dir, "run_config.json"), encoding="utf-8") as f:
         saved = json.load(f)
-    sift, opts = saved["sift"], saved["options"]
-    if not sift.get("enabled") or sift.get("criterion") not in (STORED, REDUCIBLE):
+    sift, opts = canonical_section(saved["sift"]), saved["options"]  # a run of an older version: its flat keys
+    name = sift.get("criterion")
+    if not sift.get("enabled") or name not in criterion_names():
+        return NONE
+    options = criterion_class(name).Options(**(sift.get(name) or {}))
+    stored = criterion_class(name)(options, None).stored_scores()
+    online = name == "reducible" and is_online(options)
+    if stored is None and not online:
         return NONE
     seq_len, fraction, sparse = int(opts["seq_len"]), float(opts["mlm_probability"]), bool(opts.get("sparse_mlm_head"))
     own = _flops(model_config(opts["model"], int(opts["vocab_size"])), seq_len, fraction, sparse, int(sift["exit_layer"]))
     per_sample = own.train_per_token * seq_len
-    if sift["criterion"] == REDUCIBLE and os.path.isdir(sift["reference"]):  # online: its training only
-        ref_dir = sift["reference"]
+    if online:  # the reducible loss's online reference: its training only
+        ref_dir = options.reference
         cost = last_step_record(os.path.dirname(os.path.abspath(ref_dir)))
         ref = _flops(AutoConfig.from_pretrained(ref_dir), seq_len, fraction, True, 1)
         return OneOff(float(cost["elapsed_s"]), cost["samples"] * seq_len * ref.train_per_token / per_sample,
                       (f"reference model training ({cost['step']} steps, {cost['elapsed_s']:.0f} s)",))
-    path = sift["score_file"] if sift["criterion"] == STORED else sift["reference"]
-    name = sift["score_name"] if sift["criterion"] == STORED else REFERENCE_LOSS
+    path, name = stored.path, stored.name
     meta = read_meta(path)
     about = meta["scores"][name]
     blocks, masks = int(meta["num_blocks"]), int(about.get("masks", 0))

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Dict, Iterable, List, Sequence
 
-from ..config_io import canonical_keys
+from ..config import canonical_section
 
 _DIGESTS: Dict[tuple, str] = {}
 # An absolute path of a machine (the tests scan committed files for these prefixes).
@@ -33,13 +33,13 @@ def file_digest(path: str) -> str:
 
 def config_digest(path: str) -> str:
     """sha256 of a ds_config's meaning: notes (keys starting with ``_``, at any depth) left out, old
-    ``sift`` key names replaced by the current ones, ``sift.start_after_lr_peak`` left out (it permits
-    a start, it changes nothing trained), keys sorted. A config edited only in those ways is the same
-    config to a study."""
+    ``sift`` key names and spellings replaced by the current ones (``sift_ds.config.canonical_section``),
+    ``sift.start_after_lr_peak`` left out (it permits a start, it changes nothing trained), keys sorted. A
+    config edited only in those ways is the same config to a study."""
     with open(path, encoding="utf-8") as f:
         config = _without_notes(json.load(f))
     if isinstance(config, dict) and isinstance(config.get("sift"), dict):
-        sift = canonical_keys(config["sift"])
+        sift = canonical_section(config["sift"])
         sift.pop("start_after_lr_peak", None)
         config["sift"] = sift
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

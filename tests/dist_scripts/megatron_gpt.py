@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from sift_ds import SiftConfig
 from sift_ds.megatron import GrossDataset, MCoreGPTAdapter, Sift
-from sift_ds.scorer import early_exit_token_scores as token_scores
+from sift_ds.criteria import early_exit_token_scores as token_scores
 
 MICRO, FACTOR = 4, 2
 

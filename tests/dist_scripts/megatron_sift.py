@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from sift_ds import SiftConfig  # noqa: E402
 from sift_ds.megatron import GrossDataset, MCoreBertAdapter, Sift  # noqa: E402
-from sift_ds.scorer import early_exit_token_scores as token_scores  # noqa: E402
+from sift_ds.criteria import early_exit_token_scores as token_scores  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--tp", type=int, default=2)

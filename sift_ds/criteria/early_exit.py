@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import kernels
-from .adapters import EarlyExitAdapter, aligned_labels, early_exit_hidden
-from .zero import full_parameters
+from .. import kernels
+from ..adapters import EarlyExitAdapter, aligned_labels, early_exit_hidden
+from ..zero import full_parameters
 
 
 def position_subset(labels: torch.Tensor, max_positions: int, seed: int) -> torch.Tensor:
@@ -50,15 +50,16 @@ def vocab_size(adapter: EarlyExitAdapter) -> int:
 
 
 def labelled_positions(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], labels_key: str = "labels",
-                       max_positions: int = 0, seed: int = 0):
+                       max_positions: int = 0, seed: int = 0, aligned: Optional[torch.Tensor] = None):
     """(flat position index, sequence index) of the scored tokens, computed where the batch lives: the
     labels other than -100 after the adapter's label alignment (``align_labels``: for a causal LM, the
     positions whose next token is labelled), or where its ``labelled_mask(batch)`` hook is non-zero;
     with ``max_positions`` > 0, at most that many per row (``position_subset``, seeded by ``seed``).
 
     The selection core calls this on the host copy of the batch, so the count needs no device sync.
+    ``aligned``: the batch's labels after the adapter's alignment, when already computed.
     """
-    labels = aligned_labels(adapter, batch[labels_key])
+    labels = aligned_labels(adapter, batch[labels_key]) if aligned is None else aligned
     hook = getattr(adapter, "labelled_mask", None)
     mask = hook(batch) if hook is not None else None
     if max_positions:
@@ -68,10 +69,11 @@ def labelled_positions(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tens
     return kernels.compact_labelled(labels, mask)
 
 
-def check_labels(adapter: EarlyExitAdapter, labels: torch.Tensor, positions) -> None:
+def check_labels(adapter: EarlyExitAdapter, aligned: torch.Tensor, positions) -> None:
     """ValueError for a scored label outside the model's vocabulary (on the host copy: no device sync).
-    ``labels``: the batch's, before the adapter's alignment; ``positions``: ``labelled_positions``."""
-    targets = aligned_labels(adapter, labels).reshape(-1).index_select(0, positions[0])
+    ``aligned``: the batch's labels after the adapter's alignment (``aligned_labels``); ``positions``:
+    ``labelled_positions``."""
+    targets = aligned.reshape(-1).index_select(0, positions[0])
     kernels.check_target_ids(targets, vocab_size(adapter))
 
 
@@ -98,12 +100,13 @@ def eval_mode(modules: List[nn.Module]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _head_inputs(adapter, batch, exit_layer: int, positions, labels_key: str, max_positions: int = 0, seed: int = 0):
+def _head_inputs(adapter, batch, exit_layer: int, positions, labels_key: str, max_positions: int = 0, seed: int = 0,
+                 aligned: Optional[torch.Tensor] = None):
     """(rows through the head transform [N, H], weight, bias, targets [N], sequence of each row [N]),
     with the pass's parameters gathered (ZeRO-3) and its dropout off while inside."""
-    labels = aligned_labels(adapter, batch[labels_key])
+    labels = aligned_labels(adapter, batch[labels_key]) if aligned is None else aligned
     flat, seq = positions if positions is not None else labelled_positions(adapter, batch, labels_key,
-                                                                           max_positions, seed)
+                                                                           max_positions, seed, labels)
     device = labels.device
     flat, seq = flat.to(device, non_blocking=True), seq.to(device, non_blocking=True)
     modules = adapter.selection_modules(exit_layer)
@@ -134,6 +137,7 @@ def early_exit_scores(
     check_targets: bool = True,
     max_positions: int = 0,
     seed: int = 0,
+    aligned: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """float32 [B]: mean early-exit loss or entropy over each sequence's scored positions (``-inf``
     for a row with none): the labelled ones (for a causal LM, the positions whose next token is
@@ -142,11 +146,12 @@ def early_exit_scores(
 
     ``positions`` may carry ``labelled_positions(adapter, batch, labels_key, max_positions, seed)``
     already computed on the host; ``check_targets=False`` when the labels were checked there too
-    (``check_labels``), so that the scoring needs no host sync. With a vocabulary-parallel head this is
-    a collective of its group.
+    (``check_labels``), so that the scoring needs no host sync; ``aligned``: the labels after the
+    adapter's alignment, on the batch's device, when already computed. With a vocabulary-parallel head
+    this is a collective of its group.
     """
     num_seqs = batch[labels_key].shape[0]
-    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed) as (
+    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed, aligned) as (
             rows, weight, bias, targets, seq):
         if vocab_group(adapter) is None:  # the fused path: one kernel from the rows to the sequence means
             return kernels.packed_sequence_scores(rows, weight, bias, targets, seq, num_seqs, criterion=criterion,
@@ -165,13 +170,13 @@ STATISTICS = kernels.CRITERIA + (GRADIENT_NORM,)
 def early_exit_token_statistic(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], exit_layer: int,
                                statistic: str = "loss", backend: str = "auto", positions: Optional[tuple] = None,
                                labels_key: str = "labels", check_targets: bool = True, max_positions: int = 0,
-                               seed: int = 0):
+                               seed: int = 0, aligned: Optional[torch.Tensor] = None):
     """(float32 [N] the per-token ``statistic`` (one of ``STATISTICS``) at the scored positions after
     ``exit_layer`` layers, int64 [N] their target ids, int64 [N] the row of each), in flat position
     order; the arguments are ``early_exit_scores``'s. No host sync with ``check_targets=False``."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed) as (
+    with _head_inputs(adapter, batch, exit_layer, positions, labels_key, max_positions, seed, aligned) as (
             rows, weight, bias, targets, seq):
         if statistic != GRADIENT_NORM:
             return _token_scores(adapter, rows, weight, bias, targets, statistic, backend, check_targets), targets, seq
