@@ -1,7 +1,8 @@
 """The pretraining job's options as a typed, frozen dataclass, and the command line generated from it.
 
 Precedence: the dataclass defaults < the ds_config's ``"pretrain"`` section < the command line.
-The ``--sift_*`` flags are generated from ``SiftConfig``'s fields, so a new field gets its flag.
+The ``--sift_*`` flags are generated from ``SiftConfig``'s fields and each registered criterion's keys
+(``sift_ds.config.key_fields``), so a new field gets its flag.
 Nothing here touches argparse internals: options not given on the command line are simply absent
 from the parsed namespace (``default=SUPPRESS``).
 """
@@ -14,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..config import SiftConfig
+from ..config import key_fields
 from ..config_io import CLI_TYPES, load_ds_config, unknown_key_message
 from .corpus import TEXT_SAMPLES
 from .data import OBJECTIVES
@@ -160,8 +161,8 @@ def build_parser(prog: str = PROG, description: str = "Pretrain a BERT from scra
                     metavar="JSON", help="alias of --ds_config; a bare --deepspeed flag (DeepSpeed's convention) "
                                          "is ignored")
     sift = p.add_argument_group("SIFT: overrides of the ds_config 'sift' section")
-    for f in dataclasses.fields(SiftConfig):
-        _add_field(sift, f, f"--{SIFT_PREFIX}{f.name}", f"{SIFT_PREFIX}{f.name}")
+    for name, f in key_fields():
+        _add_field(sift, f, f"--{SIFT_PREFIX}{name}", f"{SIFT_PREFIX}{name}")
     return p
 
 

@@ -15,8 +15,9 @@ from transformers import PretrainedConfig
 
 from ..batching import BatchSizes, resolve_batch_sizes, world_size_from_env
 from .. import registry
-from ..config import FREQUENCY_LOSS, SECTION, SiftConfig
-from ..config_io import ALIASES, canonical_keys, load_ds_config
+from .. import criteria
+from ..config import SECTION, SiftConfig, canonical_section
+from ..config_io import ALIASES, load_ds_config
 from . import checkpoint, ds_check, ds_policy, tracking
 from .corpus import check_compression, check_dataset_name, check_embedded_corpus, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
@@ -138,14 +139,17 @@ def resolve_sift(section, overrides, output_dir: str = "") -> SiftConfig:
     freq_loss's unigram baseline without a table gets the one the job computes in ``output_dir``."""
     if section is not None and not isinstance(section, dict):
         raise ValueError("ds_config key 'sift' must be a JSON object")
-    merged = {**canonical_keys(section or {}), **canonical_keys(overrides)}  # an alias flag replaces the key
-    if (merged.get("criterion") == FREQUENCY_LOSS and merged.get("frequency_baseline") == "unigram"
-            and not merged.get("frequency_table") and output_dir):
-        merged["frequency_table"] = job_unigram_table(output_dir)
+    # an alias flag replaces the key; a criterion's key flag replaces that key in its section
+    merged = criteria.merge_sections(canonical_section(section or {}), canonical_section(overrides))
+    freq = merged.get("freq_loss") or {}
+    if (merged.get("criterion") == "freq_loss" and freq.get("frequency_baseline") == "unigram"
+            and not freq.get("frequency_table") and output_dir):
+        merged["freq_loss"] = {**freq, "frequency_table": job_unigram_table(output_dir)}
     try:
         return SiftConfig.from_dict(merged)
     except ValueError as err:
-        flags = [f"--sift_{key}" for key in overrides if f"sift.{ALIASES.get(key, key)}" in str(err)]
+        flags = [f"--sift_{key}" for key in overrides if f"sift.{ALIASES.get(key, key)}" in str(err)
+                 or (criteria.owner_of(key) and f"sift.{criteria.owner_of(key).name}.{key}" in str(err))]
         raise ValueError(f"{err} (set by {flags[0]})" if flags else str(err)) from None
 
 
