@@ -19,6 +19,15 @@ from tiny import ds_config, mlm_batch, spread_weights, tiny_bert
 POWER, EXIT = 1.5, 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def plugin_registered():
+    """The plugin is registered for this module's tests only (importing it registered it): later tests
+    see the built-in criteria, as a user who never imports it does."""
+    register_criterion(PowerLossSum)
+    yield
+    criteria.unregister_criterion(NAME)
+
+
 def f64_power_sums(model, batch, exit_layer=EXIT, power=POWER):
     """float64 [B]: sum over each row's labelled tokens of CE^power (-inf for a row with none)."""
     losses, _, rows = f64_exit_token_losses(model, batch, exit_layer)

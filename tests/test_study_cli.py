@@ -234,7 +234,7 @@ def test_seed_list_takes_a_count_a_list_or_one_seed(text, seeds):
     (["--arms", "vanilla", "--parallel", "0"], "argument --parallel: expected a positive integer"),
     (["--arms", "vanilla", "--bogus"], "unrecognized arguments: --bogus"),
     (["--arms", "vanilla,loss:1@bogus=1"], "arm 'loss-exit1_bogus-1': the pretraining job has no option --sift_bogus"),
-    (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': --sift_criterion lost is not one of {loss,entropy,"),
+    (["--arms", "vanilla,lost:1"], "arm 'lost-exit1': pretrain_bert.py: error: sift.criterion must be one of ['entropy', 'loss',"),
     (["--arms", "vanilla", "--ds_config", "missing.json"], "--ds_config missing.json: no such file"),
     (["--arms", "vanilla", "--out", "/proc/x"], "--out /proc/x: cannot create it"),
     (["--arms", "vanilla", "--pin_cores", "0,0"], "--pin_cores: a core is listed twice"),
