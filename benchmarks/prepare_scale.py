@@ -186,7 +186,7 @@ def start(args) -> None:
 
 
 def loader(args) -> None:
-    from sift_ds.prepare.blocks import open_prepared
+    from sift_ds.shards.blocks import open_prepared
     from sift_ds.pretrain.data import split_blocks
     from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator, fixed_eval_batches
     from sift_ds.pretrain.tokenizer import load_tokenizer

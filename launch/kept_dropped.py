@@ -23,7 +23,7 @@ import numpy as np
 
 from sift_ds.adapters import detect_adapter
 from sift_ds.offline.model_scores import checkpoint_model
-from sift_ds.offline.score_file import attach_scores
+from sift_ds.score_file import attach_scores
 from sift_ds.offline.run_blocks import fail, run_blocks, split_argv
 from sift_ds.pretrain.loader import GrossBatchLoader, make_collator
 from sift_ds.selection import select

@@ -30,8 +30,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from sift_ds.config import SiftConfig
 from sift_ds.hf import SiftTrainer  # (run_mlm.py: from transformers import Trainer)
-from sift_ds.prepare.blocks import PreparedRows, check_manifest, open_prepared
-from sift_ds.prepare.layout import tokenizer_digest
+from sift_ds.shards.blocks import PreparedRows, check_manifest, open_prepared
+from sift_ds.shards.layout import tokenizer_digest
 from sift_ds.pretrain.corpus import TEXT_SAMPLES, default_corpus
 
 PROG = "run_mlm_sift.py"

@@ -23,7 +23,7 @@ import torch
 
 from sift_ds.offline.model_scores import checkpoint_model
 from sift_ds.criteria.columns import REFERENCE_LOSS
-from sift_ds.offline.score_file import write_scores
+from sift_ds.score_file import write_scores
 from sift_ds.offline.scoring import FROZEN_ENTROPY, SCORE_NAMES, score_blocks, training_cost
 from sift_ds.offline.run_blocks import fail, run_blocks, split_argv
 from sift_ds.pretrain.loader import make_collator

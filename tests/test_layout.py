@@ -236,3 +236,43 @@ def test_module_structure(path, source):
                 continue
             for name in names:
                 assert name.startswith(OPTIONAL_IMPORTS), f"{path}:{node.lineno} imports {name} inside {func.name}"
+
+
+def _subpackage_imports() -> dict:
+    """sift_ds's subpackages (folders) -> the other subpackages their modules import, from the source."""
+    root = os.path.join(REPO, "sift_ds")
+    subpackages = {d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "__init__.py"))}
+    edges = {name: set() for name in subpackages}
+    for path, source in _modules():
+        parts = path[:-3].split(os.sep)  # sift_ds/<sub>/.../<module>
+        if len(parts) < 3 or parts[1] not in subpackages:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = parts[:len(parts) - node.level] if node.level else []
+            target = base + (node.module.split(".") if node.module else [])
+            if target[:1] != ["sift_ds"]:
+                continue
+            named = target[1:2] or [alias.name for alias in node.names]
+            edges[parts[1]] |= {name for name in named if name in subpackages and name != parts[1]}
+    return edges
+
+
+def test_no_subpackage_imports_one_that_imports_it_back():
+    """The subpackages form layers (a cycle would make each import the other's half-built module):
+    e.g. the pretraining job imports the score file's format, and the offline scoring the job."""
+    edges = _subpackage_imports()
+    assert edges["offline"] >= {"pretrain"} and edges["prepare"] >= {"pretrain", "shards"}  # the walk sees imports
+
+    def reachable(start):
+        seen, todo = set(), list(edges[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(edges[name])
+        return seen
+
+    cycles = sorted(name for name in edges if name in reachable(name))
+    assert not cycles, {name: sorted(edges[name]) for name in cycles}

@@ -13,9 +13,9 @@ from transformers import BertTokenizerFast
 
 from sift_ds import BertAdapter
 from sift_ds.config import SiftConfig
-from sift_ds.offline import reference_model  # noqa: F401 - registers the online reference loader
+from sift_ds.pretrain import reference_model  # noqa: F401 - registers the online reference loader
 from sift_ds.offline.model_scores import SCORE_STREAM, block_model_scores
-from sift_ds.offline.score_file import attach_scores, read_meta, read_scores, write_scores
+from sift_ds.score_file import attach_scores, read_meta, read_scores, write_scores
 from sift_ds.offline.text_stats import text_tokens, unigram_entropy, unique_share
 from sift_ds.criteria.columns import REFERENCE_COLUMN, SCORE_COLUMN
 from sift_ds.pretrain.loader import GrossBatchLoader, MaskingCollator

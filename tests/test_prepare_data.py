@@ -18,7 +18,7 @@ from pydoc_data.topics import topics
 
 from launch_helpers import cpu_env, load_cli, metrics, one_line_error, run_python, small_config
 from launcher import REPO
-from sift_ds.prepare.blocks import open_prepared, read_manifest
+from sift_ds.shards.blocks import open_prepared, read_manifest
 from sift_ds.prepare.pipeline import Request, prepare
 from sift_ds.pretrain import corpus as corpus_lib, data as data_lib, tokenizer as tok
 

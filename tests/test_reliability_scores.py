@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sift_ds.offline.score_file import FORMAT, blocks_digest, read_meta, read_scores, vocab_digest, write_scores
+from sift_ds.score_file import FORMAT, blocks_digest, read_meta, read_scores, vocab_digest, write_scores
 from test_offline_sifting import blocks_of, wordpiece
 
 

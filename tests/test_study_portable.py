@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from launcher import REPO
+from sift_ds import content_digest
 from sift_ds.study import identity, preflight, runs
 from sift_ds.study.arms import Arm, parse_arm
 
@@ -35,7 +36,7 @@ def test_the_data_is_known_by_content_not_by_path(tmp_path):
         return preflight.portable(runs.record(plan[0], plan, runs.Settings("job.py", str(config), [], [str(data)])))
     first = stamp("out1", here)
     assert first == stamp("out2", there)  # the study and the corpus moved: the same run
-    assert first["data_sha256"] == identity.data_digest([str(there)])
+    assert first["data_sha256"] == content_digest.data_digest([str(there)])
     there.write_text("other text\n")
     assert first != stamp("out2", there)  # another corpus under the same name: refused
 
@@ -59,7 +60,7 @@ def test_the_ds_config_is_known_by_meaning_not_by_bytes(tmp_path):
     config.write_text(json.dumps(base))
     plan = runs.plan([parse_arm("vanilla")], [0], str(tmp_path / "out"))
     settings = runs.Settings("job.py", str(config), [], [])
-    old = dict(runs.record(plan[0], plan, settings), ds_config_sha256=identity.file_digest(str(config)))
+    old = dict(runs.record(plan[0], plan, settings), ds_config_sha256=content_digest.file_digest(str(config)))
     os.makedirs(plan[0].directory)
     with open(plan[0].path("command.json"), "w") as f:
         json.dump(old, f)

@@ -4,7 +4,7 @@ stored per block (the column ``sift_reference_loss``, from a score file) or comp
 reference model's own loss on the gross batch, with the batch's masks, every step.
 
 The scoring core loads no model: the application that loads models registers a reference loader
-(``register_reference_loader``; ``sift_ds.offline.reference_model`` loads Hugging Face models), which
+(``register_reference_loader``; ``sift_ds.pretrain.reference_model`` loads Hugging Face models), which
 gives the reference model's adapter for a directory and a device.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ReducibleLoss(Criterion):
             return stored_column(inputs.columns, REFERENCE_COLUMN, device)
         if not _LOADERS:
             raise ValueError(f"sift.reducible.reference {self.options.reference} is a model directory, and no reference "
-                             "loader is registered: import sift_ds.offline.reference_model (Hugging Face models) or "
+                             "loader is registered: import sift_ds.pretrain.reference_model (Hugging Face models) or "
                              "register one with sift_ds.criteria.register_reference_loader")
         adapter = _LOADERS[-1](self.options.reference, device)
         return early_exit_scores(adapter, inputs.batch, adapter.num_layers, "loss", self.config.kernel,

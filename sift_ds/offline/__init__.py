@@ -4,6 +4,8 @@ a reference model's stored loss per block (criterion ``reducible``).
 
 ``text_stats``   free statistics of a block's token ids (unigram entropy, unique-token share)
 ``model_scores`` a model's masked-LM score of every block (a frozen early exit's entropy, a reference loss)
-``score_file``   the score file: scores keyed by block index plus a digest of the blocks and vocabulary;
-                 attaching a score to the training blocks as the column the selection core reads
+``scoring``      the scoring by name, with its cost
+``run_blocks``   a run's training blocks, from its own arguments
+
+The score file the scores go to, and which the pretraining job reads, is ``sift_ds.score_file``.
 """

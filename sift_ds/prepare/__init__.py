@@ -9,7 +9,7 @@ the smallest dtype that holds it, and a ``manifest.json`` written last:
     name, or Megatron ``.bin``/``.idx`` indexed datasets, read by megatron-core's own reader);
   * ``shard``: one shard's documents -> tokens -> blocks, written atomically (temporary files, then
     renames, the shard's record last), by one of N worker processes;
-  * ``pipeline``: the preparation: settings, tokenizer, shards (resumed shard by shard), manifest;
-  * ``blocks``: the reader (``PreparedBlocks``) and the manifest's checks against a run;
-  * ``layout``: file names, the manifest, dtypes, atomic writes, the tokenizer's digest.
+  * ``pipeline``: the preparation: settings, tokenizer, shards (resumed shard by shard), manifest.
+
+The directory's format and its reader live in ``sift_ds.shards``.
 """

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..pretrain.data import MIN_SEQ_LEN, OBJECTIVES, PACK_BATCH
-from .layout import FORMAT, MANIFEST, SETTINGS, TMP, TOKENIZER_DIR, atomic_json, read_json, versions
+from ..shards.layout import FORMAT, MANIFEST, SETTINGS, TMP, TOKENIZER_DIR, atomic_json, read_json, versions
 from .shard import Packing, finished_record, write_shard
 from .source_setup import open_source
 

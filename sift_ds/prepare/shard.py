@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..pretrain.data import PACK_BATCH, clm_blocks, mlm_blocks, nsp_blocks
-from .layout import atomic_json, atomic_npy, column_file, read_json, shard_name
+from ..shards.layout import atomic_json, atomic_npy, column_file, read_json, shard_name
 
 NSP_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "next_sentence_label")
 

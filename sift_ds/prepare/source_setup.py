@@ -18,8 +18,8 @@ from ..pretrain.corpus import check_compression, check_not_empty, load_corpus, r
 from ..pretrain.options import PretrainOptions
 from ..pretrain.run_record import corpus_record
 from ..pretrain.vocab_check import check_vocabulary, first_texts
-from ..study.identity import data_digest
-from .layout import FORMAT, TMP, TOKENIZER_DIR, token_dtype, tokenizer_digest
+from ..content_digest import data_digest
+from ..shards.layout import FORMAT, TMP, TOKENIZER_DIR, token_dtype, tokenizer_digest
 from .sources import MegatronSource, TextSource
 
 logger = logging.getLogger("sift_ds.prepare")

@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from .. import initialize
 from ..compiling import compile_engine
-from ..offline.score_file import attach_scores
+from ..score_file import attach_scores
 from ..zero import full_parameters
 from . import checkpoint, tracking
 from .fused import fuse_layer_norms

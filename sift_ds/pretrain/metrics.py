@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..adapters import detect_adapter
 from ..config import SiftConfig
 from ..criteria.reducible import is_online
-from ..offline.reference_model import reference_model
+from .reference_model import reference_model
 from .tracking import write_record
 
 logger = logging.getLogger(__name__)

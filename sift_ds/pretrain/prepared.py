@@ -9,8 +9,8 @@ import dataclasses
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from ..prepare.blocks import check_manifest, open_prepared, read_manifest
-from ..prepare.layout import TOKENIZER_DIR, tokenizer_digest
+from ..shards.blocks import check_manifest, open_prepared, read_manifest
+from ..shards.layout import TOKENIZER_DIR, tokenizer_digest
 from .data import PretrainData, split_blocks
 from .options import PretrainOptions
 from .tokenizer import load_tokenizer

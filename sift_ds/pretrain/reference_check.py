@@ -12,7 +12,7 @@ from typing import List, Optional
 from transformers import AutoConfig
 
 from ..config import SiftConfig
-from ..offline.score_file import vocab_digest
+from ..score_file import vocab_digest
 from ..criteria.reducible import is_online
 from .manifest import read_json_object
 from .models import max_sequence_length

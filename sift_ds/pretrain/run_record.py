@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..config import SiftConfig
 from ..config_io import canonical_keys
-from ..study.identity import data_digest, file_digest
+from ..content_digest import data_digest, file_digest
 from .corpus import default_corpus
 from .options import PretrainOptions
 from .prepared import prepared_corpus

@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 from ..config import canonical_section
 from ..criteria import criterion_class, criterion_names
 from ..criteria.reducible import is_online
-from ..offline.score_file import read_meta
+from ..score_file import read_meta
 from ..pretrain.metrics import FlopsModel, last_step_record
 from ..pretrain.models import model_config
 

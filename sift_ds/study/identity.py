@@ -4,31 +4,17 @@ study's files (``command.json``, ``run_config.json``, ``log.txt``, ``study.json`
 that a committed study holds no path of the machine that ran it and can be resumed elsewhere."""
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Sequence
+from typing import Iterable, Sequence
 
 from ..config import canonical_section
+from ..content_digest import data_digest
 
-_DIGESTS: Dict[tuple, str] = {}
 # An absolute path of a machine (the tests scan committed files for these prefixes).
 MACHINE_PATH = re.compile(r"/(?:work|root|home|tmp)/[^\s'\",\]\)`]*")
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 def config_digest(path: str) -> str:
@@ -49,16 +35,6 @@ def _without_notes(value):
     if isinstance(value, dict):
         return {k: _without_notes(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_"))}
     return [_without_notes(v) for v in value] if isinstance(value, list) else value
-
-
-def data_digest(words: Sequence[str]) -> str:
-    """One sha256 for the study's ``--data`` words: each word's files (a glob, sorted) by content; a
-    word that names no file (a dataset name) by itself. Where the files lie does not count."""
-    items: List[object] = []
-    for word in words:
-        files = sorted(p for p in glob.glob(word) if os.path.isfile(p))
-        items.append([file_digest(p) for p in files] if files else word)
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def portable(stamp: dict) -> dict:

@@ -10,8 +10,9 @@ import subprocess
 import sys
 from typing import Sequence
 
+from ..content_digest import file_digest
 from .arms import Arm, flags
-from .identity import file_digest, portable
+from .identity import portable
 from .runs import RESERVED, Run, RunFailed, Settings, environment, is_done, job_args, record
 
 def check_passthrough(arms: Sequence[Arm], passthrough: Sequence[str]) -> None:

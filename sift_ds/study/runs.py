@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..content_digest import data_digest
 from ..pretrain.metrics import read_metrics
 from .arms import Arm, flags
-from .identity import config_digest, data_digest
+from .identity import config_digest
 
 # Options the study sets itself for every run; the passthrough must not repeat them.
 RESERVED = ("--seed", "--output_dir", "--resume", "--ds_config", "--deepspeed_config", "--deepspeed", "--local_rank")

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .layout import FORMAT, MANIFEST, column_file, read_json
+from .layout import FORMAT, MANIFEST, read_json
 
 COLUMNS = {"mlm": ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask"),
            "clm": ("input_ids", "attention_mask"),
