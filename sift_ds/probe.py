@@ -14,7 +14,7 @@ import torch
 
 from .adapters import EarlyExitAdapter
 from .config import SiftConfig
-from .criteria import early_exit_scores, sequence_scores
+from .criteria import criterion_scores, early_exit_scores
 from .selector import gather_scores
 
 
@@ -59,7 +59,7 @@ def fidelity(adapter: EarlyExitAdapter, batch: Mapping[str, torch.Tensor], cfg: 
     # columns the probe batch has not names the criterion probed instead (``probe_as``).
     stand_in = cfg.criterion_class.probe_as
     probed = dataclasses.replace(cfg, criterion=stand_in, options=None) if stand_in else cfg
-    early = sequence_scores(adapter, probed, batch, labels_key=labels_key, max_positions=0)
+    early = criterion_scores(adapter, probed, batch, labels_key=labels_key, max_positions=0)
     full = early_exit_scores(adapter, batch, adapter.num_layers, "loss", cfg.kernel, labels_key=labels_key)
     early, full = gather_scores(early, group).cpu(), gather_scores(full, group).cpu()
     valid = torch.isfinite(early) & torch.isfinite(full)

@@ -120,7 +120,7 @@ def select(adapter: EarlyExitAdapter, config: SiftConfig, batch: Mapping[str, to
         return Selection(take_rows(batch, local), indices, nan_scores, local_rows_kept(local, 0, gross), warmup=True,
                          trained=trained, **common)
 
-    scores = criteria.sequence_scores(adapter, config, batch, positions, labels_key, check_targets=not on_host,
+    scores = criteria.criterion_scores(adapter, config, batch, positions, labels_key, check_targets=not on_host,
                                       seed=subset_seed, group=group, update=True, columns=columns, aligned=aligned)
     if config.criterion_class.rows == criteria.SAMPLED:
         return _sampled_selection(adapter, config, batch, aligned, scores, keep, group, world if global_scope else 1,

@@ -168,7 +168,7 @@ def test_freq_loss_reads_the_fused_kernels_token_losses(monkeypatch, tmp_path):
     cfg = SiftConfig(criterion="freq_loss", options={"frequency_baseline": "unigram", "frequency_table": path},
                      kernel="triton")
     batch = mlm_batch(6, seed=11)
-    got = criteria.sequence_scores(sift_ds.detect_adapter(model), cfg, batch)
+    got = criteria.criterion_scores(sift_ds.detect_adapter(model), cfg, batch)
     assert_scores(got, unigram_excess_reference(model, batch, counts, 1, 6))
 
 

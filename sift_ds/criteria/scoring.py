@@ -47,7 +47,7 @@ def check_model(adapter: Any, config: Any) -> None:
 
 
 @torch.no_grad()
-def sequence_scores(adapter: Any, config: Any, batch: Mapping[str, torch.Tensor], positions: Optional[tuple] = None,
+def criterion_scores(adapter: Any, config: Any, batch: Mapping[str, torch.Tensor], positions: Optional[tuple] = None,
                     labels_key: str = "labels", check_targets: bool = True, seed: int = 0, group=None,
                     update: bool = False, max_positions: Optional[int] = None,
                     columns: Optional[Mapping[str, torch.Tensor]] = None,

@@ -26,7 +26,7 @@ from megatron.core import parallel_state
 
 from ..adapters import detect_adapter
 from ..config import SiftConfig
-from ..criteria import sequence_scores
+from ..criteria import criterion_scores
 from ..schedule import resolve_selection_start
 from ..versions import require
 from ..frontend import FrontEnd, MicroSteps
@@ -160,7 +160,7 @@ class Sift:
         adapter, cfg = self.adapter(model), self.config
         device = self.frontend.device_for(adapter)
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        return sequence_scores(adapter, cfg, batch, max_positions=0)
+        return criterion_scores(adapter, cfg, batch, max_positions=0)
 
     def select(self, model, batch: Mapping[str, torch.Tensor], step: int, micro_step: int):
         """(the kept rows, their loss-dict telemetry) of a gross batch ``[gross, ...]`` that every TP

@@ -90,7 +90,7 @@ stub = SimpleNamespace(train_micro_batch_size_per_gpu=lambda: MICRO, device=torc
 cfg = sift_ds.SiftConfig(exit_layer=1, keep_ratio=0.5, scope="global", kernel="torch", selection_start_step=0)
 sift = engine_module.SiftEngine(stub, BertAdapter(model), cfg)
 GROSS = sift.gross_batch_size
-real_scores = core_module.criteria.sequence_scores
+real_scores = core_module.criteria.criterion_scores
 
 
 def forced(kind, step):
@@ -111,9 +111,9 @@ records = []
 for step, kind in enumerate(kinds):
     batch = mlm_batch(GROSS, seed=31 * step + RANK, empty_row=(step % 2 == 0))
     if kind == "real":
-        core_module.criteria.sequence_scores = real_scores
+        core_module.criteria.criterion_scores = real_scores
     else:
-        core_module.criteria.sequence_scores = lambda *a, _k=kind, _s=step, **kw: forced(_k, _s)
+        core_module.criteria.criterion_scores = lambda *a, _k=kind, _s=step, **kw: forced(_k, _s)
     RECEIVED.update(bytes=0, calls=[])
     COUNTING["on"] = True
     sel = sift.select(batch)
