@@ -268,36 +268,75 @@ def phase_step(args):
         if cuda:
             torch.cuda.synchronize()
 
+    timed = dict(phase=phase, batch=batch, sync=sync, warm=warm, reps=reps, micro=micro, seq=seq)
     for name, arm in arms.items():
-        rec = d["arms"][name] = {}
-        if phase.left() <= 0:
-            rec["status"] = "skipped: out of time"
-            phase.save()
-            continue
-        batches = [batch(arm.gross_batch_size) for _ in range(warm + reps)]
-        steps, selects, shares = [], [], []
-        for i, gross in enumerate(batches):
-            sync()
-            t = time.perf_counter()
-            loss = arm.train_step(gross)
-            sync()
-            seconds = time.perf_counter() - t
-            stats = arm.stats
-            if not torch.isfinite(loss):
-                raise AssertionError(f"{name}: non-finite loss at step {i}")
-            if i >= warm:
-                steps.append(seconds)
-                selects.append(stats["sift/selection_time_s"])
-                shares.append(stats["sift/selection_share"])
-        step_s = sorted(steps)[len(steps) // 2]
-        rec.update(step_ms=round(1e3 * step_s, 2), select_ms=round(1e3 * sorted(selects)[len(selects) // 2], 2),
-                   selection_share=round(sorted(shares)[len(shares) // 2], 4) if name != "vanilla" else None,
-                   gross=arm.gross_batch_size, trained_rows=micro,
-                   trained_tokens_per_s=round(micro * seq / step_s, 1),
-                   scored_tokens_per_s=round(arm.gross_batch_size * seq / step_s, 1))
-        if "vanilla" in d["arms"] and "trained_tokens_per_s" in d["arms"]["vanilla"]:
-            rec["tokens_per_s_vs_vanilla"] = round(rec["trained_tokens_per_s"] / d["arms"]["vanilla"]["trained_tokens_per_s"], 3)
+        time_arm(name, arm, **timed)
+    # torch.compile (sift_ds.compiling): a second model with the padded masked-positions-only head,
+    # DeepSpeed's engine.compile and the compiled prefix forward, vanilla and SIFT (fused scorer)
+    backend = "inductor" if cuda else "eager"
+    d["compile"] = f"backend {backend}; graphs and graph breaks counted after the warm-up steps"
+    for name, arm in compiled_arms(preset, vocab, seq, cfg, sift_cfg, backend).items():
+        time_arm(name, arm, **timed)
+
+
+def time_arm(name, arm, phase, batch, sync, warm, reps, micro, seq):
+    """Step ``arm`` ``warm + reps`` times; its medians into ``phase.data["arms"][name]``."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    d = phase.data
+    rec = d["arms"][name] = {}
+    if phase.left() <= 0:
+        rec["status"] = "skipped: out of time"
         phase.save()
+        return
+    batches = [batch(arm.gross_batch_size) for _ in range(warm + reps)]
+    steps, selects, shares = [], [], []
+    for i, gross in enumerate(batches):
+        if i == warm:
+            compiled = (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
+        sync()
+        t = time.perf_counter()
+        loss = arm.train_step(gross)
+        sync()
+        seconds = time.perf_counter() - t
+        stats = arm.stats
+        if not torch.isfinite(loss):
+            raise AssertionError(f"{name}: non-finite loss at step {i}")
+        if i < warm:
+            rec["warm_up_s"] = round(rec.get("warm_up_s", 0.0) + seconds, 2)
+        else:
+            steps.append(seconds)
+            selects.append(stats["sift/selection_time_s"])
+            shares.append(stats["sift/selection_share"])
+    step_s = sorted(steps)[len(steps) // 2]
+    rec.update(step_ms=round(1e3 * step_s, 2), select_ms=round(1e3 * sorted(selects)[len(selects) // 2], 2),
+               selection_share=round(sorted(shares)[len(shares) // 2], 4) if arm.sift_config.enabled else None,
+               gross=arm.gross_batch_size, trained_rows=micro,
+               trained_tokens_per_s=round(micro * seq / step_s, 1),
+               scored_tokens_per_s=round(arm.gross_batch_size * seq / step_s, 1))
+    if name.endswith("-compiled"):
+        rec["after_warm_up"] = {"graphs": counters["stats"]["unique_graphs"] - compiled[0],
+                                "graph_breaks": sum(counters["graph_break"].values()) - compiled[1]}
+    if "vanilla" in d["arms"] and "trained_tokens_per_s" in d["arms"]["vanilla"]:
+        rec["tokens_per_s_vs_vanilla"] = round(rec["trained_tokens_per_s"] / d["arms"]["vanilla"]["trained_tokens_per_s"], 3)
+    phase.save()
+
+
+def compiled_arms(preset, vocab, seq, cfg, sift_cfg, backend):
+    """A second engine (the padded head, ``sift_ds.compiling.compile_engine``) behind vanilla and SIFT."""
+    import torch
+
+    import sift_ds
+    from sift_ds.compiling import compile_engine
+    from sift_ds.pretrain.models import build_bert
+
+    torch.manual_seed(0)
+    model = build_bert(preset, vocab_size=vocab, max_position_embeddings=max(seq, 512), sparse_head=True,
+                       masked_share=0.15)
+    sift = compile_engine(sift_ds.initialize(model=model, config=cfg, sift_config=sift_cfg)[0], backend)
+    return {"vanilla-compiled": sift_ds.SiftEngine(sift.engine, sift.adapter, sift_ds.SiftConfig(enabled=False)),
+            "sift-compiled": sift}
 
 
 PHASES = {"scorer": phase_scorer, "step": phase_step}

@@ -24,6 +24,8 @@ a run resumed from a Trainer checkpoint trains exactly what the uninterrupted ru
 The training forward runs the MLM head on the labelled positions only (``sparse_mlm_head=True``, the
 default, with SIFT on or off; ``sift_ds.mlm_head``): the loss and gradients are the dense head's, and
 evaluation runs the dense forward. ``apply_sparse_mlm_head(model)`` gives a plain ``Trainer`` the same.
+With ``TrainingArguments(torch_compile=True)`` the head is padded to a fixed row count (for the
+collator's ``mlm_probability``) and the selection's prefix forward is compiled too (``sift_ds.compiling``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from transformers import Trainer
 
 from .adapters import EarlyExitAdapter
 from .config import SECTION, SiftConfig
+from .compiling import DEFAULT_BACKEND, compile_prefix
 from .config_io import load_ds_config, without_notes
 from .frontend import FrontEnd, start_up_checks
 from .hf_checkpoint import CriterionStateCallback, load_criterion_state
@@ -70,6 +73,19 @@ def sift_config_for(sift: Union[SiftConfig, Mapping[str, Any], None], args) -> S
     return sift
 
 
+def padded_share(args, collator) -> Optional[float]:
+    """With ``torch_compile``, the masking probability the masked-positions-only head is padded for
+    (static shapes, ``mlm_head.padded_row_count``): the collator's ``mlm_probability``; else None."""
+    if not getattr(args, "torch_compile", False):
+        return None
+    share = getattr(collator, "mlm_probability", None)
+    if not isinstance(share, float):
+        raise ValueError(f"SiftTrainer: torch_compile pads the masked-positions-only MLM head for the collator's "
+                         f"masking probability, and {type(collator).__name__} has no mlm_probability: pass "
+                         "sparse_mlm_head=False, or a collator with one (DataCollatorForLanguageModeling)")
+    return share
+
+
 class SiftTrainer(Trainer):
     """``transformers.Trainer`` with SIFT's selection before each training micro-step (module docstring).
 
@@ -85,6 +101,8 @@ class SiftTrainer(Trainer):
         self.sift_config = sift_config_for(sift, args)
         self.sparse_mlm_head = sparse_mlm_head
         self._given_adapter = adapter
+        collator = kwargs.get("data_collator", trainer_args[0] if trainer_args else None)
+        self._masked_share = padded_share(args, collator) if sparse_mlm_head else None
         if sparse_mlm_head and model is not None:
             self._with_sparse_head(model)  # before Trainer inspects its forward and wraps it
         super().__init__(model, args, *trainer_args, **kwargs)
@@ -110,8 +128,12 @@ class SiftTrainer(Trainer):
     # ------------------------------------------------------------------ selection
     @property
     def sift_adapter(self) -> EarlyExitAdapter:
-        """``adapter=`` if given, else the one detected for ``self.model`` (again if ``model_init`` replaced it)."""
-        return self.sift_frontend.adapter_for(self.model)
+        """``adapter=`` if given, else the one detected for ``self.model`` (again if ``model_init`` replaced it);
+        with ``torch_compile``, its prefix forward compiled (``sift_ds.compiling``)."""
+        adapter = self.sift_frontend.adapter_for(self.model)
+        if self.args.torch_compile:
+            compile_prefix(adapter, self.args.torch_compile_backend or DEFAULT_BACKEND, self.args.torch_compile_mode)
+        return adapter
 
     @property
     def gross_batch_size(self) -> int:
@@ -122,6 +144,7 @@ class SiftTrainer(Trainer):
         """Select the kept rows of one gross batch (``sift_ds.frontend.keep_count``) at the current
         optimizer step (``state.global_step``) and ``micro_step`` within it; its ``sift/*`` pairs go to
         ``sift_telemetry``."""
+        self.sift_adapter  # noqa: B018 - resolved (and compiled) for this model
         return self.sift_frontend.select(batch, self.state.global_step, micro_step, model=self.model)
 
     def sift_probe(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
@@ -144,7 +167,7 @@ class SiftTrainer(Trainer):
         """``apply_sparse_mlm_head(model)``; for a model of a family without a built-in adapter, a
         TypeError that says what to pass."""
         try:
-            return apply_sparse_mlm_head(model)
+            return apply_sparse_mlm_head(model, self._masked_share)
         except TypeError:
             name = f"{type(model).__name__} (model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r})"
             early_exit = "adapter= serves the early exit only" if self._given_adapter is not None else \

@@ -97,8 +97,12 @@ def install_forward(model: nn.Module, sparse: Callable, labels_name: str = "labe
     if is_patched(model):
         return model
     dense = type(model).forward
-    forward = functools.update_wrapper(functools.partial(_forward, dense, inspect.signature(dense), sparse,
-                                                         labels_name), dense)
+    signature = inspect.signature(dense)
+
+    def forward(model, *args, **kwargs):  # a function, not a partial: torch.compile(model) looks up its source file
+        return _forward(dense, signature, sparse, labels_name, model, *args, **kwargs)
+
+    functools.update_wrapper(forward, dense)
     setattr(forward, PATCH_FLAG, True)
     # A bound method: copy.deepcopy binds it to the copy, and accelerate's autocast wrapping (which
     # rebinds ``forward.__func__``) keeps it; the signature (``__wrapped__``) stays the class's, so

@@ -4,9 +4,10 @@ count (scipy). A compiled in-process DeepSpeed engine with SIFT on (its training
 DeepSpeed's ``engine.compile``, its prefix forward through ``compile_prefix``) runs 20 steps with no
 recompile and no graph break after warm-up (``torch._dynamo`` counters), gives the eager engine's
 losses and parameters, and resumes from its checkpoint exactly. ``SiftTrainer`` with
-``TrainingArguments(torch_compile=True)`` likewise. The job's ``--compile`` start-up refusals."""
+``TrainingArguments(torch_compile=True)`` likewise over 12 steps. The job's ``--compile`` start-up refusals."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -125,3 +126,58 @@ def test_start_up_refusals(tmp_path, capsys):
     deepcompile = config_file(tmp_path, set_key(("compile", "deepcompile"), True))
     assert "ds_config compile.deepcompile: DeepCompile is not supported with SIFT" in one_line_error(
         capsys, ["--ds_config", deepcompile])
+
+
+def rows(batch):
+    return [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+
+
+class MaskedRows:
+    """Stacks rows masked beforehand (mlm_batch), naming its masking probability as a masked-LM collator does."""
+    mlm_probability = SHARE
+
+    def __call__(self, rows):
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+TRAINER_STEPS = 12
+
+
+def trainer_run(tmp_path, compiled: bool):
+    pytest.importorskip("accelerate", reason="SiftTrainer needs accelerate (the hf extra)")
+    from transformers import TrainerCallback, TrainingArguments
+
+    from sift_ds.hf import SiftTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=TRAINER_STEPS,
+                             learning_rate=2e-3, logging_steps=1, use_cpu=True, report_to="none", save_strategy="no",
+                             seed=3, data_seed=3, dataloader_drop_last=True, torch_compile=compiled,
+                             torch_compile_backend=BACKEND if compiled else None)
+    trainer = SiftTrainer(model=tiny_bert(dropout=0.0), args=args, train_dataset=rows(mlm_batch(8 * TRAINER_STEPS, seed=5)),
+                          data_collator=MaskedRows(), sift={"criterion": "entropy", "keep_ratio": 0.5, "kernel": "torch",
+                                                            "selection_start_step": 0, "start_after_lr_peak": True})
+    counts = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            counts.append(compile_counts())
+
+    trainer.add_callback(Count())
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h], counts
+
+
+def test_sift_trainer_with_torch_compile(tmp_path, monkeypatch):
+    """TrainingArguments(torch_compile=True): Trainer compiles the model (its padded head), SiftTrainer
+    the prefix forward; after the warm-up no graph is compiled and none breaks, and the logged losses
+    are the eager run's. One process without the launcher's variables (which the in-process engines
+    above set): Trainer would wrap the model in DDP, whose own Python forward breaks the graph."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    eager, _ = trainer_run(tmp_path / "eager", False)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, counts = trainer_run(tmp_path / "compiled", True)
+    assert counts[WARMUP - 1][0] >= 2 and counts[-1] == counts[WARMUP - 1], counts
+    assert counts[-1][1] == 0, dict(counters["graph_break"])
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)

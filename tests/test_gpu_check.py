@@ -58,10 +58,13 @@ def test_cuda_only_tests_still_exist(dry_run):
 def test_step_arms_and_report(dry_run):
     stdout, out, report = dry_run
     arms = report["step"]["arms"]
-    assert set(arms) == {"vanilla", "sift-fused", "sift-torch"}
-    for name in ("sift-fused", "sift-torch"):
+    assert set(arms) == {"vanilla", "sift-fused", "sift-torch", "vanilla-compiled", "sift-compiled"}
+    for name in ("sift-fused", "sift-torch", "sift-compiled"):
         assert 0 < arms[name]["selection_share"] < 1 and arms[name]["gross"] == 2 * arms[name]["trained_rows"]
-    assert arms["vanilla"]["gross"] == arms["vanilla"]["trained_rows"]
+    for name in ("vanilla", "vanilla-compiled"):
+        assert arms[name]["gross"] == arms[name]["trained_rows"]
+    for name in ("vanilla-compiled", "sift-compiled"):  # torch.compile: static shapes after the warm-up
+        assert arms[name]["after_warm_up"] == {"graphs": 0, "graph_breaks": 0}, arms[name]
     assert all(a["trained_tokens_per_s"] > 0 for a in arms.values())
     assert report["step"]["score_check"].endswith("ok")
     assert len(os.listdir(out)) <= 8  # what comes back from a device machine
