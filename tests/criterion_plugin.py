@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from sift_ds.config_io import key_field
-from sift_ds.criteria import Criterion, per_id_sums, register_criterion
+from sift_ds.criteria import Criterion, register_criterion
+from sift_ds.kernels import per_id_sums
 
 NAME = "power_loss_sum"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sift_ds
-from sift_ds import criteria
+from sift_ds import criteria, kernels
 from sift_ds.config import SiftConfig
 from tiny import VOCAB, ds_config, mlm_batch, spread_weights, tiny_bert
 
@@ -69,7 +69,7 @@ def test_per_id_sums_match_a_loop():
     g = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 13, (200,), generator=g)
     values = torch.rand(200, generator=g, dtype=torch.float64) * 5
-    sums, counts = criteria.per_id_sums(targets, values.float(), 15)
+    sums, counts = kernels.per_id_sums(targets, values.float(), 15)
     for v in range(15):
         picked = values[targets == v]
         assert counts[v].item() == picked.numel()

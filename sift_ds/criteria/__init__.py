@@ -8,7 +8,6 @@ from .base import (SAMPLED, TOPK, Criterion, NoOptions, ScoringInputs, TokenValu
                    owner_of, register_criterion, unregister_criterion)
 from .keys import canonical_section, check_unread, make_options, merge_sections
 from .early_exit import early_exit_scores, early_exit_token_scores, early_exit_token_statistic
-from .per_row import per_id_sums, row_means
 from .scoring import check_model, criterion_of, criterion_scores, load_state_dict, model_kind, state_dict
 from .unigram import load_unigram_counts, save_unigram_counts, unigram_counts, unigram_neg_log_probs
 # The built-in criteria (registered on import), in the order they are listed.
@@ -23,7 +22,7 @@ __all__ = [
     "SAMPLED", "TOPK", "Criterion", "NoOptions", "ScoringInputs", "TokenValues", "criterion_class", "criterion_names",
     "owner_of", "canonical_section", "check_unread", "make_options", "merge_sections", "register_criterion",
     "unregister_criterion", "early_exit_scores", "early_exit_token_scores", "early_exit_token_statistic",
-    "per_id_sums", "row_means", "check_model", "criterion_of", "load_state_dict", "model_kind", "criterion_scores",
+    "check_model", "criterion_of", "load_state_dict", "model_kind", "criterion_scores",
     "state_dict", "load_unigram_counts", "save_unigram_counts", "unigram_counts", "unigram_neg_log_probs",
     "ExitEntropy", "ExitLoss", "FrequencyLoss", "RunningLossBaseline", "UnigramBaseline", "ImportanceSampling",
     "StoredScore", "ReducibleLoss", "reducible_scores", "register_reference_loader",

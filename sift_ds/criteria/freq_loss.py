@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 
 from ..config_io import key_field
+from ..kernels import per_id_sums, reduce_to_sequences
 from .base import Criterion, register_criterion
 from .early_exit import vocab_size
-from .per_row import per_id_sums, row_means
 from .unigram import load_unigram_counts, unigram_neg_log_probs
 
 BASELINES = ("running", "unigram")
@@ -126,7 +126,7 @@ class FrequencyLoss(Criterion):
 
     def score(self, exit, inputs):
         baseline = self.baseline_for(inputs.adapter, exit.values.device)
-        scores = row_means(baseline.excess(exit.targets, exit.values), exit.rows, inputs.num_rows)
+        scores = reduce_to_sequences(baseline.excess(exit.targets, exit.values), exit.rows, inputs.num_rows)
         if inputs.update:
             baseline.update(exit.targets, exit.values, inputs.group)
         return scores

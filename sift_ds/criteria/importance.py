@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from .. import importance
 from ..config_io import key_field
+from ..kernels import reduce_to_sequences
 from ..registry import ENCODER
 from .base import SAMPLED, Criterion, register_criterion
 from .early_exit import GRADIENT_NORM
-from .per_row import row_means
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ImportanceSampling(Criterion):
                              "sift.anneal_end_step, sift.random_fraction, sift.outlier_fraction 0")
 
     def score(self, exit, inputs):
-        return row_means(exit.values, exit.rows, inputs.num_rows)
+        return reduce_to_sequences(exit.values, exit.rows, inputs.num_rows)
 
     def sampling_probabilities(self, scores):
         return importance.sampling_probabilities(scores, self.options.importance_mix)

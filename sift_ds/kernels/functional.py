@@ -35,12 +35,12 @@ from .reference import (
     gradient_norm_bounds_torch,
     merge_vocab_stats,
     packed_sequence_scores_torch,
-    reduce_to_sequences,
     rescale_vocab_stats,
     select_topk_torch,
     token_scores_torch,
     vocab_partial_stats,
 )
+from .segments import per_id_sums, reduce_to_sequences
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -208,6 +208,7 @@ __all__ = [
     "merge_vocab_stats",
     "merge_vocab_stats_across",
     "packed_sequence_scores",
+    "per_id_sums",
     "reduce_to_sequences",
     "resolve_backend",
     "select_topk",

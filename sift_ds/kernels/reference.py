@@ -7,7 +7,8 @@ Everything the Triton kernel computes is defined here first, in plain torch and 
 * ``merge_vocab_stats`` -- the deterministic merge of such partials (vocabulary split across
   programs, or across tensor-parallel ranks in Megatron style);
 * ``finish_token_scores`` -- cross-entropy ``lse - z[target]`` or entropy ``log s - q / s``;
-* ``reduce_to_sequences`` -- per-sequence mean over labelled positions, ``-inf`` where none.
+* ``reduce_to_sequences`` (``segments``) -- per-sequence mean over labelled positions, ``-inf`` where
+  none, summed without atomics, in the same order on every device.
 
 The logits here *are* materialised (a chunk of rows at a time); avoiding that is the kernel's job.
 """
@@ -17,6 +18,8 @@ import operator
 from typing import NamedTuple, Optional, Sequence
 
 import torch
+
+from .segments import reduce_to_sequences
 
 IGNORE_INDEX = -100
 CRITERIA = ("loss", "entropy")
@@ -183,15 +186,6 @@ def finish_token_scores(stats: VocabStats, criterion: str) -> torch.Tensor:
     if criterion == "loss":
         return (stats.max + torch.log(stats.sumexp) - stats.target_logit).clamp_min(0.0)
     return (torch.log(stats.sumexp) - stats.sumzexp / stats.sumexp).clamp_min(0.0)
-
-
-def reduce_to_sequences(token_scores: torch.Tensor, seq_index: torch.Tensor, num_seqs: int) -> torch.Tensor:
-    """Mean of ``token_scores`` per sequence id; ``-inf`` for a sequence with no row. No host sync."""
-    total = torch.zeros(num_seqs, dtype=torch.float32, device=token_scores.device)
-    count = torch.zeros(num_seqs, dtype=torch.float32, device=token_scores.device)
-    total.index_add_(0, seq_index, token_scores.float())
-    count.index_add_(0, seq_index, torch.ones_like(token_scores, dtype=torch.float32))
-    return torch.where(count > 0, total / count.clamp_min(1.0), torch.full_like(total, float("-inf")))
 
 
 def token_scores_torch(rows, weight, bias, targets, criterion: str = "loss") -> torch.Tensor:

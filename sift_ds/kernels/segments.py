@@ -1,12 +1,15 @@
-"""Deterministic per-key sums (per token id, per row): a stable sort and a float64 cumsum, no
-atomics, so that every device and a resumed CUDA run sum in the same order; no host sync."""
+"""Per-key sums and per-sequence means without atomics: a stable sort and a float64 cumsum, so that
+every device, and a resumed CUDA run, sums in the same order (the selection's ranking, and so exact
+resume, depends on it). No host sync. The torch scorer's per-sequence reduction and the criteria's
+per-row and per-token-id statistics all go through ``per_id_sums``."""
 from __future__ import annotations
 
 import torch
 
 
 def per_id_sums(targets: torch.Tensor, values: torch.Tensor, vocab_size_: int):
-    """(float64 [V] sum of ``values`` per target id, float64 [V] count per id)."""
+    """(float64 [V] sum of ``values`` per id in ``targets``, float64 [V] count per id): a stable sort and
+    a float64 cumsum, no atomics, so the order of the sums is the same on every device; no host sync."""
     order = torch.argsort(targets, stable=True)
     ids, vals = targets.index_select(0, order), values.double().index_select(0, order)
     n = ids.numel()
@@ -28,7 +31,8 @@ def per_id_sums(targets: torch.Tensor, values: torch.Tensor, vocab_size_: int):
     return sums[:-1], counts[:-1]
 
 
-def row_means(token: torch.Tensor, seq: torch.Tensor, rows: int) -> torch.Tensor:
-    """float32 [rows]: the mean of ``token`` per row (``-inf`` for a row with none)."""
-    sums, counts = per_id_sums(seq, token, rows)
+def reduce_to_sequences(token_scores: torch.Tensor, seq_index: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """float32 mean of ``token_scores`` per sequence id (``per_id_sums``); ``-inf`` for a sequence with
+    no row. No host sync."""
+    sums, counts = per_id_sums(seq_index, token_scores, num_seqs)
     return torch.where(counts > 0, sums / counts.clamp_min(1.0), torch.full_like(sums, float("-inf"))).float()
