@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
 
 from .job import setup_job
+from .nsp_distillation import check_options as check_nsp_distillation
 from .options import PretrainOptions, build_parser, parse_options
 from .plan import RunPlan, resolve_plan
 from .save_failure import SaveFailed
@@ -48,7 +49,9 @@ class Application:
         options = self.parse_args(argv)
         try:
             require(("deepspeed", "transformers", "datasets", "tokenizers"), self.prog)
-            return resolve_plan(options, create_output_dir=not options.check_only)
+            plan = resolve_plan(options, create_output_dir=not options.check_only)
+            check_nsp_distillation(plan.options, plan.ds_config)  # --async_convergence (docs/multitask.md)
+            return plan
         except (ValueError, FileNotFoundError) as err:
             self.fail(err)
 

@@ -17,7 +17,7 @@ from .. import initialize
 from ..compiling import compile_engine
 from ..score_file import attach_scores
 from ..zero import full_parameters
-from . import checkpoint, tracking
+from . import checkpoint, nsp_distillation, tracking
 from .fused import fuse_layer_norms
 from .job_data import check_vocab, prepare_data
 from .identity import RunIdentity, new_run_id, write_identity
@@ -110,7 +110,10 @@ def setup_job(plan: RunPlan) -> Job:
         run_info.update(corpus=corpus_record(opts, plan.data_files, known), training=training_record(opts, plan.sift))
         for warning in same_blocks_warnings(plan.sift, run_info):
             logger.warning(warning)
-    trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info)
+    distil = nsp_distillation.check_options(opts, plan.ds_config)  # NSP distilled once converged (mlm+nsp)
+    trainer = Trainer(engine, loader, eval_batches, metrics, flops, loop_options(plan), run_info) if distil is None \
+        else nsp_distillation.AsyncConvergenceLoop(engine, loader, eval_batches, metrics, flops, loop_options(plan),
+                                                     run_info, convergence=nsp_distillation.attach(engine, distil))
     if state is not None:
         trainer.restore(state)
     if rank == 0:

@@ -86,6 +86,9 @@ class PretrainOptions:
                                 "per batch, padded, so that no shape changes between steps", "training")
     compile_backend: str = _opt("inductor", "the torch.compile backend with --compile true (e.g. inductor, "
                                             "aot_eager, eager)", "training")
+    async_convergence: Optional[str] = _opt(None, "with --objective mlm+nsp: distil NSP from the model's own outputs "
+                                                  "once its validation metric has converged (a JSON object or a file "
+                                                  "holding one; docs/multitask.md)", "training", metavar="JSON")
     peak_tflops: float = _opt(312.0, "peak TFLOP/s per device for MFU (A100 bf16)", "training")
     output_dir: str = _opt("runs/bert", "checkpoints, metrics, tokenizer, final model", "logging and checkpoints")
     log_interval: Optional[int] = _opt(None, "None: 2%% of max_steps, at most 100", "logging and checkpoints")
