@@ -41,7 +41,7 @@ from .kernels import IGNORE_INDEX
 PATCH_FLAG = "sift_sparse_mlm_head"  # set on a patched forward
 
 
-def labelled_positions(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, sequence_major: bool = False):
+def labelled_row_indices(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, sequence_major: bool = False):
     """Flat indices of the labelled positions of ``labels`` [B, S] in the order of the hidden states'
     rows: ``[B*S]`` row-major, or ``[S*B]`` for sequence-major hidden states ``[S, B, H]`` (Megatron)."""
     flat = (labels.t() if sequence_major else labels).reshape(-1)
@@ -153,7 +153,7 @@ def apply_sparse_mlm_head(model: nn.Module, masked_share: Optional[float] = None
 
 
 def _hf_sparse(model: nn.Module, labels: torch.Tensor, run: Callable):
-    positions = labelled_positions(labels)
+    positions = labelled_row_indices(labels)
     with gathering_rows(output_head(model), positions, labels.shape):
         return run(labels.reshape(-1).index_select(0, positions))
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from sift_ds.pretrain.models import PRESETS, bert_config, build_bert, build_model, family_presets, model_config
+from sift_ds.pretrain.models import bert_config, bert_presets, build_bert, build_model, family_presets, model_config
 from tiny import VOCAB, mlm_batch
 
 
@@ -45,7 +45,8 @@ def test_sparse_head_without_labels_is_the_hf_forward(tmp_path):
 
 
 def test_presets_and_bad_objective():
-    assert set(PRESETS) == {"tiny", "mini", "small", "medium", "base", "large"}
+    assert set(bert_presets()) == {"tiny", "mini", "small", "medium", "base", "large"}
+    assert not set(bert_presets()) & set(family_presets())  # one table: the BERT family's in the registry
     cfg = bert_config("base", 30522)
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (12, 768, 12)
     with pytest.raises(ValueError, match="objective"):

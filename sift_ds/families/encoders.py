@@ -17,7 +17,13 @@ except ImportError:  # pragma: no cover - older transformers
     create_bidirectional_mask = None
 
 
-TINY_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)  # debug-size presets
+# BERT's sizes, the pretraining job's --model presets: a debug-size "tiny" up to BERT-large.
+BERT_PRESETS = {name: ("bert", dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                                    intermediate_size=intermediate))
+                for name, (layers, hidden, heads, intermediate) in {
+                    "tiny": (2, 64, 2, 128), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048),
+                    "medium": (8, 512, 8, 2048), "base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}.items()}
+TINY_SIZES = BERT_PRESETS["tiny"][1]  # the other families' debug-size presets take BERT's tiny sizes
 
 
 def require(model: nn.Module, family: str, *paths: str) -> None:
@@ -74,7 +80,7 @@ class EncoderAdapter:
         return [*self.embedding_modules, *self.layers[:exit_layer], *self.head_modules]
 
 
-@register_family(ENCODER, model_types=("bert",))
+@register_family(ENCODER, model_types=("bert",), presets=BERT_PRESETS)
 class BertAdapter(EncoderAdapter):
     """HF ``BertForPreTraining`` / ``BertForMaskedLM`` (``model.bert`` + ``model.cls.predictions``)."""
 

@@ -18,7 +18,7 @@ import torch
 from megatron.core.models.bert.bert_model import BertModel
 from torch import nn
 
-from ..mlm_head import gathering_rows, install_forward, labelled_positions
+from ..mlm_head import gathering_rows, install_forward, labelled_row_indices
 from .adapter import unwrap_model
 
 UNLABELLED = -1  # Megatron's label of a position without a target
@@ -38,7 +38,7 @@ def _sparse(model: BertModel, labels: torch.Tensor, run):
     if model.config.sequence_parallel or not model.post_process or model.return_embeddings:
         return run(labels)
     by_position = labels.t()  # the hidden states are sequence-major, [s, b, h]
-    positions = labelled_positions(labels, UNLABELLED, sequence_major=True)
+    positions = labelled_row_indices(labels, UNLABELLED, sequence_major=True)
     rows = by_position.reshape(-1).index_select(0, positions).view(1, -1)  # [b=1, s=N]: N positions, one row
     with gathering_rows(model.lm_head, positions, by_position.shape, keyword="hidden_states", sequence_major=True):
         loss, binary_logits = run(rows)

@@ -1,6 +1,6 @@
-"""The pretraining job's models: BERT size presets (a debug-size ``tiny`` up to ``large``) as HF
-``BertConfig``s, a tiny preset per supported family (``tiny_roberta``, ``tiny_modernbert``, ...), any
-HF masked-LM config file or directory, with the masked-positions-only MLM head in training
+"""The pretraining job's models: BERT size presets (a debug-size ``tiny`` up to ``large``, the BERT
+family's presets in ``sift_ds.registry``) as HF ``BertConfig``s, a tiny preset per supported family
+(``tiny_roberta``, ``tiny_modernbert``, ...), any HF masked-LM config file or directory, with the masked-positions-only MLM head in training
 (``sift_ds.mlm_head``) unless asked for the dense one. Causal LMs (objective "clm"): a debug-size
 Llama (``tiny_llama``) and any HF causal-LM config whose family has a built-in early-exit adapter
 (Llama, Qwen2/3, Mistral, GPT-2, GPT-NeoX)."""
@@ -20,20 +20,15 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from .. import registry
 from ..mlm_head import apply_sparse_mlm_head
 
-PRESETS = {
-    # name: (layers, hidden, heads, intermediate)
-    "tiny": (2, 64, 2, 128),
-    "mini": (4, 256, 4, 1024),
-    "small": (4, 512, 8, 2048),
-    "medium": (8, 512, 8, 2048),
-    "base": (12, 768, 12, 3072),
-    "large": (24, 1024, 16, 4096),
-}
+def bert_presets() -> dict:
+    """BERT's size presets (name -> ``("bert", config fields)``): the BERT family's in the registry."""
+    return dict(registry.by_model_type("bert").presets)
 
 
 def family_presets() -> dict:
-    """The debug-size presets of every registered masked-LM family (``sift_ds.registry``)."""
-    return registry.presets(registry.ENCODER)
+    """The debug-size presets of every other registered masked-LM family (``sift_ds.registry``)."""
+    bert = bert_presets()
+    return {name: spec for name, spec in registry.presets(registry.ENCODER).items() if name not in bert}
 
 
 def causal_presets() -> dict:
@@ -45,7 +40,7 @@ def model_config(name: str, vocab_size: int, flag: str = "--model") -> Pretraine
     """The config for ``--model``: a BERT preset, a family or causal preset, or an HF config (a
     ``config.json`` file or a directory holding one) of a masked-LM or causal-LM model type that has a
     built-in early-exit adapter. ValueError (one line, naming ``flag`` and the path) for anything else."""
-    if name in PRESETS:
+    if name in bert_presets():
         return bert_config(name, vocab_size)
     if registry.preset(name) is not None:
         model_type, fields = registry.preset(name)
@@ -113,15 +108,12 @@ def takes_token_types(model: nn.Module) -> bool:
 
 
 def bert_config(preset: str, vocab_size: int, max_position_embeddings: int = 512, dropout: float = 0.1, **overrides):
-    """A ``transformers.BertConfig`` for a preset name (see ``PRESETS``) or an HF config path/name."""
-    if preset in PRESETS:
-        layers, hidden, heads, inter = PRESETS[preset]
+    """A ``transformers.BertConfig`` for a preset name (``bert_presets``) or an HF config path/name."""
+    presets = bert_presets()
+    if preset in presets:
         cfg = BertConfig(
             vocab_size=vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=inter,
+            **presets[preset][1],
             max_position_embeddings=max_position_embeddings,
             hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=dropout,

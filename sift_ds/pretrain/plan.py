@@ -22,7 +22,7 @@ from . import checkpoint, ds_check, ds_policy, tracking
 from .corpus import check_compression, check_dataset_name, check_embedded_corpus, check_not_empty, resolve_data_files
 from .data import MIN_SEQ_LEN
 from .identity import RunIdentity
-from .models import PRESETS, causal_presets, family_presets, max_sequence_length, model_config
+from .models import bert_presets, causal_presets, family_presets, max_sequence_length, model_config
 from .options import PRETRAIN_SECTION, PretrainOptions
 from .output_dir import overwrite_entries
 from .prepared import check_prepared, in_job_notes
@@ -186,8 +186,8 @@ def check_ranges(options: PretrainOptions) -> None:
 
 def resolve_model(options: PretrainOptions, sift: SiftConfig) -> PretrainedConfig:
     causal = options.objective == "clm"
-    presets = [*causal_presets()] if causal else [*PRESETS, *family_presets()]
-    if options.model not in PRESETS and registry.preset(options.model) is None and not os.path.exists(options.model):
+    presets = [*causal_presets()] if causal else [*bert_presets(), *family_presets()]
+    if registry.preset(options.model) is None and not os.path.exists(options.model):
         raise ValueError(f"--model {options.model!r} is neither a preset ({', '.join(presets)}) nor an HF config path")
     config = model_config(options.model, vocab_size=options.vocab_size)
     if causal and not registry.is_causal(config.model_type):
