@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from ..config import SiftConfig
+from .config import SiftConfig
 
 FORMAT = "sift_ds.scores/1"
 
