@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from launch_helpers import load_cli, read_config, run_python, write_config
+from launch_helpers import load_cli, one_line_error, read_config, run_python, write_config
 from sift_ds.pretrain import checkpoint, manifest
 from sift_ds.pretrain.identity import RunIdentity, write_identity
 from sift_ds.pretrain.resume import find_resume
@@ -144,19 +144,25 @@ def crafted_checkpoint(tmp_path, marker):
     return swapped, bare
 
 
-def test_a_crafted_checkpoint_is_refused_before_it_is_unpickled(tmp_path):
+def test_a_crafted_checkpoint_is_refused_before_it_is_unpickled(tmp_path, capsys):
     marker = tmp_path / "payload_ran"
     swapped, bare = crafted_checkpoint(tmp_path, marker)
     config = read_config("tiny_cpu_sift.json")
     config["pretrain"].update(seq_len=64, vocab_size=1000, cache_dir=str(tmp_path / "cache"))
     config = write_config(tmp_path / "c.json", config)
-    for tag, message in ((bare, "no sift_manifest.json"), (swapped, "fails its sha256 manifest (mp_rank_00_model_states.pt)")):
-        proc = run_python(["--ds_config", config, "--output_dir", tmp_path / "out", "--resume", tag])
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("pretrain_bert.py: error: --resume") and message in last, last
-        assert "--trust_checkpoint true" in last and "Traceback" not in proc.stderr
-        assert not marker.exists()
+    # A tag without a manifest is refused by the job's start-up checks (in process here), a swapped file
+    # when the run verifies the digests.
+    argv = ["--ds_config", config, "--output_dir", str(tmp_path / "out"), "--resume"]
+    last = one_line_error(capsys, argv + [str(bare)])
+    assert last.startswith("pretrain_bert.py: error: --resume") and "no sift_manifest.json" in last, last
+    assert "--trust_checkpoint true" in last and not marker.exists()
+    proc = run_python(argv + [swapped])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain_bert.py: error: --resume"), last
+    assert "fails its sha256 manifest (mp_rank_00_model_states.pt)" in last, last
+    assert "--trust_checkpoint true" in last and "Traceback" not in proc.stderr
+    assert not marker.exists()
     # A manifest rewritten to match proves integrity, not origin: the weights-only load refuses the
     # payload all the same, with or without --trust_checkpoint.
     manifest.write_manifest(str(swapped), swapped.name, 4)
