@@ -6,14 +6,13 @@ run bitwise, and 2-rank runs with the reducible loss (online reference model, an
 losses)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from launch_helpers import cpu_env, metrics, pretrain_2_ranks, run_python, small_config
+from launch_helpers import load_cli, metrics, pretrain_2_ranks, run_python, small_config
 from launcher import REPO
 from sift_ds.pretrain.corpus import default_corpus
 from sift_ds.pretrain.metrics import FlopsModel
@@ -29,7 +28,18 @@ def ok(proc):
     return proc
 
 
-def test_offline_sifting_and_reducible_runs(tmp_path):
+def in_process(script, args) -> int:
+    """``script``'s main(ARGS) in this process, on one thread as in its own process under the test
+    environment (OMP_NUM_THREADS=1): its exit status (a refusal raises SystemExit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return load_cli(script).main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_offline_sifting_and_reducible_runs(tmp_path, capsys):
     config = small_config(tmp_path, max_steps=6)
     train_wordpiece(batched_texts(default_corpus()), 1000).save_pretrained(tmp_path / "tokenizer")
     data = ["--ds_config", config, "--tokenizer", str(tmp_path / "tokenizer"), "--holdout_fraction", "0.2"]
@@ -40,10 +50,11 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     ok(run_python(data + ["--train_on", "holdout", "--sift_enabled", "false", "--max_steps", "2",
                           "--output_dir", reference], timeout=300))
     scores = tmp_path / "scores.npz"
-    ok(subprocess.run([sys.executable, SCORE_CORPUS, "--out", scores, "--masks", "2", "--scores",
-                       "unigram_entropy,unique_share,frozen_entropy,reference_loss",
-                       "--checkpoint", reference / "checkpoints" / "global_step2", "--reference", reference / "final",
-                       "--", *data], cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300))
+    # The two tools run in this process (their main, as their command line calls it): no interpreter start-up.
+    assert in_process(SCORE_CORPUS, ["--out", scores, "--masks", "2", "--scores",
+                                     "unigram_entropy,unique_share,frozen_entropy,reference_loss",
+                                     "--checkpoint", reference / "checkpoints" / "global_step2",
+                                     "--reference", reference / "final", "--", *data]) == 0
     with np.load(scores) as archive:
         meta = json.loads(str(archive["meta"]))
         values = {name: archive[name] for name in meta["scores"]}
@@ -54,10 +65,11 @@ def test_offline_sifting_and_reducible_runs(tmp_path):
     assert cost["steps"] == 2 and cost["samples"] == metrics(reference)[-1]["samples"] > 0
 
     # What a stored unique-token share keeps: the blocks of the higher shares, by the tool's own count.
-    table = ok(subprocess.run([sys.executable, KEPT_DROPPED, "--checkpoint", reference / "checkpoints" / "global_step2",
-                               "--batches", "4", "--", *common, "--sift_criterion", "stored", "--sift_score_file",
-                               scores, "--sift_score_name", "unique_share"], cwd=REPO, env=cpu_env(),
-                              capture_output=True, text=True, timeout=300)).stdout
+    capsys.readouterr()
+    assert in_process(KEPT_DROPPED, ["--checkpoint", reference / "checkpoints" / "global_step2", "--batches", "4", "--",
+                                     *common, "--sift_criterion", "stored", "--sift_score_file", scores,
+                                     "--sift_score_name", "unique_share"]) == 0
+    table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| unique_share |")).split("|")
     assert float(row[2]) > float(row[3]) and "Examples, kept:" in table
 
