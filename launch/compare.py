@@ -15,16 +15,15 @@ Running the same command again skips the finished runs and resumes the others;
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from sift_ds.pretrain.metrics import read_metrics
 from sift_ds.pretrain.plan import make_output_dir
-from sift_ds.study import analysis, charges, frontier, identity, preflight, report, runs
+from sift_ds.study import analysis, frontier, identity, preflight, report, runs
+from sift_ds.study.finished import STUDY_FILE, collect, read_study, saved_arms
 from sift_ds.study.arms import Arm, check_arms, load_arms_file, parse_arms
 
 PROG = "compare.py"
@@ -131,41 +130,10 @@ def study_arms(args, saved: Optional[dict]) -> List[Arm]:
     if args.arms_file:
         arms += load_arms_file(args.arms_file)
     if not arms and saved:  # --analyze_only of an earlier study
-        arms = [Arm(label, tuple(words), spec, *rest) for label, words, spec, *rest in saved["arms"]]
+        arms = saved_arms(saved)
     if not arms:
         raise ValueError("no arms: give --arms and/or --arms_file (--analyze_only found no study.json in --out)")
     return check_arms(arms)
-
-
-def collect(plan: List[runs.Run], charge: bool = True) -> Tuple[Dict[str, List[analysis.Curve]], Dict[str, List[int]], List[str],
-                                         Dict[str, charges.OneOff]]:
-    """Curves of the finished runs per arm label (each shifted by the one-off cost its run paid before
-    training: a score file, a reference model), their seeds, the names of unfinished runs, and the
-    mean one-off cost per charged arm."""
-    curves: Dict[str, List[analysis.Curve]] = {}
-    seeds: Dict[str, List[int]] = {}
-    paid: Dict[str, List[charges.OneOff]] = {}
-    missing = []
-    for run in plan:
-        if not runs.is_done(run):
-            missing.append(run.name)
-            continue
-        try:
-            curve = analysis.curve(read_metrics(run.path("metrics.jsonl")))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"run {run.name}: unreadable metrics.jsonl ({err})") from err
-        try:
-            cost = charges.one_off(run.directory) if charge else charges.NONE
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"run {run.name}: its one-off cost cannot be charged ({err})") from err
-        if cost != charges.NONE:
-            curve = dataclasses.replace(curve, samples=curve.samples + cost.samples, elapsed=curve.elapsed + cost.seconds)
-            paid.setdefault(run.label, []).append(cost)
-        curves.setdefault(run.label, []).append(curve)
-        seeds.setdefault(run.label, []).append(run.seed)
-    charged = {label: charges.OneOff(sum(c.seconds for c in cs) / len(cs), sum(c.samples for c in cs) / len(cs),
-                                     cs[0].what) for label, cs in paid.items()}
-    return curves, seeds, missing, charged
 
 
 def make_portable(out: str, plan: List[runs.Run], command: str, data: List[str]) -> str:
@@ -191,11 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     own, passthrough = split_argv(argv)
     args = build_parser().parse_args(own)
     out = os.path.abspath(args.out)
-    state = os.path.join(out, "study.json")
-    saved = None
-    if args.analyze_only and os.path.exists(state):
-        with open(state, encoding="utf-8") as f:
-            saved = json.load(f)
+    state = os.path.join(out, STUDY_FILE)
+    saved = read_study(out) if args.analyze_only else None
     try:
         arms = study_arms(args, saved)
         preflight.check_passthrough(arms, passthrough)

@@ -6,8 +6,12 @@ flatters selection (Kaddour et al., "No Train No Gain", NeurIPS 2023). Here ever
 decays to zero at its own last step, and vanilla runs at several budgets (``vanilla@max_steps=N``
 arms) trace the frontier: the mean final val_loss (val_acc) over seeds against the budget, in
 backprop samples and in training seconds (``elapsed_s``: evaluation excluded). An arm's
-budget-matched speed-up is the frontier's cost interpolated (linearly, between neighbouring
-budgets) at the arm's mean final value, divided by the arm's own cost.
+budget-matched speed-up is the frontier's cost interpolated between neighbouring budgets at the
+arm's mean final value, divided by the arm's own cost. The interpolation is linear in the cost
+(``LINEAR``, the reports' reading) or linear in its logarithm (``LOG``: a loss that falls by the same
+amount per doubling of the budget, as learning curves do); between two budgets the log reading is
+the lower cost, so it gives the smaller saving. ``own_frontier`` reads each seed of an arm on the
+frontier of the vanilla runs of the same seed instead of on the seed-mean frontier.
 
 The frontier is made monotone (the best mean final value reached with at most that budget), so a
 noisy larger budget cannot bend it back. An arm better than the largest budget, or worse than the
@@ -26,6 +30,8 @@ import numpy as np
 from .analysis import AXES, METRICS, Curve
 
 BOUND_ABOVE, BOUND_BELOW, INSIDE = ">", "<", ""
+LINEAR, LOG = "linear", "log"  # interpolation of the frontier's cost between budgets
+SCALES = (LINEAR, LOG)
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,9 @@ def frontier(budgets: Sequence[Finals]) -> Frontier:
     return Frontier(cost, value)
 
 
-def frontier_cost(front: Frontier, metric: str, axis: str, goal: float) -> Tuple[float, str]:
-    """(cost, where) at which the frontier reaches ``goal``: interpolated inside it; at the largest
+def frontier_cost(front: Frontier, metric: str, axis: str, goal: float, scale: str = LINEAR) -> Tuple[float, str]:
+    """(cost, where) at which the frontier reaches ``goal``: interpolated inside it (in the cost or,
+    with ``LOG``, in its logarithm); at the largest
     budget with ``BOUND_ABOVE`` when even that does not reach it (the true cost is larger); at the
     smallest with ``BOUND_BELOW`` when the smallest budget already does better (it is smaller)."""
     lower = METRICS[metric][1]
@@ -94,6 +101,8 @@ def frontier_cost(front: Frontier, metric: str, axis: str, goal: float) -> Tuple
     if v[i] == v[i - 1]:
         return float(c[i]), INSIDE
     t = (goal - v[i - 1]) / (v[i] - v[i - 1])
+    if scale == LOG:
+        return float(c[i - 1] * (c[i] / c[i - 1]) ** t), INSIDE
     return float(c[i - 1] + t * (c[i] - c[i - 1])), INSIDE
 
 
@@ -109,13 +118,13 @@ class Matched:
     arm_cost: float                  # the arm's mean cost
 
 
-def matched(front: Frontier, arm: Finals, metric: str, axis: str) -> Tuple[float, str]:
-    cost, where = frontier_cost(front, metric, axis, float(arm.value(metric).mean()))
+def matched(front: Frontier, arm: Finals, metric: str, axis: str, scale: str = LINEAR) -> Tuple[float, str]:
+    cost, where = frontier_cost(front, metric, axis, float(arm.value(metric).mean()), scale)
     own = float(arm.cost(axis).mean())
     return (cost / own if own > 0 else math.inf), where
 
 
-def budget_matched(budgets: Sequence[Finals], arm: Finals, n_boot: int = 2000, seed: int = 0
+def budget_matched(budgets: Sequence[Finals], arm: Finals, n_boot: int = 2000, seed: int = 0, scale: str = LINEAR
                    ) -> Dict[Tuple[str, str], Matched]:
     """(metric, axis) -> ``Matched`` for one arm against the frontier of the vanilla ``budgets``."""
     front = frontier(budgets)
@@ -126,16 +135,16 @@ def budget_matched(budgets: Sequence[Finals], arm: Finals, n_boot: int = 2000, s
         front_b = frontier(resampled)
         arm_b = arm.take(rng.integers(0, len(arm.samples), len(arm.samples)))
         for key in draws:
-            draws[key][b] = matched(front_b, arm_b, *key)[0]
+            draws[key][b] = matched(front_b, arm_b, *key, scale)[0]
     out = {}
     for metric in METRICS:
         for axis in AXES:
-            speedup, where = matched(front, arm, metric, axis)
-            per_seed = tuple(matched(front, arm.take([i]), metric, axis)[0] for i in range(len(arm.samples)))
+            speedup, where = matched(front, arm, metric, axis, scale)
+            per_seed = tuple(matched(front, arm.take([i]), metric, axis, scale)[0] for i in range(len(arm.samples)))
             d = draws[(metric, axis)]
             out[(metric, axis)] = Matched(
                 speedup, where, (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))), per_seed,
-                frontier_cost(front, metric, axis, float(arm.value(metric).mean()))[0],
+                frontier_cost(front, metric, axis, float(arm.value(metric).mean()), scale)[0],
                 float(arm.cost(axis).mean()))
     return out
 
@@ -148,9 +157,9 @@ class BudgetStudy:
 
 
 def analyze(curves: Dict[str, List[Curve]], vanilla: Sequence[str], n_boot: int = 2000,
-            seed: int = 0) -> Optional[BudgetStudy]:
-    """The budget-matched comparison of every non-vanilla arm; None with fewer than two vanilla
-    budgets among the finished arms."""
+            seed: int = 0, scale: str = LINEAR) -> Optional[BudgetStudy]:
+    """The budget-matched comparison of every non-vanilla arm (``scale``: the frontier's
+    interpolation); None with fewer than two vanilla budgets among the finished arms."""
     present = [label for label in vanilla if curves.get(label)]
     if len(present) < 2:
         return None
@@ -158,6 +167,19 @@ def analyze(curves: Dict[str, List[Curve]], vanilla: Sequence[str], n_boot: int 
     labels = sorted(present, key=lambda label: budgets[label].samples.mean())
     ordered = [budgets[label] for label in labels]
     front = frontier(ordered)
-    arms = {label: budget_matched(ordered, finals(cs), n_boot, seed)
+    arms = {label: budget_matched(ordered, finals(cs), n_boot, seed, scale)
             for label, cs in curves.items() if label not in budgets and cs}
     return BudgetStudy(front, labels, arms)
+
+
+def own_frontier(budgets: Sequence[Tuple[Finals, Sequence[int]]], arm: Finals, arm_seeds: Sequence[int], metric: str,
+                 axis: str, scale: str = LINEAR) -> Dict[int, Tuple[float, str]]:
+    """Seed -> (speed-up, where) of that seed of ``arm`` read on the frontier of the vanilla runs of the
+    same seed; ``budgets``: each vanilla budget's finals with the seed of each of their rows. Seeds
+    that some budget lacks are left out."""
+    out = {}
+    for row, s in enumerate(arm_seeds):
+        if all(s in list(seeds) for _, seeds in budgets):
+            front = frontier([b.take([list(seeds).index(s)]) for b, seeds in budgets])
+            out[s] = matched(front, arm.take([row]), metric, axis, scale)
+    return out
