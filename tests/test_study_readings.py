@@ -7,12 +7,11 @@ without a study)."""
 import csv
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from launch_helpers import load_cli
 from launcher import REPO
 from sift_ds.study.analysis import Curve
 from sift_ds.study.frontier import INSIDE, LOG, finals, frontier, frontier_cost, own_frontier
@@ -67,13 +66,12 @@ def test_departure_and_alone_gain_against_brute_force():
     assert alone_gain(records, 10) is None
 
 
-def test_the_tools_linear_reading_is_the_reports(tmp_path):
+def test_the_tools_linear_reading_is_the_reports(tmp_path, capsys):
+    tool = load_cli(os.path.join(REPO, "launch", "readings.py"))  # its main, in this process
     study = os.path.join(REPO, "docs", "results", "budget_l12h128")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "readings.py"), study, "--bootstrap", "20"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert tool.main([study, "--bootstrap", "20"]) == 0
     rows = {r["arm"]: r for r in csv.DictReader(open(os.path.join(study, "results.csv")))}
-    table = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| entropy")]
+    table = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| entropy")]
     assert len(table) == 8  # 2 arms x 2 metrics x 2 axes
     for cells in table:
         arm, figure, linear = cells[0].lstrip("| "), cells[1], cells[2]
@@ -82,7 +80,7 @@ def test_the_tools_linear_reading_is_the_reports(tmp_path):
         assert linear.startswith(f"{float(rows[arm][f'budget_matched_{metric}_{axis}']):.2f}×"), cells
         log = float(cells[3].split("×")[0].lstrip("<>"))
         assert log <= float(linear.split("×")[0]) + 1e-9
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "readings.py"), str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr == f"readings.py: error: {tmp_path}: no study.json " \
-        "(a compare.py --out folder is expected)\n", proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        tool.main([str(tmp_path)])
+    assert exc.value.code == 2 and capsys.readouterr().err == f"readings.py: error: {tmp_path}: no study.json " \
+        "(a compare.py --out folder is expected)\n"
