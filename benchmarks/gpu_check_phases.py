@@ -300,7 +300,7 @@ def time_arm(name, arm, phase, batch, sync, warm, reps, micro, seq):
         loss = arm.train_step(gross)
         sync()
         seconds = time.perf_counter() - t
-        stats = arm.stats
+        stats = arm.read_stats()  # this step alone: a window of one train_step
         if not torch.isfinite(loss):
             raise AssertionError(f"{name}: non-finite loss at step {i}")
         if i < warm:

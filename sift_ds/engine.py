@@ -20,6 +20,8 @@ from .schedule import resolve_selection_start, scheduler_warmup
 from .selection import Selection
 from .weighted_loss import weighted_output_loss
 
+CRITERION_STATE_KEY = "sift_criterion"  # the criterion's state in a checkpoint's client state
+
 
 class SiftEngine:
     """Wraps a ``DeepSpeedEngine``. Use ``train_step(gross_batch)``; ``select`` alone for inspection.
@@ -57,6 +59,21 @@ class SiftEngine:
         """Whether this optimizer step selects by score (not in the warm-up, nor after the annealing)."""
         return self.sift_config.selecting(self.engine.global_steps)
 
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, save_dir, tag=None, client_state=None, **kwargs):
+        """DeepSpeed's ``save_checkpoint`` (a collective), with the criterion's state (freq_loss's
+        running baseline) added to ``client_state`` under ``CRITERION_STATE_KEY``."""
+        state = {**(client_state or {}), CRITERION_STATE_KEY: self.frontend.criterion_state()}
+        return self.engine.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
+
+    def load_checkpoint(self, load_dir, tag=None, **kwargs):
+        """DeepSpeed's ``load_checkpoint``; the criterion's state is restored with it, so that the
+        resumed run scores and selects exactly as the uninterrupted run did."""
+        path, client_state = self.engine.load_checkpoint(load_dir, tag, **kwargs)
+        if client_state:
+            self.frontend.load_criterion_state(client_state.get(CRITERION_STATE_KEY))
+        return path, client_state
+
     # ------------------------------------------------------------------ selection
     def position(self) -> Tuple[int, int]:
         """The step source: (optimizer step, micro-step within it). DeepSpeed restores global_steps but
@@ -84,15 +101,21 @@ class SiftEngine:
                                                                                  self.labels_key)
         self.engine.backward(loss)
         self.engine.step()
-        self.telemetry.clear()  # the window is this step
         self.frontend.record(sel)
         self.telemetry.add_step(t0, t1, timer.now())
         return loss.detach()
 
     @property
     def stats(self) -> Dict[str, float]:
-        """Telemetry of the last ``train_step`` on this rank (host values; reading it is the only sync it costs)."""
+        """This rank's ``sift/*`` means of the ``train_step`` calls since the last ``read_stats`` (host
+        values; reading them is the only sync they cost; no collective)."""
         return self.telemetry.means()
+
+    def read_stats(self) -> Dict[str, float]:
+        """The ``sift/*`` means of the ``train_step`` calls since the last call, pooled over every
+        micro-step and data-parallel rank (``sift_ds.telemetry``; a collective: every rank calls it);
+        the next window starts empty."""
+        return self.telemetry.read(self.group)
 
     def probe(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         """The early-exit fidelity probe on ``batch`` (see ``sift_ds.probe``); a collective."""

@@ -11,8 +11,10 @@ short shim that reads its framework's batch, step counters and devices and hands
   follow; each front-end reads it from its own counters (the optimizer step, the micro-step within it),
   or counts the micro-steps with ``MicroSteps`` where its framework does not say;
 * **the keep rule**: ``keep_count``, the one rule for how many rows of a gross batch are kept;
-* **telemetry**: every selection's ``sift/*`` pairs go to ``telemetry``, which the front-end reads
-  and clears at its own logging window;
+* **telemetry**: every selection's ``sift/*`` pairs go to ``telemetry`` (``sift_ds.telemetry``),
+  which the front-end reads, over all ranks, at its own logging window;
+* **the criterion state**: ``criterion_state`` / ``load_criterion_state`` (freq_loss's running
+  baseline), which each front-end puts into its own checkpoints;
 * **the fidelity probe**: ``probe`` (``sift_ds.probe.fidelity``).
 """
 from __future__ import annotations
@@ -57,9 +59,9 @@ def start_up_checks(config: SiftConfig, adapter: Optional[EarlyExitAdapter] = No
     enabled, the kernel runnable on ``device``."""
     if config.enabled and adapter is not None:
         config.validate_for_model(adapter.num_layers)
+        criteria.check_model(adapter, config)
     if micro_batch is not None:
         config.gross_batch_size(micro_batch, micro_key)
-        criteria.check_model(adapter, config)
     if config.enabled and device is not None:
         check_kernel(config, device)
 
@@ -95,6 +97,7 @@ class FrontEnd:
         self.config, self.device, self.group, self.labels_key = config, device, group, labels_key
         self.given_adapter, self.detect = adapter, detect
         self._adapters: Dict[int, EarlyExitAdapter] = {}
+        self._pending_state: Optional[dict] = None  # criterion state loaded before the adapter was known
         start_up_checks(config, adapter, device)
         self.telemetry = SelectionTelemetry(torch.device(device) if device is not None else torch.device("cpu"))
         self.last: Optional[Selection] = None  # the last selection (for inspection and tests)
@@ -110,11 +113,39 @@ class FrontEnd:
         if key not in self._adapters:
             adapter = self.detect(model)
             start_up_checks(self.config, adapter, self.device if self.device is not None else weight_device(adapter))
+            if self.device is None:
+                self.telemetry.to(weight_device(adapter))  # timed where the model runs
             self._adapters = {key: adapter}  # a new model (model_init, a new wrapper) replaces the old one
+            if self._pending_state is not None:
+                state, self._pending_state = self._pending_state, None
+                criteria.load_state_dict(adapter, self.config, state, self.device_for(adapter))
         return self._adapters[key]
 
     def device_for(self, adapter: EarlyExitAdapter) -> torch.device:
         return torch.device(self.device) if self.device is not None else weight_device(adapter)
+
+    # ------------------------------------------------------------------ criterion state
+    def _known_adapter(self, model=None) -> Optional[EarlyExitAdapter]:
+        if self.given_adapter is not None or model is not None:
+            return self.adapter_for(model)
+        return next(iter(self._adapters.values()), None)
+
+    def criterion_state(self, model=None) -> Optional[dict]:
+        """The criterion's state for a checkpoint (freq_loss's running baseline; None for a criterion
+        that keeps none, or before the first selection): the same on every rank."""
+        adapter = self._known_adapter(model)
+        return criteria.state_dict(adapter) if adapter is not None else self._pending_state
+
+    def load_criterion_state(self, state: Optional[Mapping], model=None) -> None:
+        """Restore ``criterion_state``'s result (None restores nothing). Before the adapter is known
+        (a model first seen in training) the state is kept and restored when it is resolved."""
+        if state is None:
+            return
+        adapter = self._known_adapter(model)
+        if adapter is None:
+            self._pending_state = dict(state)
+        else:
+            criteria.load_state_dict(adapter, self.config, state, self.device_for(adapter))
 
     # ------------------------------------------------------------------ selection
     def keep(self, rows: int) -> int:

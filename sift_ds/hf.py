@@ -14,7 +14,7 @@ Each optimizer step, the gross batches of its gradient-accumulation window are s
 shared core (``sift_ds.selection``, at the step's parameters: they do not change within the window)
 before Trainer counts ``num_items_in_batch``, so the loss normalisation, mixed precision, gradient
 accumulation and the forward / backward are Trainer's own, on the kept rows. The ``sift/*``
-statistics are summed over the logging window and the ranks, like the loss, and logged with it
+statistics (``sift_ds.telemetry``) are summed over the logging window and the ranks, like the loss, and logged with it
 (``trainer.state.log_history`` and every reporter, e.g. TensorBoard). Evaluation is Trainer's; with
 SIFT on, its metrics add the early-exit fidelity probe on the first evaluation batch. The
 selection is a pure function of ``(seed, global_step, micro-step, rank)`` and the parameters, and with
@@ -204,7 +204,7 @@ class SiftTrainer(Trainer):
             if self.step_masking is not None:
                 gross = self.step_masking(gross, self.state.global_step, micro_step, self.args.process_index)
             self.last_selections.append(self.select(gross, micro_step))
-        self._step_marks = (start, timer.now())
+        self._step_marks = (start, timer.now(), len(self.last_selections))
         kept = [sel.batch if sel.weights is None else {**sel.batch, ROW_WEIGHTS_KEY: sel.weights}
                 for sel in self.last_selections]
         return super().get_batch_samples(iter(kept), len(kept), device)
@@ -227,8 +227,7 @@ class SiftTrainer(Trainer):
         """Training logs (those with ``loss``) also carry the window's ``sift/*`` means over all ranks."""
         if "loss" in logs and self.sift_telemetry.pairs:
             self._mark_step_end()
-            logs.update(self.sift_telemetry.means(reduce=True))
-            self.sift_telemetry.clear()
+            logs.update(self.sift_telemetry.read())  # the window, pooled over its micro-steps and all ranks
         super().log(logs, start_time)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -244,5 +243,6 @@ class SiftTrainer(Trainer):
 
     def _mark_step_end(self) -> None:
         if self._step_marks is not None:
-            self.sift_telemetry.add_step(*self._step_marks, self.sift_telemetry.timer.now())
+            start, selected, selections = self._step_marks
+            self.sift_telemetry.add_step(start, selected, self.sift_telemetry.timer.now(), selections)
             self._step_marks = None

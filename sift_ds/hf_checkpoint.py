@@ -10,8 +10,6 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from . import criteria
-
 STATE_FILE = "sift_criterion.pt"
 
 
@@ -22,7 +20,7 @@ class CriterionStateCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
-        data = criteria.state_dict(self.trainer.sift_adapter)
+        data = self.trainer.sift_frontend.criterion_state(self.trainer.model)
         if data is not None and args.should_save:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             torch.save(data, os.path.join(folder, STATE_FILE))
@@ -35,4 +33,4 @@ def load_criterion_state(trainer, resume_from_checkpoint) -> None:
     path = get_last_checkpoint(trainer.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
     if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STATE_FILE)):
         state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
-        criteria.load_state_dict(trainer.sift_adapter, trainer.sift_config, state, trainer.args.device)
+        trainer.sift_frontend.load_criterion_state(state, trainer.model)

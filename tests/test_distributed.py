@@ -1,8 +1,10 @@
 """Real DeepSpeed runs (CPU, gloo) of a tiny BERT with SIFT: 2 ranks x ZeRO 1/2/3 x fp32/bf16 x local/global,
 the entropy criterion under ZeRO-0, and the global scope on 4 ranks under ZeRO-1 and ZeRO-3. Runs that
 need the same number of ranks share a launch (tests/dist_scripts/sift_train.py --also), read by the
-tests of each."""
+tests of each. Every 2-rank run also checks its telemetry windows (``engine.read_stats()``) against
+an average of the ranks' own per-step scores and kept rows over the window's micro-steps and both ranks."""
 import json
+import math
 import os
 import time
 
@@ -39,6 +41,47 @@ def shared(tmp_path_factory):
     return get
 
 
+def pooled_windows(rank_results, name, micro_steps):
+    """The sift/* means of each telemetry window (``micro_steps`` micro-steps), pooled over its
+    micro-steps and every rank, from the per-step scores and kept rows the ranks recorded (float64)."""
+    per_rank = [res[name]["selections"] for res in rank_results]
+    windows = []
+    for first in range(0, len(per_rank[0]), micro_steps):
+        sums = {k: [0.0, 0.0] for k in ("kept", "dropped", "nonfinite", "fraction", "warmup", "ratio")}
+        for selections in per_rank:
+            for sel in selections[first:first + micro_steps]:
+                for score, kept in zip(sel["scores"], sel["kept"]):
+                    if math.isfinite(score):
+                        sums["kept" if kept else "dropped"][0] += score
+                        sums["kept" if kept else "dropped"][1] += 1
+                    elif sel["by_score"]:
+                        sums["nonfinite"][0] += 1
+                sums["fraction"][0] += sum(sel["kept"])
+                sums["fraction"][1] += len(sel["kept"])
+                for key, value in (("nonfinite", 0), ("warmup", not sel["by_score"]), ("ratio", sel["keep_ratio"])):
+                    sums[key][0] += value
+                    sums[key][1] += 1
+        windows.append({f"sift/{key}": total / count if count else math.nan for key, (total, count) in (
+            ("score_kept_mean", sums["kept"]), ("score_dropped_mean", sums["dropped"]),
+            ("nonfinite_scores", sums["nonfinite"]), ("kept_fraction", sums["fraction"]),
+            ("warmup", sums["warmup"]), ("keep_ratio", sums["ratio"]))})
+    return windows
+
+
+def check_windows(rank_results, name):
+    """Each logged telemetry window equals the independent average over its micro-steps and both ranks."""
+    want = pooled_windows(rank_results, name, 2 * 2)  # sift_train.py: 2 optimizer steps x 2 micro-steps
+    scored = [[s["scores"] for s in res[name]["selections"] if s["by_score"]] for res in rank_results]
+    assert scored[0][0] != scored[1][0], "the ranks scored the same rows"
+    for res in rank_results:
+        got = res[name]["windows"]
+        assert len(got) == len(want) == len(res[name]["selections"]) // 4
+        for w, (g, e) in enumerate(zip(got, want)):
+            for key, value in e.items():
+                assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (name, w, key)
+            assert g["sift/selection_time_s"] > 0 and 0 < g["sift/selection_share"] < 1, (name, w)
+
+
 def check_run(rank_results, name, zero):
     for res in rank_results:
         rec = res[name]
@@ -59,6 +102,8 @@ def check_run(rank_results, name, zero):
             assert rec["zero3_invalidations_after_warmup"] == 0, "selection pass invalidated ZeRO-3's trace"
         stats = rec["stats"]
         assert stats["sift/warmup"] == 0.0 and stats["sift/score_kept_mean"] >= stats["sift/score_dropped_mean"]
+    if len(rank_results) == 2:
+        check_windows(rank_results, name)
     if name.endswith("local"):
         assert rank_results[0][name]["losses"] != rank_results[1][name]["losses"]
 

@@ -45,6 +45,23 @@ def test_kept_rows_are_the_global_topk_of_hf_scores(run):
         assert max(r["score_err"] for r in scored) < 1e-4
 
 
+def pooled(records) -> dict:
+    """The sift/* means of the selections ``records``, pooled over them (float64, from their scores and kept rows)."""
+    kept, dropped, nonfinite = [], [], 0
+    for r in records:
+        for score, is_kept in zip(r["scores"], r["kept"]):
+            if math.isfinite(score):
+                (kept if is_kept else dropped).append(score)
+            elif r["by_score"]:
+                nonfinite += 1
+    n = len(records)
+    return {"sift/score_kept_mean": sum(kept) / len(kept) if kept else math.nan,
+            "sift/score_dropped_mean": sum(dropped) / len(dropped) if dropped else math.nan,
+            "sift/nonfinite_scores": nonfinite / n, "sift/warmup": sum(not r["by_score"] for r in records) / n,
+            "sift/kept_fraction": sum(sum(r["kept"]) for r in records) / sum(len(r["kept"]) for r in records),
+            "sift/keep_ratio": sum(r["keep_ratio"] for r in records) / n}
+
+
 def test_num_items_in_batch_counts_the_kept_rows(run):
     _, _, ranks = run
     for res in ranks:
@@ -62,6 +79,13 @@ def test_sift_statistics_in_the_log_history_and_tensorboard(run):
         assert 0 < h["sift/selection_share"] < 1
     assert logs[0]["sift/warmup"] == 0.5 and logs[1]["sift/warmup"] == 0.0  # step 0 of the first window
     assert all(h["sift/score_kept_mean"] > h["sift/score_dropped_mean"] for h in logs[1:])
+    # each window against the test's own average over its micro-steps and both ranks (they score other rows)
+    assert ranks[0]["records"][-1]["scores"] != ranks[1]["records"][-1]["scores"]
+    for h in logs:
+        window = [r for res in ranks for r in res["records"] if h["step"] - 2 <= r["step"] < h["step"]]
+        assert len(window) == 2 * GAS * RANKS
+        for key, value in pooled(window).items():
+            assert h[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (h["step"], key)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()

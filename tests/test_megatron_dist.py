@@ -1,8 +1,9 @@
 """sift_ds.megatron on real megatron-core BertModel and GPTModel over gloo: TP=2 on 2 ranks (with and
 without sequence parallelism; the masked-positions-only MLM head against the dense vocab-parallel
 loss; then PP=2, refused) and TP=2 x DP=2 on 4 ranks. tests/dist_scripts/megatron_sift.py
-(and megatron_gpt.py, in the same ranks) runs the checks with collectives and writes per-rank records;
-this asserts them."""
+(and megatron_gpt.py and megatron_state.py, in the same ranks) runs the checks with collectives and
+writes per-rank records; this asserts them. At TP=2 a freq_loss run resumed from its checkpoint
+(``Sift.state_dict``) trains what the uninterrupted run trained."""
 import json
 import os
 import subprocess
@@ -77,9 +78,28 @@ def check_gpt(results):
             assert {"lm loss", "sift/kept_fraction", "sift/score_kept_mean"} <= set(sel["stat_keys"])
 
 
+def check_state(results):
+    """freq_loss at TP=2: resumed from model, optimizer and ``sift.state_dict()``, the same rows, scores
+    and losses; the loss dict's pairs, summed over the micro-steps, against the recorded selections."""
+    for r in results:
+        st = r["state"]
+        assert st["baseline_saved"] and st["selections_vary"]
+        assert st["resumed_same"] == [True] * 6, st["resumed_same"]
+        assert st["same_keys"] and {"sift/selection_time_s", "sift/selection_share", "sift/score_kept_mean",
+                                    "sift/kept_fraction", "sift/warmup", "sift/keep_ratio"} <= set(st["keys"])
+        assert st["first_keys"] == sorted(set(st["keys"]) - {"sift/selection_time_s", "sift/selection_share"})
+        assert st["kept_pair"][1] == st["kept_expected"][1]
+        assert abs(st["kept_pair"][0] - st["kept_expected"][0]) <= 1e-4 * max(1.0, abs(st["kept_expected"][0]))
+        assert st["fraction_pair"] == st["fraction_expected"]
+        assert st["time_pair"][1] == 11 and st["time_pair"][0] > 0  # every micro-step but the last has ended
+        assert 0 < st["share_pair"][0] < st["share_pair"][1]
+
+
 def test_tp2_sequence_parallel_and_pipeline_refused(tmp_path):
-    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check", "--gpt_check", "--sparse_check")
+    results = launch(tmp_path, 2, "--tp", "2", "--pp_check", "--sp_check", "--gpt_check", "--sparse_check",
+                     "--state_check")
     check(results, tp=2, dp=1)
+    check_state(results)
     for r in results:  # the masked-positions-only MLM head: the dense vocab-parallel loss and gradients
         sparse = r["sparse"]
         assert not sparse["dense_patched"]

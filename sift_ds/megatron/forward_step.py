@@ -4,9 +4,16 @@ the SIFT telemetry to the loss dict its ``loss_func`` returns.
 
 Megatron calls ``forward_step_func(data_iterator, model)`` once per micro-batch (sometimes with a
 third argument) and reduces the loss dict itself: a ``[sum, count]`` tensor is summed over the
-micro-batches and the data-parallel group and shown as ``sum / count`` in the log line and in
-TensorBoard, so the ``sift/*`` values arrive there without a callback. Megatron-DeepSpeed averages
-1-element values instead: with a DeepSpeed engine as the model the telemetry is sent as means.
+micro-batches and the data-parallel group, shown as ``sum / count``, and averaged over the log
+interval in the log line and in TensorBoard, so the ``sift/*`` values (``sift_ds.telemetry``: the
+same keys as the other front-ends, the timing keys included) arrive there without a callback. A
+micro-step's time runs from one training ``forward_step`` call to the next call, training or
+evaluation (its backward included); its timing pairs are sent with a later micro-step: those whose
+marks can be read without a device sync, else the oldest. The run's first micro-step has none to
+send, so Megatron (which takes an iteration's keys from its first micro-batch) shows no timing keys
+for the first iteration.
+Megatron-DeepSpeed averages 1-element values instead: with a DeepSpeed engine as the model the
+telemetry is sent as means.
 """
 from __future__ import annotations
 
@@ -20,11 +27,11 @@ from megatron.core.num_microbatches_calculator import get_num_microbatches
 
 from ..row_exchange import pack_rows, unpack_rows
 from ..telemetry import SCORE_KEYS
+from ..weighted_loss import apply_row_weights
 from .adapter import unwrap_model
 from .mlm_head import apply_sparse_mlm_head
 from .datasets import unstack_rows
 from .schedule import megatron_args
-from ..weighted_loss import apply_row_weights
 
 
 def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
@@ -38,12 +45,18 @@ def wrap_forward_step(sift, forward_step_func: Callable) -> Callable:
             apply_sparse_mlm_head(model)  # once per model: a patched forward is left as it is
         # The innermost module's flag: a DeepSpeed engine's eval() sets its module's only.
         if not sift.config.enabled or not unwrap_model(model).training:
+            if sift.config.enabled:
+                sift.frontend.telemetry.interrupt()  # the last training micro-step ends here
             return forward_step_func(data_iterator, model, *args, **kwargs)
         sift.check_parallelism()
         device = sift.adapter(model).vocab_projection()[0].device
+        telemetry = sift.frontend.telemetry
+        start = telemetry.begin()  # a micro-step ends where the next begins
         gross = read_gross_batch(data_iterator, sift.factor, device)
         step, micro_step = sift.position(model)
         kept, stats = sift.select(model, gross, step, micro_step)
+        telemetry.selected(start)
+        stats = {**stats, **telemetry.ready_timing_pairs()}
         output_tensor, loss_func = forward_step_func(iter([kept]), model, *args, **kwargs)
         return output_tensor, wrap_loss_func(loss_func, stats, pairs=not hasattr(model, "global_steps"),
                                              row_weights=sift.last.weights)

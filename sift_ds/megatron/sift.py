@@ -123,6 +123,17 @@ class Sift:
         """Samples per gross training item (``1 / keep_ratio``)."""
         return gross_factor(self.config)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """What a checkpoint must carry for an exact resume besides Megatron's own state: the
+        criterion's state (freq_loss's running baseline; None for the other criteria), the same on
+        every rank. Megatron-LM's checkpoints do not hold it: save it with the model's."""
+        return {"criterion": self.frontend.criterion_state()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore ``state_dict``'s result, before or after the first training step."""
+        self.frontend.load_criterion_state(state.get("criterion"))
+
     # ------------------------------------------------------------------ the two wrapped arguments
     def datasets_provider(self, provider: Callable) -> Callable:
         """``provider`` asked for 1/keep_ratio times the training samples; its training set stacked."""

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from .. import criteria
+from .. import telemetry
 from . import checkpoint
 from .evaluation import evaluate
 from .metrics import FlopsModel, MetricsLogger, mfu
@@ -79,10 +79,10 @@ class Trainer:
 
     def run_state(self) -> dict:
         """What a checkpoint stores besides DeepSpeed's state (a collective: the log window is gathered)."""
-        window = self._window.state() if self._window is not None else None
+        window = self._window.state(self.engine.telemetry.state()) if self._window is not None else None
         return dict(self.run_info, step=self.step, consumed_samples=self.step * self.engine.train_batch_size(),
                     gross_samples=self.loader.samples_seen, data=self.loader.state_dict(), elapsed_s=self.elapsed_s,
-                    log_window=window, sift_criterion=criteria.state_dict(self.engine.adapter))
+                    log_window=window)  # the criterion's state: SiftEngine.save_checkpoint
 
     def restore(self, state: dict) -> None:
         for key in ("seq_len", "objective"):
@@ -93,8 +93,8 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         if state.get("log_window"):
             self._window = LogWindow.restored(self.engine.device, state["log_window"])
-        criteria.load_state_dict(self.engine.adapter, self.engine.sift_config, state.get("sift_criterion"),
-                                 self.engine.device)
+            self.engine.telemetry.load_state(self._window.sift_pairs)  # the sift/* window it cut
+        self.engine.frontend.load_criterion_state(state.get("sift_criterion"))  # where older checkpoints kept it
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
@@ -118,7 +118,6 @@ class Trainer:
                     batch = next(batches)
                     window.data_s += time.perf_counter() - fetched
                     window.add_loss(engine.train_step(batch))
-                    window.add_scores(engine.telemetry.pairs)
                 window.steps += 1
                 window.flops += self.flops.step_flops(tokens_per_step, gross_tokens_per_step, selecting)
                 step = self.step
@@ -194,7 +193,9 @@ class Trainer:
         if do_eval:
             self.last_eval = evaluate(engine, self.eval_batches)
             record.update(self.last_eval)
-        record.update(engine.stats)
+        sift_totals = engine.telemetry.totals(engine.group, reduce=True)  # the window's sift/*, every rank
+        engine.telemetry.clear()
+        record.update(telemetry.means(sift_totals))
         record.update(overhead(window, seconds, record.get("sift/selection_share"), engine))
         if do_probe:  # the early-exit fidelity probe on the first (fixed) validation batch
             record.update(engine.probe(self.eval_batches[0]))
@@ -203,22 +204,22 @@ class Trainer:
                if record.get(key) is not None and not math.isfinite(record[key])]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(step, " and ".join(bad)))
-        self._check_scores(step, window)
+        self._check_scores(step, telemetry.nonfinite_share(sift_totals))
 
-    def _check_scores(self, step: int, window: "LogWindow") -> None:
-        """After ``window.mean_loss()`` (which reduces the counts over the ranks): too many non-finite
-        selection scores stop the run like a non-finite loss (``MAX_NONFINITE_SCORE_SHARE``)."""
-        if window.nonfinite_share > MAX_NONFINITE_SCORE_SHARE:
+    def _check_scores(self, step: int, share: float) -> None:
+        """Too many non-finite selection scores in the window, over all ranks (``share``), stop the run
+        like a non-finite loss (``MAX_NONFINITE_SCORE_SHARE``)."""
+        if share > MAX_NONFINITE_SCORE_SHARE:
             raise NonFiniteLoss(self._non_finite_message(
-                step, f"selection scores ({window.nonfinite_share:.0%} of the rows scored since the last record, more "
+                step, f"selection scores ({share:.0%} of the rows scored since the last record, more "
                       f"than {MAX_NONFINITE_SCORE_SHARE:.0%}: the selection keeps rows it cannot rank)"))
 
     def _check_finite(self, step: int, window: "LogWindow") -> None:
         """Before a checkpoint: the steps since the last record had finite losses (a collective)."""
         if window.steps and not math.isfinite(window.mean_loss()):  # steps: the same on every rank
             raise NonFiniteLoss(self._non_finite_message(step, "training loss since the last record"))
-        if window.steps:
-            self._check_scores(step, window)
+        if window.steps:  # the engine's telemetry window is the log window (a collective)
+            self._check_scores(step, telemetry.nonfinite_share(self.engine.telemetry.totals(self.engine.group, True)))
 
     def _non_finite_message(self, step: int, what: str) -> str:
         last = checkpoint.list_tags(self.opts.save_dir) if self.opts.save_dir else []

@@ -1,6 +1,7 @@
 """The log window of the pretraining loop: what is summed between two log records (loss, steps,
-FLOPs, wall time without evaluation and checkpoints, time waiting for data), carried across a stop
-in the checkpoint, and the shares of the window's time spent outside the training step."""
+FLOPs, wall time without evaluation and checkpoints, time waiting for data; the engine's telemetry
+window holds the ``sift/*`` pairs), carried across a stop in the checkpoint with those pairs, and the
+shares of the window's time spent outside the training step."""
 from __future__ import annotations
 
 import time
@@ -21,30 +22,32 @@ class LogWindow:
         self.flops = 0.0
         self.paused = 0.0
         self.data_s = 0.0  # waiting for the loader's gross batches (read, masked; prefetched while stepping)
-        self.scores = torch.zeros(2, dtype=torch.float64, device=device)  # [non-finite scores, rows scored]
-        self.nonfinite_share = 0.0  # of the rows scored in the window, all ranks (set by mean_loss)
+        self.sift_pairs: Dict[str, list] = {}  # a restored window's sift/* pairs, for the engine's telemetry
 
-    def state(self) -> dict:
-        """The partial sums, for a checkpoint: every rank's loss sum (a collective), steps, FLOPs, seconds."""
-        mine = self.loss.item()
-        losses = [mine]
+    def state(self, sift_pairs: Optional[dict] = None) -> dict:
+        """The partial sums, for a checkpoint: every rank's loss sum and ``sift_pairs`` (this rank's
+        telemetry window, ``SelectionTelemetry.state``; a collective), steps, FLOPs, seconds."""
+        mine = (self.loss.item(), sift_pairs or {})
+        everyone = [mine]
         if dist.is_initialized() and dist.get_world_size() > 1:
-            losses = [None] * dist.get_world_size()
-            dist.all_gather_object(losses, mine)
-        return {"losses": losses, "micro_steps": self.micro_steps, "steps": self.steps, "flops": self.flops,
-                "seconds": self.seconds(), "data_s": self.data_s}
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, mine)
+        return {"losses": [loss for loss, _ in everyone], "sift_pairs": [pairs for _, pairs in everyone],
+                "micro_steps": self.micro_steps, "steps": self.steps, "flops": self.flops, "seconds": self.seconds(),
+                "data_s": self.data_s}
 
     @classmethod
     def restored(cls, device, state: dict) -> "LogWindow":
-        """The window a checkpoint stored; this rank's own loss sum when the world size is the same (the
-        record is then bitwise the uninterrupted one), else the total on rank 0."""
+        """The window a checkpoint stored; this rank's own loss sum and ``sift_pairs`` when the world size
+        is the same (the record is then bitwise the uninterrupted one), else the totals on rank 0."""
         window = cls(device)
-        losses = state["losses"]
+        losses, pairs = state["losses"], state.get("sift_pairs") or [{} for _ in state["losses"]]
         world = dist.get_world_size() if dist.is_initialized() else 1
         rank = dist.get_rank() if dist.is_initialized() else 0
         same = len(losses) == world
         window.loss.fill_(losses[rank] if same else (sum(losses) if rank == 0 else 0.0))
         window.micro_steps = state["micro_steps"] if same else (state["micro_steps"] * len(losses) if rank == 0 else 0)
+        window.sift_pairs = pairs[rank] if same else (_summed(pairs) if rank == 0 else {})
         window.steps, window.flops, window.data_s = state["steps"], state["flops"], state.get("data_s", 0.0)
         window.start -= state["seconds"]
         return window
@@ -53,24 +56,26 @@ class LogWindow:
         self.loss += loss.detach().to(torch.float64)
         self.micro_steps += 1
 
-    def add_scores(self, pairs: Dict[str, torch.Tensor]) -> None:
-        """A selection's non-finite scores and rows scored, from its ``sift/*`` pairs (no host sync)."""
-        nonfinite, warmup, kept = (pairs.get(k) for k in ("sift/nonfinite_scores", "sift/warmup", "sift/kept_fraction"))
-        if nonfinite is not None and warmup is not None and kept is not None:
-            self.scores += torch.stack([nonfinite[0], kept[1] * (1 - warmup[0])]).to(self.scores)
-
     def mean_loss(self) -> float:
-        """The window's mean loss over all ranks (a collective); also sets ``nonfinite_share``."""
-        total = torch.cat([torch.stack([self.loss, torch.tensor(float(self.micro_steps), dtype=torch.float64,
-                                                                device=self.loss.device)]), self.scores])
+        """The window's mean loss over all ranks (a collective)."""
+        total = torch.stack([self.loss, torch.tensor(float(self.micro_steps), dtype=torch.float64,
+                                                     device=self.loss.device)])
         if dist.is_initialized():
             dist.all_reduce(total)
-        loss, steps, nonfinite, scored = total.tolist()
-        self.nonfinite_share = nonfinite / scored if scored > 0 else 0.0
+        loss, steps = total.tolist()
         return loss / max(steps, 1.0)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.paused
+
+
+def _summed(pairs: list) -> dict:
+    """Every rank's ``[sum, count]`` pairs added up, key by key."""
+    out: Dict[str, list] = {}
+    for ranks_pairs in pairs:
+        for key, (total, count) in ranks_pairs.items():
+            out[key] = [out.get(key, [0.0, 0.0])[0] + total, out.get(key, [0.0, 0.0])[1] + count]
+    return out
 
 
 def overhead(window: "LogWindow", seconds: float, selection_share: Optional[float], engine) -> Dict[str, float]:

@@ -7,6 +7,7 @@ Checked with collectives across the real ranks, against references independent o
 * each selection keeps exactly the global top-k of float64 early-exit scores of a direct HF forward
   (``output_hidden_states``) on every rank's gross batch, and the rows a rank trains are those rows;
 * ``num_items_in_batch`` counts the labelled tokens of the kept rows of all ranks;
+* each selection's scores and kept rows are recorded, for the test's own average of a logging window;
 * a run resumed from the step-3 checkpoint selects and trains what the uninterrupted run did.
 """
 import argparse
@@ -61,6 +62,10 @@ class CheckedTrainer(SiftTrainer):
         sel = super().select(batch, micro_step)
         rec = {"step": self.state.global_step, "warmup": sel.warmup, "rows": int(sel.batch["input_ids"].shape[0]),
                "indices": sel.indices.tolist()}
+        gross, rank = batch["input_ids"].shape[0], dist.get_rank()  # this rank's rows kept, from the indices
+        mine = {i - rank * gross for i in sel.indices.tolist() if rank * gross <= i < (rank + 1) * gross}
+        rec.update(scores=sel.scores.tolist(), kept=[i in mine for i in range(gross)], by_score=sel.by_score,
+                   keep_ratio=sel.keep_ratio)
         if not sel.warmup:
             ref = hf_reference_scores(self.model, {k: v.to(self.args.device) for k, v in batch.items()}, 1, "loss")
             everyone = gather((ref.tolist(), batch["input_ids"].tolist()))

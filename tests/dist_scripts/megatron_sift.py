@@ -34,6 +34,7 @@ p.add_argument("--sp_check", action="store_true")
 p.add_argument("--gpt_check", action="store_true")
 p.add_argument("--sparse_check", action="store_true")
 p.add_argument("--train_steps", type=int, default=10)
+p.add_argument("--state_check", action="store_true", help="the freq_loss resume and loss-dict telemetry checks")
 args = p.parse_args()
 
 mc.init(args.tp)
@@ -244,6 +245,11 @@ if args.sparse_check:
                      "eval_identical": bool(torch.equal(evaluated, ref[3])), "shape": list(tokens.shape)}
     rec["dense_patched"] = got["dense"][4]
     res["sparse"] = rec
+
+# ---- freq_loss resumed from a checkpoint with sift.state_dict(); the loss-dict telemetry (megatron_state.py)
+if args.state_check:
+    from megatron_state import state_checks
+    res["state"] = state_checks(DP_RANK)
 
 # ---- megatron-core GPTModel (tests/dist_scripts/megatron_gpt.py): scores, references, selection
 if args.gpt_check:

@@ -7,6 +7,8 @@ Checked here, with collectives across the real ranks:
 * under scope "global" the kept indices are identical on every rank, equal the top-k of all ranks'
   gathered scores, and the rows a rank trains on are the kept rows ``Selection.trained`` names;
 * the training loss and the full-batch eval loss fall;
+* every window of ``engine.read_stats()`` (recorded with each rank's scores and kept rows per
+  micro-step, for the test's own average over both ranks);
 * under ZeRO-3, the early-exit scores equal a direct HF forward with gathered parameters, and the
   selection pass leaves DeepSpeed's module trace (its prefetch schedule) intact.
 """
@@ -40,6 +42,7 @@ p.add_argument("--also", action="append", default=[], metavar="ZERO:CRITERION:ST
 args = p.parse_args()
 
 MICRO = 4
+WINDOW_STEPS = 2  # optimizer steps per telemetry window (engine.read_stats)
 
 
 def all_gather_obj(obj):
@@ -98,7 +101,8 @@ def run(dtype, scope, enabled=True, zero=args.zero, criterion=args.criterion, st
 
         coord._invalidate_trace = counting
 
-    rec = {"losses": [], "rows": [], "global_agree": [], "global_is_topk": [], "rows_match": [], "warmup": []}
+    rec = {"losses": [], "rows": [], "global_agree": [], "global_is_topk": [], "rows_match": [], "warmup": [],
+           "selections": [], "windows": []}
     inval_after_warm = None
     for step in range(steps * args.gas):
         g = torch.Generator().manual_seed(step * 97 + rank)
@@ -107,6 +111,11 @@ def run(dtype, scope, enabled=True, zero=args.zero, criterion=args.criterion, st
         sel = engine.select(batch)
         rec["rows"].append(int(sel.batch["input_ids"].shape[0]))
         rec["warmup"].append(sel.warmup)
+        # this rank's scores and which of its gross rows were kept (from the indices), for the telemetry check
+        offset = rank * gross if scope == "global" else 0  # global indices count every rank's rows
+        mine = {i - offset for i in sel.indices.tolist() if 0 <= i - offset < gross}
+        rec["selections"].append({"scores": sel.scores.tolist(), "kept": [i in mine for i in range(gross)],
+                                  "by_score": sel.by_score, "keep_ratio": sel.keep_ratio})
         if scope == "global" and not sel.warmup:
             everyone = all_gather_obj((sel.indices.tolist(), sel.scores.tolist(), batch["input_ids"].tolist()))
             rec["global_agree"].append(all(e[0] == everyone[0][0] for e in everyone))
@@ -119,9 +128,11 @@ def run(dtype, scope, enabled=True, zero=args.zero, criterion=args.criterion, st
         # the training step itself (select again inside train_step: deterministic, same rows)
         loss = engine.train_step(batch)
         rec["losses"].append(float(loss.float().item()))
+        if (step + 1) % (WINDOW_STEPS * args.gas) == 0:  # a log window: its sift/* means over both ranks
+            rec["windows"].append(engine.read_stats())
         if step == 2 * args.gas:
             inval_after_warm, demand_after_warm = invalidations["n"], demand["numel"]
-    rec["stats"] = engine.stats
+    rec["stats"] = rec["windows"][-1]
     if coord is not None:
         rec["zero3_demand_fetch_numel_per_step"] = (demand["numel"] - demand_after_warm) / (steps - 3)
         rec["zero3_demand_fetch_numel_total"] = demand["numel"]  # > 0: the first step runs before the trace exists
