@@ -4,8 +4,6 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -94,12 +92,14 @@ def test_cli_writes_the_report_and_the_plot_and_refuses_bad_input(tmp_path, caps
                for s in (600, 4800)]
     script = os.path.join(REPO, "launch", "horizon.py")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, script, *studies, "--out", str(out)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    cli = load_cli(script)  # its main in process, as its command line calls it
+    capsys.readouterr()
+    assert cli.main([*map(str, studies), "--out", str(out)]) == 0
+    assert "| 600 steps |" in capsys.readouterr().out  # the table, printed
     report = (out / "horizon.md").read_text()
     assert "| 600 steps | entropy-exit1 3 | 0 |" in report and "| 4800 steps | entropy-exit1 3 | 1 |" in report
     assert "a model" in report and os.path.getsize(out / "plots" / "horizon.png") > 10_000
-    cli = load_cli(script)  # the refusals, in process: exit status 2 and one line, no traceback
+    # the refusals: exit status 2 and one line, no traceback
     for argv, message in [([str(tmp_path / "none")], "results.csv: no such file"),
                           ([studies[0], studies[0]], "two studies have the same horizon"),
                           ([studies[0], "--target_tokens", "0"], "--target_tokens must be positive")]:
