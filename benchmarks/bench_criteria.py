@@ -65,7 +65,7 @@ def timed(fn, reps: int, device) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ds_configs/models/bert_L12_H128.json")
     p.add_argument("--reference", default="ds_configs/models/bert_L4_H128.json")
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--exit_layer", type=int, default=1)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--json", default="", help="also write the rows and the set-up to this JSON file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = model_of(args.model, args.vocab, args.seq_len, sparse_head=True).to(device)

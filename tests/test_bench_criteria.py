@@ -4,21 +4,18 @@ stored reference is a column read, the baselines and the weights are per-token a
 online reference adds its own model's forward."""
 import json
 import os
-import subprocess
-import sys
 
 from launcher import REPO
-from launch_helpers import cpu_env
+from launch_helpers import load_cli
 
 
-def test_every_criterion_has_a_row_with_its_flops_model(tmp_path):
+def test_every_criterion_has_a_row_with_its_flops_model(tmp_path, capsys):
     out = tmp_path / "cost.json"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench_criteria.py"),
-                           "--model", os.path.join(REPO, "ds_configs", "models", "bert_L4_H128.json"),
-                           "--reference", os.path.join(REPO, "ds_configs", "models", "bert_L4_H128.json"),
-                           "--vocab", "512", "--seq_len", "32", "--micro", "4", "--reps", "1", "--json", out],
-                          cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = os.path.join(REPO, "ds_configs", "models", "bert_L4_H128.json")
+    load_cli(os.path.join(REPO, "benchmarks", "bench_criteria.py")).main(  # in process: no interpreter start-up
+        ["--model", model, "--reference", model, "--vocab", "512", "--seq_len", "32", "--micro", "4", "--reps", "1",
+         "--json", str(out)])
+    stdout = capsys.readouterr().out
     rows = {r["pass"]: r for r in json.loads(out.read_text())["rows"]}
     exit_only = ["entropy", "loss", "freq_loss, running baseline", "freq_loss, unigram baseline", "importance",
                  "reducible, stored reference"]
@@ -28,4 +25,4 @@ def test_every_criterion_has_a_row_with_its_flops_model(tmp_path):
     # the same 4-layer model as reference: its full forward is 4 exit-1 passes' layers plus the head once more
     assert rows["reducible, online reference"]["gflops_model"] > 2 * rows["entropy"]["gflops_model"]
     for name in rows:
-        assert f"| {name} |" in proc.stdout
+        assert f"| {name} |" in stdout
