@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from launcher import REPO, clean_env
+from launcher import DIST_VARS, REPO, clean_env
 
 COMPARE = os.path.join(REPO, "launch", "compare.py")
 CONFIG = os.path.join(REPO, "ds_configs", "tiny_cpu_sift.json")
@@ -23,6 +23,24 @@ PLOTS = ["val_loss_vs_samples.png", "val_acc_vs_samples.png", "val_loss_vs_time.
 def compare(args, timeout=600):
     return subprocess.run([sys.executable, COMPARE, *map(str, args)], cwd=REPO, env=clean_env(DS_ACCELERATOR="cpu"),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def compare_here(capsys, monkeypatch, args) -> subprocess.CompletedProcess:
+    """compare.py's main in this process, with the environment ``compare`` gives it (its runs still start
+    as processes): its exit status and output, as ``compare`` returns them. A re-invocation of the
+    shared study reads it this way, without a second interpreter's start-up and imports."""
+    for key, value in clean_env(DS_ACCELERATOR="cpu").items():
+        monkeypatch.setenv(key, value)
+    for key in DIST_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    try:
+        code = load_compare().main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def job(tmp_path, steps=30, eval_interval=10):
@@ -136,41 +154,41 @@ def test_budget_matched_mode_with_pinned_cores(study):
     assert 0 < float(sift["overhead_share_mean"]) < 1
 
 
-def test_a_second_invocation_skips_resumes_and_refuses(study):
+def test_a_second_invocation_skips_resumes_and_refuses(study, capsys, monkeypatch):
     """Again: every run is skipped and the report rewritten; an unfinished run is resumed;
     --analyze_only reads the runs without starting any; other settings in the same --out are refused."""
     tmp_path, args, _ = study
     out = tmp_path / "cmp"
     logs = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/log.txt")}
     start = time.time()
-    again = compare(args)
+    again = compare_here(capsys, monkeypatch, args)
     assert again.returncode == 0, shown(again)
     assert "6 of 6 runs already finished" in again.stdout and "starting" not in again.stdout
     assert time.time() - start < 60 and logs == {p: p.stat().st_mtime for p in logs}
 
     (out / "runs" / "loss-exit1" / "seed1" / "DONE").unlink()
-    only = compare(["--analyze_only", "--out", out])
+    only = compare_here(capsys, monkeypatch, ["--analyze_only", "--out", out])
     assert only.returncode == 0, shown(only)
     assert "left out of the report: loss-exit1/seed1" in only.stdout
     assert "| loss-exit1 | 0 |" in (out / "results.md").read_text()
-    resumed = compare(args)
+    resumed = compare_here(capsys, monkeypatch, args)
     assert resumed.returncode == 0, shown(resumed)
     assert "loss-exit1/seed1: resuming" in resumed.stdout and "5 of 6 runs already finished" in resumed.stdout
 
     # Other settings in the same --out are refused, finished runs included.
-    changed = compare(study_args(tmp_path, tmp_path / "ds.json", eval_interval=5))
+    changed = compare_here(capsys, monkeypatch, study_args(tmp_path, tmp_path / "ds.json", eval_interval=5))
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, shown(changed)
     assert "compare.py: error: run vanilla_max_steps-20/seed0 was started with other settings" in changed.stderr
 
 
-def test_failing_run_names_its_log(tmp_path):
+def test_failing_run_names_its_log(tmp_path, capsys, monkeypatch):
     """A run that passes the up-front checks and fails while it runs (here: a corpus that is not
     JSON Lines) stops the study with one line naming the run, the job's own error and its log."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     out = tmp_path / "bad"
-    proc = compare(["--ds_config", CONFIG, "--arms", "vanilla,loss:1", "--seeds", 1, "--out", out, "--data", bad,
-                    "--", *job(tmp_path)])
+    proc = compare_here(capsys, monkeypatch, ["--ds_config", CONFIG, "--arms", "vanilla,loss:1", "--seeds", 1, "--out",
+                                              out, "--data", bad, "--", *job(tmp_path)])
     assert proc.returncode == 1, shown(proc)
     log = out / "runs" / "vanilla" / "seed0" / "log.txt"
     lines = proc.stderr.strip().splitlines()
@@ -188,13 +206,9 @@ def load_compare():
 
 def refusal(capsys, monkeypatch, args) -> list:
     """compare.py's main in process (its jobs still run as processes): exit status 2, and stderr's lines."""
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        load_compare().main([str(a) for a in args])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, err
-    return err.strip().splitlines()
+    proc = compare_here(capsys, monkeypatch, args)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr.strip().splitlines()
 
 
 def test_every_arm_is_checked_by_the_job_before_the_first_run(tmp_path, capsys, monkeypatch):
@@ -275,13 +289,13 @@ def test_pinned_launch_sets_the_affinity_of_the_launcher_and_its_children(tmp_pa
     assert (tmp_path / "r" / "affinity.txt").read_text() == "[1] [1]" and (tmp_path / "r" / "DONE").exists()
 
 
-def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study):
+def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study, capsys, monkeypatch):
     """--analyze_only --portable rewrites the finished runs' files and study.json without the
     study directory's path (<out>, or a checkout-relative path); a re-invocation then still finds
     every run finished."""
     tmp_path, args, _ = study
     out = tmp_path / "cmp"
-    proc = compare(["--analyze_only", "--portable", "--out", out])
+    proc = compare_here(capsys, monkeypatch, ["--analyze_only", "--portable", "--out", out])
     assert proc.returncode == 0, shown(proc)
     files = [out / "study.json", out / "results.md", *(out / "runs").glob("*/*/command.json"),
              *(out / "runs").glob("*/*/run_config.json"), *(out / "runs").glob("*/*/log.txt")]
@@ -289,6 +303,6 @@ def test_a_portable_study_names_no_machine_path_and_is_still_resumed(study):
     assert not [f for f in files if str(out) in f.read_text(errors="replace")]
     words = json.loads((out / "runs" / "vanilla" / "seed1" / "command.json").read_text())["args"]
     assert words[words.index("--tokenizer") + 1] == f"<out>/runs/{LABELS[0]}/seed0/tokenizer"
-    again = compare(args)
+    again = compare_here(capsys, monkeypatch, args)
     assert again.returncode == 0, shown(again)
     assert "6 of 6 runs already finished" in again.stdout and "starting" not in again.stdout
