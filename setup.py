@@ -20,7 +20,7 @@ setup(
     # oldest release `make test-oldest` passes the smoke set with (torch's, which that target keeps at the
     # lock's version, excepted); the front-ends refuse an older release at start-up (sift_ds/versions.py).
     install_requires=[
-        "torch>=2.1,<3",
+        "torch>=2.4,<3",  # transformers 5.13 (the floor below) disables a torch older than 2.4
         "deepspeed>=0.16,<1",
         "transformers>=5.13,<6",
         "datasets>=2.21,<6",

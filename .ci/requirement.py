@@ -1,5 +1,5 @@
 """Print setup.py's requirement for one package, range included: `python .ci/requirement.py setup.py torch`
-prints `torch>=2.1,<3`. make test-latest installs torch from it before the rest (DeepSpeed's source
+prints `torch>=2.4,<3`. make test-latest installs torch from it before the rest (DeepSpeed's source
 archive builds against the installed torch), so that the range has one home, setup.py."""
 import ast
 import re

@@ -96,7 +96,7 @@ class SiftTrainer(Trainer):
 
     def __init__(self, model=None, args=None, *trainer_args, sift: Union[SiftConfig, Mapping[str, Any], None] = None,
                  adapter: Optional[EarlyExitAdapter] = None, sparse_mlm_head: bool = True, **kwargs):
-        require(("transformers", "accelerate"), "SiftTrainer")  # an older Trainer would skip the selection
+        require(("torch", "transformers", "accelerate"), "SiftTrainer")  # an older Trainer would skip the selection
         require_trainer_hooks(Trainer)
         self.sift_config = sift_config_for(sift, args)
         self.sparse_mlm_head = sparse_mlm_head

@@ -40,7 +40,7 @@ def initialize(
     config's scheduler (``sift_ds.schedule``; "auto" resolved against its warm-up) raise a ValueError
     naming the key before DeepSpeed starts.
     """
-    require(("deepspeed", "transformers"), "sift_ds.initialize")
+    require(("torch", "deepspeed", "transformers"), "sift_ds.initialize")
     if model is None:
         raise ValueError("sift_ds.initialize needs model=")
     if config is None:

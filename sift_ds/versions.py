@@ -4,7 +4,9 @@ trains without selecting (an older ``transformers.Trainer`` never calls the hook
 overrides, and trains on the whole gross batch). The floors are read from the installed package's
 metadata, so setup.py stays their one home; a checkout on PYTHONPATH (no metadata) is not checked.
 
-The HF front-end also checks the hooks themselves, by name and parameters, on the Trainer class.
+The HF front-end also checks the hooks themselves, by name and parameters, on the Trainer class, and
+the front-ends that need both torch and transformers that this transformers uses this torch (each
+transformers release disables a torch below its own floor, which can be above setup.py's).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Dict, Iterable, Optional
 
 from packaging.requirements import Requirement
 from packaging.version import Version
+from transformers.utils import import_utils as transformers_imports
 
 DISTRIBUTION = "sift_ds"
 # Trainer methods SiftTrainer overrides -> the parameters it relies on: a Trainer without one of them
@@ -68,6 +71,19 @@ def require(packages: Iterable[str], front_end: str) -> None:
             raise UnsupportedDependency(
                 f"{front_end} needs {package} >= {floor} (setup.py; the oldest release tested), but {have} is "
                 f"installed: pip install '{package}>={floor}'")
+    if "torch" in packages and "transformers" in packages:
+        require_torch_for_transformers(front_end)
+
+
+def require_torch_for_transformers(front_end: str) -> None:
+    """UnsupportedDependency when the installed transformers does not use the installed torch (each
+    transformers release disables a torch below its own floor, with a log line, and every model class
+    then fails far from the cause)."""
+    if installed_version("torch") is not None and not transformers_imports.is_torch_available():
+        raise UnsupportedDependency(
+            f"{front_end}: transformers {installed_version('transformers')} does not use torch "
+            f"{installed_version('torch')} (it needs a newer torch): upgrade torch, or install an older transformers "
+            f"(>= {floors().get('transformers', 'the floor in setup.py')})")
 
 
 def require_trainer_hooks(trainer_class, front_end: str = "SiftTrainer") -> None:

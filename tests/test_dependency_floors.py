@@ -77,3 +77,49 @@ def test_the_megatron_front_end_refuses_an_older_megatron_core(monkeypatch):
     older(monkeypatch, "megatron-core", "0.15.0")
     with pytest.raises(versions.UnsupportedDependency, match=r"sift_ds\.megatron needs megatron-core >= "):
         Sift(SiftConfig(exit_layer=1))
+
+
+@pytest.fixture
+def transformers_torch_check():
+    """transformers caches whether it uses the installed torch: cleared around a test that fakes torch."""
+    from transformers.utils import import_utils
+
+    import_utils.is_torch_available.cache_clear()
+    yield import_utils.is_torch_available
+    import_utils.is_torch_available.cache_clear()
+
+
+def test_torchs_floor_is_one_the_floor_transformers_uses(monkeypatch, transformers_torch_check, tmp_path, capsys):
+    """setup.py's torch floor is one that transformers (the installed one, itself at or above setup.py's
+    floor) does not disable; below it each front-end refuses in one line, naming torch."""
+    floor = versions.floors()["torch"]
+    older(monkeypatch, "torch", "2.3.1")  # the last release before the floor
+    assert floor == versions.Version("2.4") and not transformers_torch_check()
+    from sift_ds.hf import SiftTrainer
+
+    with pytest.raises(versions.UnsupportedDependency, match=f"SiftTrainer needs torch >= {floor} .* 2.3.1"):
+        SiftTrainer(model=None, args=None)
+    err = one_line_error(capsys, ["--ds_config", os.path.join(CONFIGS, "tiny_cpu_sift.json"), "--output_dir",
+                                  str(tmp_path / "run"), "--check_only"])
+    assert f"pretrain_bert.py needs torch >= {floor}" in err and "2.3.1" in err
+
+
+def test_a_torch_that_transformers_disables_is_refused_in_one_line(monkeypatch, transformers_torch_check):
+    """Above setup.py's floor but below the installed transformers' own (it would disable torch, and every
+    model class would fail later, far from the cause)."""
+    releases = ["2.4.0", "2.5.0", "2.6.0", "2.7.0", "2.8.0", "2.9.0"]
+
+    def uses(torch_version):
+        older(monkeypatch, "torch", torch_version)
+        transformers_torch_check.cache_clear()
+        return transformers_torch_check()
+
+    own = next(v for v in releases if uses(v))  # transformers' own floor, probed
+    if own == releases[0]:
+        pytest.skip("the installed transformers uses torch from setup.py's floor on")
+    below = releases[releases.index(own) - 1]
+    assert not uses(below)
+    with pytest.raises(versions.UnsupportedDependency) as err:
+        versions.require(("torch", "transformers"), "sift_ds.initialize")
+    message = str(err.value)
+    assert "\n" not in message and f"does not use torch {below}" in message and "upgrade torch" in message

@@ -48,7 +48,7 @@ class Application:
         """Parse and validate everything that needs no process group (exits with one line on error)."""
         options = self.parse_args(argv)
         try:
-            require(("deepspeed", "transformers", "datasets", "tokenizers"), self.prog)
+            require(("torch", "deepspeed", "transformers", "datasets", "tokenizers"), self.prog)
             plan = resolve_plan(options, create_output_dir=not options.check_only)
             check_nsp_distillation(plan.options, plan.ds_config)  # --async_convergence (docs/multitask.md)
             return plan
