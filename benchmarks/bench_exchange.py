@@ -28,6 +28,7 @@ import tempfile
 import pytest
 import torch
 
+from sift_ds.ports import free_port
 from sift_ds.row_exchange import exchange_plan
 
 SEQ, GROSS, KEEP = 512, 64, 32
@@ -91,11 +92,8 @@ def _worker(rank, world, port, out_dir):
 
 def measure(world: int):
     import ast
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as out:
         torch.multiprocessing.spawn(_worker, args=(world, port, out), nprocs=world, join=True)
         return [ast.literal_eval(open(os.path.join(out, f"rank{r}.txt")).read()) for r in range(world)]

@@ -15,7 +15,6 @@ without CUDA a mini BERT at a small shape, so CI runs this file in seconds.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
@@ -26,6 +25,7 @@ if not CUDA:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import sift_ds  # noqa: E402
+from sift_ds.ports import free_port  # noqa: E402
 from sift_ds.pretrain.models import build_bert  # noqa: E402
 
 # preset, vocab, seq_len, micro-batch, exit_layer
@@ -38,16 +38,10 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def setup():
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}.items():
+                 "MASTER_PORT": str(free_port())}.items():
         os.environ.setdefault(k, v)
     preset, vocab, seq, micro, exit_layer = SHAPE
     torch.manual_seed(0)

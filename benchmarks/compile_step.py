@@ -23,22 +23,17 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 
 import torch
 from torch._dynamo.utils import counters
 
+from sift_ds.ports import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "ds_configs", "models", "bert_L12_H128.json")
 VOCAB, MICRO, SEQ, SHARE = 8192, 16, 128, 0.15
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def batches(count: int, rows: int, seed: int = 0):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 
@@ -201,15 +200,11 @@ def phase_scorer(args):
         phase.save()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def phase_step(args):
     # DeepSpeed on one process without its launcher: the torch.distributed variables, set here
     # (without them DeepSpeed may try MPI discovery, mpi4py being installed).
+    from sift_ds.ports import free_port
+
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
     import torch

@@ -33,10 +33,11 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
+
+from sift_ds.ports import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "ds_configs", "tiny_cpu_sift.json")
@@ -120,12 +121,6 @@ def shard_phase_seconds(log: str) -> float:
     begin = next(line for line in lines if " to prepare, " in line)
     end = next(line for line in lines if " tokens -> " in line)
     return max(1, (seconds(end) - seconds(begin)) % 86400)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def evict(prepared: str) -> None:

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from sift_ds.pretrain.metrics import FlopsModel  # noqa: E402
 from sift_ds.pretrain.models import build_bert  # noqa: E402
 from sift_ds.row_exchange import take_rows  # noqa: E402
 from sift_ds.criteria.early_exit import check_labels, eval_mode, labelled_positions  # noqa: E402
+from sift_ds.ports import free_port  # noqa: E402
 from sift_ds.zero import full_parameters  # noqa: E402
 
 TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ds_configs", "tokenizers",
@@ -92,9 +92,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     torch.manual_seed(0)
     model = build_bert(args.model, vocab_size=args.vocab_size, max_position_embeddings=max(512, args.seq_len),
                        sparse_head=not args.dense_head)

@@ -8,7 +8,6 @@ import datetime
 import glob
 import logging
 import os
-import socket
 import time
 from typing import Iterator, List
 
@@ -19,6 +18,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.git_version_info import installed_ops
 from torch.utils.cpp_extension import get_default_build_root
 
+from ..ports import free_port
 from ..shm import release_shm_buffer
 
 STALE_LOCK_S = 600.0  # a JIT build lock older than this is reported
@@ -30,11 +30,8 @@ def init_distributed(timeout_minutes: float = 30.0) -> None:
     default is 10); a plain ``python`` start becomes a world of one. Each node's first rank says when
     DeepSpeed is about to JIT-build an op (``ops_to_build``), which is silent otherwise, and how long it took."""
     if "WORLD_SIZE" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     building = ops_to_build() if os.environ.get("LOCAL_RANK", "0") == "0" else []
     if building:
         logger.info("DeepSpeed is compiling its %s op for this machine (once, into %s; a few minutes on a small "

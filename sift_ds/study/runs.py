@@ -16,7 +16,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..content_digest import data_digest
+from ..ports import free_port
 from ..pretrain.metrics import read_metrics
 from .arms import Arm, flags
 from .identity import config_digest
@@ -144,12 +144,6 @@ def core_groups(s: Settings) -> List[Tuple[int, ...]]:
     return [tuple(s.pin_cores[i * g:(i + 1) * g]) for i in range(s.parallel)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def record(run: Run, runs: Sequence[Run], s: Settings) -> dict:
     """What ``command.json`` keeps: the launcher size and the job's arguments (every run but the
     first loads the first run's tokenizer, unless the passthrough names one)."""
@@ -175,7 +169,7 @@ def launch(run: Run, runs: Sequence[Run], s: Settings, say: Callable[[str], None
     settings = record(run, runs, s)
     with open(run.path("command.json"), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=1)
-    cmd = [s.deepspeed, "--num_gpus", str(s.num_gpus), "--master_port", str(_free_port()), s.script, *settings["args"]]
+    cmd = [s.deepspeed, "--num_gpus", str(s.num_gpus), "--master_port", str(free_port()), s.script, *settings["args"]]
     log = run.path("log.txt")
     where = f", cores {','.join(map(str, cores))}" if cores else ""
     say(f"{run.name}: {'resuming' if os.path.exists(log) else 'starting'}{where} (log: {log})")
