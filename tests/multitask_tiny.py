@@ -55,7 +55,8 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def trainer(output_dir, teacher, stop_at=None, tasks=None, save_every=EVERY):
+def trainer(output_dir, teacher, stop_at=None, tasks=None, save_every=EVERY, balancing=None, watch=True):
+    """``watch`` False: no task watched (``async_convergence`` left out); ``balancing``: the loss balancing."""
     args = TrainingArguments(output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=4,
                              per_device_eval_batch_size=8, learning_rate=5e-3, eval_strategy="steps", eval_steps=EVERY,
                              save_steps=save_every, logging_steps=EVERY, report_to=[], seed=0, use_cpu=True,
@@ -64,24 +65,26 @@ def trainer(output_dir, teacher, stop_at=None, tasks=None, save_every=EVERY):
                                    data_collator=default_data_collator,
                                    callbacks=[StopAt(stop_at)] if stop_at else [],
                                    async_convergence={"teacher": teacher,
-                                                      "tasks": tasks or {"first": SCRIPTED, "parity": {"patience": 50}}})
+                                                      "tasks": tasks or {"first": SCRIPTED, "parity": {"patience": 50}}}
+                                   if watch else None, balancing=balancing)
 
 
 def logged(history, after=0):
     """The training and evaluation records after step ``after``: every loss, metric and task state."""
     keep = lambda key: key in LOGGED or key.startswith("eval_") and not key.endswith(("runtime", "per_second")) \
-        or key.endswith(("_loss", "_distill_share", "_converged_step"))
+        or key.endswith(("_loss", "_distill_share", "_converged_step", "_weight"))
     return [{k: v for k, v in r.items() if keep(k)} | {"step": r["step"]} for r in history
             if r["step"] > after and "train_runtime" not in r]
 
 
-def three_runs(tmp, teacher, stop_at):
-    """(uninterrupted, stopped + resumed) log records after ``stop_at``, and the uninterrupted history."""
-    whole = trainer(tmp / "whole", teacher, save_every=stop_at)  # checkpoints at the stop step only
+def three_runs(tmp, teacher, stop_at, **settings):
+    """(uninterrupted, stopped + resumed) log records after ``stop_at``, and the uninterrupted run;
+    ``settings``: more of ``trainer``'s arguments."""
+    whole = trainer(tmp / "whole", teacher, save_every=stop_at, **settings)  # checkpoints at the stop step only
     whole.train()
-    stopped = trainer(tmp / "resumed", teacher, stop_at=stop_at, save_every=stop_at)
+    stopped = trainer(tmp / "resumed", teacher, stop_at=stop_at, save_every=stop_at, **settings)
     stopped.train()
     assert stopped.state.global_step == stop_at
-    resumed = trainer(tmp / "resumed", teacher, save_every=stop_at)
+    resumed = trainer(tmp / "resumed", teacher, save_every=stop_at, **settings)
     resumed.train(resume_from_checkpoint=str(tmp / "resumed" / f"checkpoint-{stop_at}"))
     return logged(whole.state.log_history, stop_at), logged(resumed.state.log_history, stop_at), whole

@@ -71,15 +71,15 @@ class AsyncConvergenceConfig:
         return self
 
 
-def _number(where: str, value: Any, kind: type, low: float, strict: bool = False) -> Any:
+def _number(where: str, value: Any, kind: type, low: float, strict: bool = False, section: str = SECTION) -> Any:
     ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         ok_type = isinstance(value, int) and not isinstance(value, bool)
     if not ok_type or not math.isfinite(value):
-        raise AsyncConvergenceError(f"{SECTION}: {where} must be {'an integer' if kind is int else 'a number'}, "
+        raise AsyncConvergenceError(f"{section}: {where} must be {'an integer' if kind is int else 'a number'}, "
                                     f"got {value!r}")
     if value < low or (strict and value == low):
-        raise AsyncConvergenceError(f"{SECTION}: {where} must be {'>' if strict else '>='} {low}, got {value!r}")
+        raise AsyncConvergenceError(f"{section}: {where} must be {'>' if strict else '>='} {low}, got {value!r}")
     return value
 
 

@@ -12,7 +12,11 @@ the tasks are ``tasks=`` or ``model.task_names``. Each evaluation gives ``eval_<
 log adds ``<task>_loss`` (the task's loss as trained, averaged since the last log and over the ranks),
 ``<task>_distill_share`` and, once converged, ``<task>_converged_step``. The state
 (``AsyncConvergence.state_dict``) is saved in each checkpoint as ``async_convergence.pt`` and restored
-on resume."""
+on resume.
+
+``balancing=`` picks how the task losses are combined (``sift_ds.async_convergence.balancing``:
+uniform, uncertainty, dwa or pcgrad); each training log then has ``<task>_weight``. Without
+``async_convergence`` no task is watched or distilled, and no evaluation is needed."""
 from __future__ import annotations
 
 import copy
@@ -25,7 +29,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import AsyncConvergenceError, from_dict
+from .balancing import build_balancer
+from .balancing_hf import BalancingSteps, add_parameters, average_parameter_grads, check_trainer, pcgrad_training_step
+from .config import AsyncConvergenceConfig, AsyncConvergenceError, from_dict
 from .controller import AsyncConvergence
 from .task_metrics import METRICS, example_statistics, metrics_from_sums
 from .teachers import cpu_weights
@@ -48,19 +54,25 @@ def model_logits(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) ->
 class AsyncConvergenceTrainer(Trainer):
     loss_is_scaled_for_ga = False  # each task's loss is a mean over the micro-batch
 
-    def __init__(self, *args, async_convergence: Any = None, tasks: Optional[Sequence[str]] = None, **kwargs):
+    def __init__(self, *args, async_convergence: Any = None, tasks: Optional[Sequence[str]] = None,
+                 balancing: Any = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tasks = tuple(tasks if tasks is not None else getattr(self.model, "task_names", ()))
         if not self.tasks:
             raise AsyncConvergenceError("AsyncConvergenceTrainer: tasks: name the model's tasks (tasks=[...] or "
                                         "model.task_names)")
-        config = from_dict(async_convergence).check(self.tasks, {t: METRICS for t in self.tasks})
-        if self.args.eval_strategy == "no" or self.eval_dataset is None:
+        config = AsyncConvergenceConfig() if async_convergence is None else from_dict(async_convergence)
+        config.check(self.tasks, {t: METRICS for t in self.tasks})
+        if config.tasks and (self.args.eval_strategy == "no" or self.eval_dataset is None):
             raise AsyncConvergenceError("AsyncConvergenceTrainer: eval_strategy: the convergence rules need "
                                         "evaluations during training (eval_strategy 'steps' or 'epoch' and an eval_dataset)")
         self.convergence = AsyncConvergence(config, model_logits, self._copy_model, self._training_batches)
         self._task_loss_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
         self._task_loss_batches = 0
+        static = {t: config.task(t).loss_weight if t in config.names else 1.0 for t in self.tasks}
+        self.balancer = build_balancer(balancing, self.tasks, static, self.args.device, self.args.seed)
+        check_trainer(self, self.balancer)
+        self.add_callback(BalancingSteps(self))
 
     # ---- the batch's columns ----
     def _set_signature_columns_if_needed(self) -> None:
@@ -97,7 +109,8 @@ class AsyncConvergenceTrainer(Trainer):
             yield inputs, index
 
     # ---- training ----
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def task_losses(self, model, inputs):
+        """The model's outputs and each task's loss (unweighted; a converged task's after its switch)."""
         inputs, labels, index = self._split(inputs)
         outputs = model(**inputs)
         total, per_task = self.convergence.loss(self.state.global_step, task_logits(outputs), labels, inputs, index)
@@ -106,7 +119,25 @@ class AsyncConvergenceTrainer(Trainer):
             losses = torch.stack([per_task[t].detach() if t in per_task else zero for t in self.tasks]).double()
             self._task_loss_sums = self._task_loss_sums.to(losses.device) + losses
             self._task_loss_batches += 1
+            self.balancer.observe(per_task)
+        return outputs, per_task
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs, per_task = self.task_losses(model, inputs)
+        total = self.balancer.combine(per_task)
         return (total, outputs) if return_outputs else total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.balancer.method == "pcgrad":
+            return pcgrad_training_step(self, model, inputs)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        average_parameter_grads(self, self.balancer)
+        return loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        add_parameters(optimizer, self.balancer)
+        return optimizer
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:
@@ -116,6 +147,8 @@ class AsyncConvergenceTrainer(Trainer):
             step = self.state.global_step
             for i, task in enumerate(self.tasks):
                 logs[f"{task}_loss"] = sums[i].item() / max(sums[-1].item(), 1)
+            for task, weight in self.balancer.task_weights().items():
+                logs[f"{task}_weight"] = weight
             for task, info in self.convergence.telemetry(step).items():
                 logs[f"{task}_distill_share"] = info["distill_share"]
                 if info["converged_step"] is not None:
@@ -158,7 +191,7 @@ class AsyncConvergenceTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             state = {"controller": self.convergence.state_dict(), "task_loss_sums": self._task_loss_sums.cpu(),
-                     "task_loss_batches": self._task_loss_batches}
+                     "task_loss_batches": self._task_loss_batches, "balancing": self.balancer.state_dict()}
             torch.save(state, os.path.join(folder, STATE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -171,3 +204,4 @@ class AsyncConvergenceTrainer(Trainer):
         self.convergence.load_state_dict(state["controller"])
         self._task_loss_sums = state["task_loss_sums"].clone()
         self._task_loss_batches = state["task_loss_batches"]
+        self.balancer.load_state_dict(state.get("balancing", {"method": "uniform", "tasks": list(self.tasks)}))
