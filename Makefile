@@ -53,9 +53,13 @@ train: setup
 	$(BIN)/deepspeed --num_gpus $(NUM_GPUS) launch/pretrain_bert.py --ds_config $(DS_CONFIG) --output_dir $(RUN_DIR) \
 		--tokenizer $(TOKENIZER)
 
+# The tests on TEST_WORKERS pytest-xdist workers (0: in this process), each test module whole on one worker,
+# so that the runs a module shares are made once; then the benchmarks, alone, since they time what they run.
+TEST_WORKERS ?= 2
 test: setup
 	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q --durations=25 -m "not cluster" \
-		tests benchmarks
+		-n $(TEST_WORKERS) --dist loadscope tests
+	DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR) $(BIN)/pytest -q benchmarks
 
 # Launches as users run them, on this machine over 127.0.0.0/8 (tests/cluster): `deepspeed --hostfile` over
 # ssh, launch/slurm_pretrain.sh under Slurm, run_mlm_sift.py under a 2-node torchrun. Needs the Debian

@@ -33,7 +33,7 @@ setup(
         # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
         "triton": ["triton>=3.7,<4"],
         "tensorboard": ["tensorboard>=2.14,<3"],
-        "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "psutil>=5.9,<8",
+        "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "pytest-xdist>=3.5,<4", "psutil>=5.9,<8",
                  "triton>=3.7,<4", "tensorboard>=2.14,<3", "scipy>=1.10,<2", "matplotlib>=3.9,<4",
                  "megatron-core>=0.16,<0.20", "accelerate>=1.3,<2",
                  # the trackers' offline runs (tests/test_tracking.py)

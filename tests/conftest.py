@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -7,11 +8,16 @@ import pytest
 import torch
 
 from launcher import free_port
-from process_guard import become_subreaper, kill_marked_descendants, remove_shm_buffers
+from process_guard import become_subreaper, kill_marked_descendants, remove_shm_buffers, stacks_folder
 
 # DeepSpeed picks its accelerator at import: use the CPU one unless a GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+# Under pytest-xdist (make test runs two workers) each worker gets one of the two cores: torch's own
+# thread pool would otherwise put two threads per worker on them and spin against the other worker.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # Orphaned ranks of a failed or timed-out run are re-parented to pytest, so the guard below finds them.
 become_subreaper()
@@ -56,3 +62,8 @@ def single_rank_dist():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The children's stack-dump files (tests/child_site/sitecustomize.py) go with the session."""
+    shutil.rmtree(stacks_folder(), ignore_errors=True)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from process_guard import MARKER
+from process_guard import MARKER, STACKS, dump_stacks, kill_marked_descendants, stacks_folder
 from sift_ds.ports import free_port  # noqa: F401 - the tests' rendezvous ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +30,7 @@ def clean_env(**extra) -> dict:
     guard (tests/conftest.py) kills whatever of the run is still alive when the test ends, and
     tests/child_site last on PYTHONPATH (see its sitecustomize.py; a test's own sitecustomize.py in a
     folder before it wins)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{MARKER: "1"}, **extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{MARKER: "1", STACKS: stacks_folder()}, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), CHILD_SITE) if p)
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -39,10 +39,26 @@ def clean_env(**extra) -> dict:
     return env
 
 
+def run_reporting_hangs(cmd, env, timeout) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` from the repository root; a run that does
+    not end in ``timeout`` seconds fails with every marked process's Python stacks and the output so far."""
+    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = dump_stacks()
+            popen.kill()
+            kill_marked_descendants()  # the ranks hold the output pipes open
+            out, err = popen.communicate()
+            raise AssertionError(f"{' '.join(map(str, cmd))} did not end in {timeout} s\n--- stdout\n{out[-6000:]}\n"
+                                 f"--- stderr\n{err[-6000:]}\n{stacks}") from None
+    return subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+
+
 def run_deepspeed(script, args=(), num_gpus=2, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus N script ARGS`` (gloo on the CPU); with ``check``, fails showing the output."""
     cmd = [DEEPSPEED, "--num_gpus", str(num_gpus), "--master_port", str(free_port()), str(script), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+    proc = run_reporting_hangs(cmd, clean_env(**(env or {})), timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc

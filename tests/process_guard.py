@@ -20,6 +20,9 @@ suite never ends. So:
 import ctypes
 import glob
 import os
+import signal
+import tempfile
+import time
 
 import psutil
 
@@ -27,6 +30,7 @@ from sift_ds.pretrain.stop_request import is_live
 from sift_ds.shm import SHM_BUFFER
 
 MARKER = "SIFT_DS_TEST_CHILD"
+STACKS = "SIFT_DS_TEST_STACKS"  # tests/child_site/sitecustomize.py: where SIGUSR1 writes a process's stacks
 SHM_BUFFERS = SHM_BUFFER.format(uid="*", addr="*", port="*", rank="*")
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -67,6 +71,14 @@ def kill_marked_descendants(timeout: float = 10.0) -> list:
     return live
 
 
+def _port_of(path: str) -> int:
+    """The rendezvous port in a workspace file's name (its second-last field), or -1."""
+    try:
+        return int(os.path.basename(path).rsplit("_", 2)[-2])
+    except (ValueError, IndexError):
+        return -1
+
+
 def shm_buffers(since: float) -> list:
     """DeepSpeed CPU all-reduce files in /dev/shm changed at or after ``since`` (a ``time.time()``)."""
     found = []
@@ -79,9 +91,56 @@ def shm_buffers(since: float) -> list:
     return sorted(found)
 
 
+def _listening_ports() -> set:
+    """TCP ports with a listening socket on this machine now (a live process group's rendezvous)."""
+    try:
+        return {c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    except (psutil.AccessDenied, OSError):
+        return set()
+
+
 def remove_shm_buffers(since: float) -> None:
+    """Delete the workspace files changed since ``since``, except those of a process group whose
+    rendezvous port still listens: under ``pytest -n`` another worker's run may be starting on it."""
+    live = _listening_ports()
     for path in shm_buffers(since):
+        if _port_of(path) in live:
+            continue
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def stacks_folder() -> str:
+    """This test process's folder for its children's stack dumps (made on first use)."""
+    folder = os.path.join(tempfile.gettempdir(), f"sift_ds_test_stacks_{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def dump_stacks(wait: float = 3.0) -> str:
+    """The Python stacks of every live marked descendant (SIGUSR1, then what each wrote), for the
+    report of a run that hung; empty where none answered."""
+    try:
+        procs = [p for p in psutil.Process().children(recursive=True) if _marked(p) and is_live(p)]
+    except psutil.NoSuchProcess:
+        return ""
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGUSR1)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    time.sleep(wait)
+    parts = []
+    for proc in procs:
+        path = os.path.join(stacks_folder(), f"{proc.pid}.txt")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read().strip()
+            cmd = " ".join(proc.cmdline())[:160]
+        except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if text:
+            parts.append(f"--- stacks of {proc.pid} {cmd}\n{text[-6000:]}")
+    return "\n".join(parts)

@@ -19,10 +19,15 @@ from tiny import ds_config, mlm_batch, spread_weights, tiny_bert
 POWER, EXIT = 1.5, 2
 
 
+# Importing the plugin registered it, at collection, in every pytest process (each worker of
+# ``pytest -n``): taken back here, so that the other modules' tests see the built-in criteria only.
+criteria.unregister_criterion(NAME)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def plugin_registered():
-    """The plugin is registered for this module's tests only (importing it registered it): later tests
-    see the built-in criteria, as a user who never imports it does."""
+    """The plugin is registered for this module's tests only: other tests see the built-in criteria,
+    as a user who never imports it does."""
     register_criterion(PowerLossSum)
     yield
     criteria.unregister_criterion(NAME)

@@ -1,12 +1,13 @@
 """The process guard: a run's orphans are found and killed after the test; other children are not."""
 import os
 import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
-from launcher import clean_env
+from launcher import clean_env, run_reporting_hangs
 from process_guard import become_subreaper, kill_marked_descendants
 
 
@@ -35,3 +36,18 @@ def test_orphans_of_a_marked_run_are_reparented_and_killed():
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_run_that_hangs_fails_with_every_process_stack_and_its_output():
+    """A parent and its child that never end: the failure shows the output so far and where each waits."""
+    code = ("import subprocess, sys, time\n"
+            "print('started', flush=True)\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time\\ndef waits_in_child(): time.sleep(300)\\nwaits_in_child()'])\n"
+            "def waits_in_parent(): time.sleep(300)\n"
+            "waits_in_parent()\n")
+    with pytest.raises(AssertionError) as failure:
+        run_reporting_hangs([sys.executable, "-c", code], clean_env(), timeout=4)
+    report = str(failure.value)
+    assert "did not end in 4 s" in report and "started" in report
+    assert "waits_in_parent" in report and "waits_in_child" in report  # both processes' stacks
+    assert kill_marked_descendants() == []  # nothing left running

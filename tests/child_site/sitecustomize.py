@@ -10,10 +10,22 @@ inside a cycle would lose its buffer here, which makes the tests stricter than a
 laxer.
 
 Not in a process that loaded Triton's extension: its objects that cycles still hold at shutdown
-would make nanobind print a "leaked instance" report on stderr, which tests of one-line errors read."""
+would make nanobind print a "leaked instance" report on stderr, which tests of one-line errors read.
+
+Where the test run names a folder in ``SIFT_DS_TEST_STACKS``, SIGUSR1 makes the process write every
+thread's Python stack to ``<folder>/<pid>.txt``: a test whose run hangs shows where each rank waits
+(``launcher.run_deepspeed``)."""
 import atexit
+import faulthandler
 import gc
+import os
+import signal
 import sys
+
+_stacks_folder = os.environ.get("SIFT_DS_TEST_STACKS")
+if _stacks_folder and os.path.isdir(_stacks_folder):
+    _stacks_file = open(os.path.join(_stacks_folder, f"{os.getpid()}.txt"), "w")  # open for the process's life
+    faulthandler.register(signal.SIGUSR1, file=_stacks_file, all_threads=True)
 
 
 def skip_the_final_collection() -> None:
