@@ -34,15 +34,18 @@ def add_parameters(optimizer: torch.optim.Optimizer, balancer: Balancer) -> None
 
 
 class BalancingSteps(TrainerCallback):
-    """After each optimizer step: the balancer's window bookkeeping, with the ranks' sums."""
+    """After each optimizer step: the learned weights' gradients cleared (the Trainer clears only the
+    model's) and the balancer's window bookkeeping, with the ranks' sums."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        accelerator = self.trainer.accelerator
+        balancer, accelerator = self.trainer.balancer, self.trainer.accelerator
+        for p in balancer.parameters():
+            p.grad = None
         reduce = lambda t: accelerator.reduce(t.to(args.device), reduction="sum")
-        self.trainer.balancer.step_end(state.global_step, float(state.epoch).is_integer(), reduce)
+        balancer.step_end(state.global_step, float(state.epoch).is_integer(), reduce)
 
 
 def average_parameter_grads(trainer, balancer: Balancer) -> None:
