@@ -186,3 +186,13 @@ def test_uncertainty_with_an_own_optimizer_is_refused(tmp_path):
         AsyncConvergenceTrainer(model=base.model, args=base.args, train_dataset=base.train_dataset,
                                 eval_dataset=base.eval_dataset, data_collator=default_data_collator,
                                 optimizers=(optimizer, None), balancing={"method": "uncertainty"})
+
+
+def test_evaluations_are_needed_only_when_a_task_is_watched(tmp_path):
+    base = trainer(tmp_path, "frozen", watch=False)
+    args = copy.deepcopy(base.args)
+    args.eval_strategy = "no"
+    common = dict(model=base.model, args=args, train_dataset=base.train_dataset, data_collator=default_data_collator)
+    assert AsyncConvergenceTrainer(**common, balancing={"method": "dwa"}).balancer.method == "dwa"
+    with pytest.raises(AsyncConvergenceError, match=r"^AsyncConvergenceTrainer: eval_strategy: the convergence rules"):
+        AsyncConvergenceTrainer(**common, async_convergence={"tasks": {"parity": {}}})
