@@ -11,10 +11,9 @@ LOCK        ?= requirements/lock.txt
 TORCH_INDEX ?=
 # make test-latest: a second venv with the newest releases setup.py allows (plus Hugging Face's kernels).
 LATEST_VENV ?= .venv-latest
-# make test-oldest: a third venv with the lowest releases setup.py allows, against this torch (the lock's:
-# the lowest torch from PyPI is a CUDA build of several GB; OLDEST_TORCH=2.1.0 with a TORCH_INDEX tries it).
+# make test-oldest: a third venv with the lowest releases setup.py allows, torch's floor included (from
+# PyPI on Linux x86_64 a CUDA build: about 3.7 GB of wheels with its nvidia-* ones and its pinned triton).
 OLDEST_VENV ?= .venv-oldest
-OLDEST_TORCH ?= $(shell sed -n 's/^torch==//p' $(LOCK))
 NUM_GPUS    ?= 2
 DS_CONFIG   ?= ds_configs/tiny_cpu_sift.json
 RUN_DIR     ?= runs/tiny_sift
@@ -84,21 +83,25 @@ $(LATEST_VENV)/.installed: setup.py
 		--no-build-isolation -e ".[test]" kernels
 	touch $@
 
-# The lowest releases setup.py allows: torch OLDEST_TORCH by pip, then uv's "lowest-direct" resolve of
-# sift_ds with its test extras (each requirement of setup.py at its floor, what they need at the newest
-# that fits; Hugging Face's kernels, for the import check, at the lock's version), DeepSpeed's source
-# archive built against that torch; then the smoke set. A failure's last line names the package and
-# version that broke: raise that floor in setup.py (the front-ends refuse what is below it).
+# The lowest releases setup.py allows, by uv's "lowest-direct" resolution (each requirement of setup.py
+# at its floor, what they need at the newest that fits): torch first, at its floor (with the triton its
+# wheel pins), then sift_ds with its test extras against that torch (Hugging Face's kernels, for the
+# import check, at the lock's version), DeepSpeed's source archive built against it. Floors that cannot
+# install together fail that resolve, naming them. The smoke set then first checks that every
+# requirement is at its floor (one that another floor lifts is named) and ends, on a failure, with the
+# package and version that broke: raise that floor in setup.py (the front-ends refuse what is below it).
 test-oldest: $(OLDEST_VENV)/.installed
 	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(OLDEST_VENV))/torch_extensions \
-	$(OLDEST_VENV)/bin/python .ci/smoke.py --lock $(LOCK) --name test-oldest
+	$(OLDEST_VENV)/bin/python .ci/smoke.py --lock $(LOCK) --name test-oldest --at_floors
 
 $(OLDEST_VENV)/.installed: setup.py
 	rm -rf $(OLDEST_VENV)
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/pip install -q --upgrade pip setuptools wheel "uv<1"
-	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/pip install -q "torch==$(OLDEST_TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	{ echo "torch==$(OLDEST_TORCH)"; grep '^kernels==' $(LOCK); } > $(OLDEST_VENV)/constraints.txt
+	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/uv pip install -q --python $(OLDEST_VENV)/bin/python \
+		--resolution lowest-direct "$$($(PYTHON) .ci/requirement.py setup.py torch)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	{ $(OLDEST_VENV)/bin/uv pip freeze --python $(OLDEST_VENV)/bin/python | grep '^torch=='; \
+		grep '^kernels==' $(LOCK); } > $(OLDEST_VENV)/constraints.txt
 	env -u PIP_CONSTRAINT $(OLDEST_VENV)/bin/uv pip install -q --python $(OLDEST_VENV)/bin/python \
 		--resolution lowest-direct --no-build-isolation-package deepspeed -c $(OLDEST_VENV)/constraints.txt \
 		-e ".[test]" kernels

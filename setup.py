@@ -17,25 +17,31 @@ setup(
     # Ranges for library users, each capped below the next major release, which nothing here has been
     # tested with; requirements/lock.txt holds the one tested set (what `make setup` installs), and
     # `make test-latest` runs the smoke set with the newest releases these ranges allow. Each floor is the
-    # oldest release `make test-oldest` passes the smoke set with (torch's, which that target keeps at the
-    # lock's version, excepted); the front-ends refuse an older release at start-up (sift_ds/versions.py).
+    # release `make test-oldest` installs, every floor at once, and passes the smoke set with; the
+    # front-ends refuse an older release at start-up (sift_ds/versions.py).
     install_requires=[
-        "torch>=2.4,<3",  # transformers 5.13 (the floor below) disables a torch older than 2.4
+        # Each Linux x86_64 torch wheel pins its own triton (2.4 -> 3.0, 2.6 -> 3.2, 2.7 -> 3.3, 2.8 -> 3.4):
+        # 2.8 is the oldest torch that installs with triton's floor below (megatron-core 0.16 needs 2.6,
+        # transformers 5.13 disables a torch older than 2.4).
+        "torch>=2.8,<3",
         "deepspeed>=0.16,<1",
         "transformers>=5.13,<6",
         "datasets>=2.21,<6",
         "tokenizers>=0.22,<1",
-        "tqdm>=4.62.1,<5",
+        "tqdm>=4.66.3,<5",  # datasets 2.21 (the floor above) needs it
         "numpy>=2.0,<3",
         "psutil>=5.9,<8",  # a rank watches its launchers (sift_ds/pretrain/stop_request.py)
     ],
     extras_require={
-        # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1.
-        "triton": ["triton>=3.7,<4"],
+        # triton ships with CUDA torch wheels; on the CPU it runs under TRITON_INTERPRET=1. 3.3 is the first
+        # whose compiler takes tl.range(..., flatten=) (the scorer; the interpreter ignores the keyword), 3.4
+        # the first whose triton.autotune needs no GPU when it decorates: DeepSpeed imports its own Triton
+        # kernels whenever triton imports, so with 3.3 `import deepspeed` fails on a machine without a GPU.
+        "triton": ["triton>=3.4,<4"],
         "tensorboard": ["tensorboard>=2.14,<3"],
         "test": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3", "pytest-xdist>=3.5,<4", "psutil>=5.9,<8",
-                 "triton>=3.7,<4", "tensorboard>=2.14,<3", "scipy>=1.10,<2", "matplotlib>=3.9,<4",
-                 "megatron-core>=0.16,<0.20", "accelerate>=1.3,<2",
+                 "triton>=3.4,<4", "tensorboard>=2.14,<3", "scipy>=1.13,<2", "matplotlib>=3.9,<4",
+                 "megatron-core>=0.16,<0.20", "accelerate>=1.3,<2",  # scipy: 1.13 is the first for numpy 2
                  # the trackers' offline runs (tests/test_tracking.py)
                  "wandb>=0.31,<1", "comet-ml>=3.58,<4"],
         "study": ["matplotlib>=3.9,<4"],

@@ -1,12 +1,16 @@
 """The smoke set of `make test-latest` and `make test-oldest`, run from the repository root in the venv of
 the newest releases setup.py allows (plus Hugging Face's kernels), or of the lowest:
 
+0. with --at_floors (test-oldest), that every requirement of setup.py is installed at its floor: one
+   above it is named, since another floor then needs more and setup.py's floor cannot be installed;
 1. imports from the root, a SIFT selection step against a direct HF forward, `run_mlm_sift.py --help`,
    and `import kernels` giving Hugging Face's package (tests/test_layout.py);
 2. a 20-step `deepspeed` run of the tiny SIFT config on 2 CPU ranks, selecting from step 5;
 3. one HF Trainer run through launch/run_mlm_sift.py (tests/test_hf_trainer.py);
 4. one Megatron TP=2 check on megatron-core over gloo (tests/test_megatron_dist.py);
-5. the Triton kernel tests under TRITON_INTERPRET=1.
+5. the Triton kernel tests under TRITON_INTERPRET=1, and the keywords the kernels pass to Triton's
+   language against the installed Triton (the interpreter ignores some that its compiler needs);
+6. the front-ends' refusals of a release below a floor (tests/test_dependency_floors.py).
 
 It prints which installed versions differ from the lock. When a part fails, its last line names the
 package and version that broke: the first package that differs from the lock whose files appear in the
@@ -33,6 +37,7 @@ PYTEST_PARTS = {
     "Megatron TP=2": ["tests/test_megatron_dist.py::test_tp2_sequence_parallel_and_pipeline_refused"],
     "kernels (interpreter)": ["tests/test_triton_scorer.py", "tests/test_triton_topk.py",
                               "tests/test_kernel_api_errors.py"],
+    "refusals below the floors": ["tests/test_dependency_floors.py"],
 }
 DEEPSPEED_STEPS = 20
 
@@ -78,6 +83,21 @@ def culprit(output: str, changed: list) -> str:
     return "one of " + ", ".join(f"{n} {v} (lock {l or 'none'})" for n, v, l in changed)
 
 
+def above_floors(have: dict) -> list:
+    """(package, installed, floor) for every requirement of the installed sift_ds (extras included) whose
+    installed release is not its floor's (2.7 matches 2.7.0 and 2.7.1, not 2.8.0)."""
+    from packaging.version import Version
+
+    from sift_ds.versions import floors
+
+    found = []
+    for name, floor in sorted(floors().items()):
+        version = have.get(canonical(name))
+        if version is not None and Version(version).release[:len(floor.release)] != floor.release:
+            found.append((name, version, str(floor)))
+    return found
+
+
 def run(cmd, env, timeout=1500):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
@@ -103,11 +123,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", default="requirements/lock.txt")
     parser.add_argument("--name", default="test-latest", help="the make target, for the closing lines")
+    parser.add_argument("--at_floors", action="store_true",
+                        help="fail unless every requirement of setup.py is installed at its floor (test-oldest)")
     args = parser.parse_args()
-    changed = differences(read_lock(os.path.join(REPO, args.lock)), installed())
+    have = installed()
+    changed = differences(read_lock(os.path.join(REPO, args.lock)), have)
     print("differ from the lock:" if changed else "every installed version is the lock's")
     for name, version, locked in changed:
         print(f"  {name} {version} (lock {locked or 'none'})")
+    lifted = above_floors(have) if args.at_floors else []
+    for name, version, floor in lifted:
+        print(f"{args.name}: {name} {version} is installed, not setup.py's floor {floor}: another floor needs "
+              f"more (uv pip tree --invert --show-version-specifiers --package {name} says which): raise {name}'s "
+              f"floor in setup.py")
+    if lifted:
+        return 1
+    if args.at_floors:
+        print("[ok] every requirement of setup.py is installed at its floor", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     parts = [(name, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *ids])
              for name, ids in PYTEST_PARTS.items()]

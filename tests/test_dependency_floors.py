@@ -3,7 +3,9 @@
 would otherwise train on every row without selecting. The floors are read from the installed
 metadata: they must be setup.py's own."""
 import ast
+import glob
 import importlib.metadata
+import inspect
 import os
 
 import pytest
@@ -89,19 +91,25 @@ def transformers_torch_check():
     import_utils.is_torch_available.cache_clear()
 
 
-def test_torchs_floor_is_one_the_floor_transformers_uses(monkeypatch, transformers_torch_check, tmp_path, capsys):
-    """setup.py's torch floor is one that transformers (the installed one, itself at or above setup.py's
-    floor) does not disable; below it each front-end refuses in one line, naming torch."""
+def test_below_torchs_floor_each_front_end_refuses_in_one_line(monkeypatch, transformers_torch_check, tmp_path,
+                                                               capsys):
+    """A torch below setup.py's floor (one that transformers itself still uses) is refused in one line,
+    naming torch; the floor torch is one the installed transformers uses, when that is its own floor."""
     floor = versions.floors()["torch"]
-    older(monkeypatch, "torch", "2.3.1")  # the last release before the floor
-    assert floor == versions.Version("2.4") and not transformers_torch_check()
+    if versions.installed_version("transformers") == versions.floors()["transformers"]:  # make test-oldest
+        older(monkeypatch, "torch", f"{floor.major}.{floor.minor}.0")
+        assert transformers_torch_check()
+        transformers_torch_check.cache_clear()
+    below = f"{floor.major}.{floor.minor - 1}.0"  # the last minor release before the floor
+    older(monkeypatch, "torch", below)
+    assert floor >= versions.Version("2.8")  # the oldest torch whose wheel installs with triton's floor
     from sift_ds.hf import SiftTrainer
 
-    with pytest.raises(versions.UnsupportedDependency, match=f"SiftTrainer needs torch >= {floor} .* 2.3.1"):
+    with pytest.raises(versions.UnsupportedDependency, match=f"SiftTrainer needs torch >= {floor} .* {below}"):
         SiftTrainer(model=None, args=None)
     err = one_line_error(capsys, ["--ds_config", os.path.join(CONFIGS, "tiny_cpu_sift.json"), "--output_dir",
                                   str(tmp_path / "run"), "--check_only"])
-    assert f"pretrain_bert.py needs torch >= {floor}" in err and "2.3.1" in err
+    assert f"pretrain_bert.py needs torch >= {floor}" in err and below in err
 
 
 def test_a_torch_that_transformers_disables_is_refused_in_one_line(monkeypatch, transformers_torch_check):
@@ -116,10 +124,41 @@ def test_a_torch_that_transformers_disables_is_refused_in_one_line(monkeypatch, 
 
     own = next(v for v in releases if uses(v))  # transformers' own floor, probed
     if own == releases[0]:
-        pytest.skip("the installed transformers uses torch from setup.py's floor on")
+        pytest.skip("the installed transformers uses every torch probed")
     below = releases[releases.index(own) - 1]
     assert not uses(below)
     with pytest.raises(versions.UnsupportedDependency) as err:
-        versions.require(("torch", "transformers"), "sift_ds.initialize")
+        versions.require_torch_for_transformers("sift_ds.initialize")
     message = str(err.value)
     assert "\n" not in message and f"does not use torch {below}" in message and "upgrade torch" in message
+
+
+def triton_language_keywords() -> dict:
+    """{name: keywords} of every ``tl.<name>(..., keyword=...)`` call in the Triton kernels' source."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(REPO, "kernels", "ops", "*.py"))):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "tl"):
+                found.setdefault(node.func.attr, set()).update(k.arg for k in node.keywords if k.arg)
+    return found
+
+
+def test_the_kernels_pass_triton_only_keywords_it_takes():
+    """Under TRITON_INTERPRET=1 ``tl.range`` takes any keyword; Triton's compiler only those of its own
+    signature (``flatten`` from 3.3, setup.py's floor). Every keyword the kernels pass to triton.language
+    must be one the installed release takes (read from triton.language.core and its siblings, which the
+    interpreter does not patch)."""
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    used = triton_language_keywords()
+    assert "flatten" in used["range"] and "mask" in used["load"]
+    refused = []
+    for name, keywords in sorted(used.items()):
+        target = next(getattr(m, name) for m in (tl.core, tl.standard, tl.math, tl) if hasattr(m, name))
+        parameters = inspect.signature(target).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            refused += [f"tl.{name}({k}=...)" for k in sorted(keywords - set(parameters))]
+    assert not refused, f"triton {triton.__version__} takes none of {refused}: raise triton's floor in setup.py"
+    assert versions.floors()["triton"] >= versions.Version("3.3")
