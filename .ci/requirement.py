@@ -1,6 +1,7 @@
 """Print setup.py's requirement for one package, range included: `python .ci/requirement.py setup.py torch`
-prints `torch>=2.4,<3`. make test-latest installs torch from it before the rest (DeepSpeed's source
-archive builds against the installed torch), so that the range has one home, setup.py."""
+prints torch's range as setup.py writes it. make test-latest and make test-oldest install torch from it
+(the newest release in it, or its floor) before the rest (DeepSpeed's source archive builds against the
+installed torch), so that the range has one home, setup.py."""
 import ast
 import re
 import sys
