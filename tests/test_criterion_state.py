@@ -2,7 +2,7 @@
 checkpoint: an engine stopped after its step-3 checkpoint, and a new engine (another initialisation,
 a fresh baseline) loaded from it, score, select and train exactly what the uninterrupted engine did.
 (SiftTrainer: tests/test_hf_trainer.py test_run_mlm_resume_is_exact; Megatron TP=2:
-tests/test_megatron_dist.py; the pretraining job: tests/test_criteria_runs.py.)"""
+tests/test_megatron_dist.py; the pretraining job: tests/test_resume.py.)"""
 import sift_ds
 from tiny import ds_config, mlm_batch, spread_weights, tiny_bert
 

@@ -1,7 +1,7 @@
 """Real DeepSpeed runs (CPU, gloo) of a tiny BERT with SIFT: 2 ranks x ZeRO 1/2/3 x fp32/bf16 x local/global,
 the entropy criterion under ZeRO-0, and the global scope on 4 ranks under ZeRO-1 and ZeRO-3. Runs that
-need the same number of ranks share a launch (tests/dist_scripts/sift_train.py --also), read by the
-tests of each. Every 2-rank run also checks its telemetry windows (``engine.read_stats()``) against
+need the same number of ranks share a launch (tests/dist_scripts/sift_train.py), read by the tests of
+each. Every 2-rank run also checks its telemetry windows (``engine.read_stats()``) against
 an average of the ranks' own per-step scores and kept rows over the window's micro-steps and both ranks."""
 import json
 import math
@@ -23,8 +23,9 @@ def launch(tmp_path, *extra, ranks=2):
     return [json.load(open(tmp_path / f"rank{r}.json")) for r in range(ranks)]
 
 
-# Two launches that several tests read: ZeRO-1 with the ZeRO-0 entropy run, and the 4-rank runs.
-SHARED = {"zero1": (["--zero", 1, "--also", "0:entropy:16"], 2),
+# Two launches that several tests read: the 2-rank runs (ZeRO 1, 2 and 3, the ZeRO-3 vanilla control, the
+# ZeRO-0 entropy run) and the 4-rank runs.
+SHARED = {"two_ranks": (["--zero", "1,2,3", "--vanilla_control", "--also", "0:entropy:16"], 2),
           "four_ranks": (["--zero", 1, "--dtypes", "fp32", "--scopes", "global", "--steps", 6, "--also", "3:loss:6"], 4)}
 
 
@@ -91,7 +92,7 @@ def check_run(rank_results, name, zero):
         first, last = sum(rec["losses"][: n // 4]) / (n // 4), sum(rec["losses"][-n // 4:]) / (n // 4)
         assert last < first - 0.1, f"{name}: training loss did not fall ({first:.3f} -> {last:.3f})"
         assert rec["eval_loss_end"] < rec["eval_loss_start"] - 0.15, f"{name}: eval loss did not fall"
-        tol = 1e-4 if name.startswith("fp32") else 1e-2
+        tol = 1e-4 if "fp32/" in name else 1e-2
         assert rec["score_max_abs_err"] < tol, f"{name}: early-exit scores differ from a direct HF forward"
         if name.endswith("global"):
             assert rec["global_agree"] and all(rec["global_agree"]), "ranks disagree on the global selection"
@@ -108,20 +109,22 @@ def check_run(rank_results, name, zero):
         assert rank_results[0][name]["losses"] != rank_results[1][name]["losses"]
 
 
+RUNS = ("fp32/local", "fp32/global", "bf16/local", "bf16/global")
+
+
 @pytest.mark.parametrize("zero", [1, 2, 3])
-def test_two_rank_sift_training(tmp_path, shared, zero):
-    results = shared("zero1") if zero == 1 else launch(tmp_path, "--zero", zero,
-                                                       *(["--vanilla_control"] if zero == 3 else []))
-    for name in ("fp32/local", "fp32/global", "bf16/local", "bf16/global"):
-        check_run(results, name, zero)
+def test_two_rank_sift_training(shared, zero):
+    results = shared("two_ranks")
+    for name in RUNS:
+        check_run(results, f"zero{zero}/{name}", zero)
     if zero == 3:
         # Prefetching measured: SIFT's modules fetch on demand no more parameters per step than a
         # vanilla ZeRO-3 run of the same model does (the selection pass gathers its own, outside the trace).
         for res in results:
-            assert res["vanilla/local"]["zero3_demand_fetch_numel_total"] > 0  # the counter does count
-            vanilla = res["vanilla/local"]["zero3_demand_fetch_numel_per_step"]
-            for name in ("fp32/local", "fp32/global", "bf16/local", "bf16/global"):
-                assert res[name]["zero3_demand_fetch_numel_per_step"] <= vanilla, name
+            assert res["zero3/vanilla/local"]["zero3_demand_fetch_numel_total"] > 0  # the counter does count
+            vanilla = res["zero3/vanilla/local"]["zero3_demand_fetch_numel_per_step"]
+            for name in RUNS:
+                assert res[f"zero3/{name}"]["zero3_demand_fetch_numel_per_step"] <= vanilla, name
 
 
 @pytest.mark.parametrize("zero", [1, 3])
@@ -130,7 +133,7 @@ def test_four_rank_global_selection(shared, zero):
     the rows its Selection.trained names (surplus rows move between ranks); the scores equal a direct HF forward."""
     results = shared("four_ranks")
     for rank, res in enumerate(results):
-        rec = res["fp32/global" if zero == 1 else "zero3-loss/fp32/global"]
+        rec = res["zero1/fp32/global" if zero == 1 else "zero3-loss/fp32/global"]
         assert set(rec["rows"]) == {4}, rank
         assert len(rec["global_agree"]) == 2 * (6 - 2), rank  # every micro-step after the warm-up was checked
         assert all(rec["global_agree"]) and all(rec["global_is_topk"]) and all(rec["rows_match"]), rank
@@ -140,7 +143,7 @@ def test_four_rank_global_selection(shared, zero):
 
 
 def test_two_rank_entropy_global_stage0(shared):
-    check_run(shared("zero1"), "zero0-entropy/fp32/global", 0)
+    check_run(shared("two_ranks"), "zero0-entropy/fp32/global", 0)
 
 
 @requires_cuda

@@ -1,6 +1,7 @@
-"""Run under `deepspeed --num_gpus 2` (CPU, gloo): train a tiny BERT with SIFT for each scope (and
-dtype) given, and for each ``--also`` run (fp32, scope global, its own ZeRO stage, criterion and steps)
-in the same launch, and write what the test asserts to <out>/rank<r>.json.
+"""Run under `deepspeed --num_gpus 2` (CPU, gloo): train a tiny BERT with SIFT for each ZeRO stage,
+scope and dtype given (recorded as zero<Z>/<dtype>/<scope>), and for each ``--also`` run (fp32, scope
+global, its own ZeRO stage, criterion and steps) in the same launch, and write what the test asserts
+to <out>/rank<r>.json.
 
 Checked here, with collectives across the real ranks:
 * every rank trains on exactly micro-batch rows, each micro-step;
@@ -27,7 +28,7 @@ from tiny import ds_config, mlm_batch, tiny_bert  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
-p.add_argument("--zero", type=int, required=True)
+p.add_argument("--zero", required=True, help="the ZeRO stages, comma-separated")
 p.add_argument("--dtypes", default="fp32,bf16")
 p.add_argument("--scopes", default="local,global")
 p.add_argument("--steps", type=int, default=24)
@@ -35,7 +36,7 @@ p.add_argument("--gas", type=int, default=2)
 p.add_argument("--criterion", default="loss")
 p.add_argument("--out", required=True)
 p.add_argument("--vanilla_control", action="store_true",
-               help="also run fp32/local once with SIFT disabled, as the ZeRO-3 prefetch baseline")
+               help="also run fp32/local once with SIFT disabled at ZeRO-3, as its prefetch baseline")
 p.add_argument("--also", action="append", default=[], metavar="ZERO:CRITERION:STEPS",
                help="also run fp32/global at that ZeRO stage, with that criterion, for that many steps "
                     "(recorded as zero<ZERO>-<CRITERION>/fp32/global)")
@@ -79,7 +80,7 @@ def count_demand_fetches(coord, counter):
     coord.fetch_sub_module = fetch
 
 
-def run(dtype, scope, enabled=True, zero=args.zero, criterion=args.criterion, steps=args.steps):
+def run(dtype, scope, zero, enabled=True, criterion=args.criterion, steps=args.steps):
     torch.manual_seed(0)
     model = tiny_bert(layers=3, dropout=0.0)
     cfg = ds_config(micro=MICRO, gas=args.gas, stage=zero, dtype=dtype, scope=scope,
@@ -185,10 +186,11 @@ def eval_loss_fresh(dtype):
 
 results = {}
 if args.vanilla_control:
-    results["vanilla/local"] = run("fp32", "local", enabled=False)
-for dtype in args.dtypes.split(","):
-    for scope in args.scopes.split(","):
-        results[f"{dtype}/{scope}"] = run(dtype, scope)
+    results["zero3/vanilla/local"] = run("fp32", "local", zero=3, enabled=False)
+for zero in args.zero.split(","):
+    for dtype in args.dtypes.split(","):
+        for scope in args.scopes.split(","):
+            results[f"zero{zero}/{dtype}/{scope}"] = run(dtype, scope, zero=int(zero))
 for spec in args.also:
     zero, criterion, steps = spec.split(":")
     results[f"zero{zero}-{criterion}/fp32/global"] = run("fp32", "global", zero=int(zero), criterion=criterion,
