@@ -110,7 +110,7 @@ def test_report_numbers_against_a_hand_computation():
     assert "| uniform | 2 | 60.0 ± 127.1 | 80.0 ± 127.1 | 70.0 ± 127.1 |" in text  # at the best points
     assert "| single-task | 1 | 90.0 (1 seed) | 30.0 (1 seed) | 60.0 (1 seed) |" in text
     assert "| uniform | 2 | 12 ± 25 |" in text and "| single-task | 1 | 11 (1 seed) |" in text
-    assert "| ac_frozen | best 10 ± 0; converged 30 ± 127 (2/2) | best 20 ± 0; converged never (0/2) |" in text
+    assert "| ac_frozen | best 10 ± 0; converged 30 ± 127 in 2/2 | best 20 ± 0; converged never in 0/2 |" in text
     rows = multitask_report.gains(results, tasks, ["ac_frozen"], ["uniform"])
     # final: ac 0.65, 0.8 against uniform 0.5, 0.7 -> differences 0.15, 0.1
     (_, _, point, diff, base), = [r for r in rows if r[2] == "final"]

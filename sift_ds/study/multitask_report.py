@@ -97,7 +97,8 @@ def markdown(results: Sequence[Mapping], tasks: Sequence[str], arm_order: Sequen
             rows.append([arm, str(len(seeds))] + [fmt([seeds[s][point][t] for s in seeds]) for t in tasks]
                         + [fmt([average(seeds[s], point, tasks) for s in seeds])])
         lines += _table(["arm", "n", *tasks, "average"], rows)
-    lines += ["", "### Training time (s per run, all evaluations included; single-task: its runs together)", ""]
+    lines += ["", "### Training time (s per run: the training with its validation evaluations, not the start-up or "
+              "the test evaluations; single-task: its four runs together)", ""]
     lines += _table(["arm", "n", "training time (s)"],
                     [[a, str(len(arms[a])), fmt([arms[a][s]["train_s"] for s in arms[a]], 1, 0)] for a in order])
     lines += ["", "### When each task peaked or converged (step)", "",
@@ -112,7 +113,7 @@ def markdown(results: Sequence[Mapping], tasks: Sequence[str], arm_order: Sequen
             text = f"best {fmt([seeds[s]['best_step'][t] for s in seeds], 1, 0)}"
             done = [seeds[s]["converged_step"][t] for s in seeds if seeds[s]["converged_step"].get(t) is not None]
             if any(t in seeds[s]["converged_step"] for s in seeds):
-                text += f"; converged {fmt(done, 1, 0) if done else 'never'} ({len(done)}/{len(seeds)})"
+                text += f"; converged {fmt(done, 1, 0).replace(' (1 seed)', '') if done else 'never'} in {len(done)}/{len(seeds)}"
             cells.append(text)
         rows.append([arm, *cells])
     lines += _table(["arm", *tasks], rows)
