@@ -102,8 +102,9 @@ def _listening_ports() -> set:
 def remove_shm_buffers(since: float) -> None:
     """Delete the workspace files changed since ``since``, except those of a process group whose
     rendezvous port still listens: under ``pytest -n`` another worker's run may be starting on it."""
-    live = _listening_ports()
-    for path in shm_buffers(since):
+    found = shm_buffers(since)
+    live = _listening_ports() if found else set()
+    for path in found:
         if _port_of(path) in live:
             continue
         try:

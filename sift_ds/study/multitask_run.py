@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, TrainingArguments, default_data_collator, set_seed
 
+from ..async_convergence.config import TaskSpec
 from ..async_convergence.hf import AsyncConvergenceTrainer
 from ..async_convergence.task_metrics import example_statistics, metrics_from_sums
 from ..async_convergence.teachers import cpu_weights
@@ -55,11 +56,11 @@ class Settings:
     eval_every: int = 25
     eval_batch: int = 256
     threads: int = 1
-    # asynchronous convergence
-    patience: int = 3
-    min_delta: float = 0.0
-    temperature: float = 2.0
-    kd_weight: float = 1.0
+    # asynchronous convergence: the library's defaults unless the study sets them
+    patience: int = TaskSpec.patience
+    min_delta: float = TaskSpec.min_delta
+    temperature: float = TaskSpec.temperature
+    kd_weight: float = TaskSpec.kd_weight
 
 
 def trim(rows):
