@@ -11,7 +11,8 @@ optimizer, scheduler and batch are every arm's (run_mlm.py gets the same as flag
 holds out 5% of the documents (sift_ds.study.fixed_eval), trains the WordPiece tokenizer and prepares
 the blocks on the rest; then it runs every arm x seed, seed-major, each on a core of its own, and
 scores every final model on the same held-out blocks with the same masks. --work keeps the data,
-models and logs; --out gets each run's result.json, metrics and log, and results.md / results.csv.
+models and logs; --out gets each run's result.json, metrics and log (without this machine's paths),
+run_mlm_study.json and results.md / results.csv.
 A run that finished is skipped when the command is run again; an unfinished one starts over.
 While a file WORK/PAUSE exists no new run starts (so that other work on the machine leaves the
 timed runs alone). --analyze_only rewrites the report from --out.
@@ -153,13 +154,27 @@ def train_seconds(arm, run_dir: str) -> Tuple[float, Optional[float]]:
     return runtime, (sum(shares) / len(shares) if shares else None)
 
 
-def keep_small_files(arm, run_dir: str, out_dir: str) -> None:
-    """The run's metrics, settings and log beside its result.json in --out (no models)."""
+def portable(text: str, args) -> str:
+    """``text`` without this machine's paths: the corpus as <data>, --work as <work>, the checkout's
+    files relative to it, anything else <path> (``sift_ds.study.identity.relocate``)."""
+    from sift_ds.study.identity import relocate
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = [os.path.abspath(args.data)] if args.data else []
+    return relocate(text, os.path.abspath(args.work), checkout, data).replace("<out>", "<work>")
+
+
+def keep_small_files(arm, run_dir: str, out_dir: str, args) -> None:
+    """The run's metrics, settings and log beside its result.json in --out (no models), without
+    machine paths."""
     os.makedirs(out_dir, exist_ok=True)
-    names = ("metrics.jsonl", "run.json") if arm.front_end == "job" else ("trainer_state.json", "train_results.json")
+    names = ("metrics.jsonl",) if arm.front_end == "job" else ("trainer_state.json", "train_results.json")
     for name in names + ("command.json", "log.txt"):
         if os.path.exists(os.path.join(run_dir, name)):
-            shutil.copyfile(os.path.join(run_dir, name), os.path.join(out_dir, name))
+            with open(os.path.join(run_dir, name), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+                f.write(portable(text, args))
 
 
 def launch(arm, seed: int, shape, args, eval_set: str, cores: Tuple[int, ...]) -> None:
@@ -196,7 +211,7 @@ def launch(arm, seed: int, shape, args, eval_set: str, cores: Tuple[int, ...]) -
                    check=True, env=env, preexec_fn=pin, stdout=subprocess.DEVNULL)
     with open(scores_file, encoding="utf-8") as f:
         scores = json.load(f)
-    keep_small_files(arm, run_dir, out_dir)
+    keep_small_files(arm, run_dir, out_dir, args)
     result = {"arm": arm.label, "seed": seed, "front_end": arm.front_end, "steps": arm.steps,
               "sparse_head": arm.sparse_head, "sift": arm.sift, "samples": arm.steps * shape.batch_size,
               "train_seconds": seconds, "selection_share": share, **scores,
@@ -262,8 +277,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                         train_file=os.path.abspath(train_file), prepared=os.path.abspath(prepared),
                                         **shape_settings)
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "study.json"), "w", encoding="utf-8") as f:
-            json.dump({"command": "python launch/run_mlm_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        command = "python launch/run_mlm_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        with open(os.path.join(args.out, run_mlm_report.STUDY_FILE), "w", encoding="utf-8") as f:
+            json.dump({"command": portable(command, args),
                        "budgets": args.budgets, "steps": args.steps, "seeds": args.seeds,
                        "shape": {k: v for k, v in shape_settings.items()}, "model": section["model"],
                        "vocab_size": section["vocab_size"]}, f, indent=1)

@@ -21,6 +21,7 @@ from .analysis import METRICS, Curve
 from .run_mlm_arms import Arm
 
 READINGS = (frontier.LINEAR, frontier.LOG)
+STUDY_FILE = "run_mlm_study.json"  # the command and settings, in --out (not compare.py's study.json)
 ROLES = {  # arm -> what it is, in the report
     "job": "DeepSpeed job, masked-only head",
     "job_sift": "DeepSpeed job, masked-only head, SIFT",
@@ -122,19 +123,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def model_shape(study: dict) -> flops_model.Shape:
-    """The study's model as a ``flops_model.Shape`` (its config, the study's vocabulary and seq_len)."""
+def model_config(study: dict):
+    """The study's model config (a ``BertConfig``) with the study's vocabulary size."""
+    from transformers import BertConfig
+
     path = study["model"] if os.path.isabs(study["model"]) else os.path.join(
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), study["model"])
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    return flops_model.Shape(config["num_hidden_layers"], config["hidden_size"], int(study["vocab_size"]),
-                             int(study["shape"]["seq_len"]))
+    config = BertConfig.from_json_file(path)
+    config.vocab_size = int(study["vocab_size"])
+    return config
 
 
 def write(out: str, arms: Sequence[Arm], n_boot: int = 2000) -> List[str]:
     """results.md and results.csv in ``out`` from its finished runs; returns their paths."""
-    with open(os.path.join(out, "study.json"), encoding="utf-8") as f:
+    with open(os.path.join(out, STUDY_FILE), encoding="utf-8") as f:
         study = json.load(f)
     results = read_results(out)
     frontier_labels = [a.label for a in arms if a.frontier and results.get(a.label)]
@@ -143,12 +145,18 @@ def write(out: str, arms: Sequence[Arm], n_boot: int = 2000) -> List[str]:
     finals = {label: frontier.finals([as_curve(r) for r in rows]) for label, rows in results.items()}
     budgets = sorted((finals[label] for label in frontier_labels), key=lambda f: f.samples.mean())
     others = [a.label for a in arms if not a.frontier and results.get(a.label)]
-    shape = model_shape(study)
-    lines = [f"# How much sooner than `run_mlm.py`? (BERT L{shape.layers}-H{shape.hidden}, vocabulary {shape.vocab})",
+    config = model_config(study)
+    sift = dict(study["shape"]["sift"])
+    exit_layer, keep = int(sift.get("exit_layer", 1)), float(sift.get("keep_ratio", 0.5))
+    seq_len, mlm = int(study["shape"]["seq_len"]), float(study["shape"].get("mlm_probability", 0.15))
+    here = flops_model.step_model(config, seq_len, exit_layer, keep, mlm)
+    base = flops_model.step_model(flops_model.BERT_BASE, seq_len, exit_layer, keep, mlm)
+    lines = [f"# How much sooner than `run_mlm.py`? (BERT L{config.num_hidden_layers}-H{config.hidden_size}, "
+             f"vocabulary {config.vocab_size})",
              "", f"Command: `{study['command']}`  ", f"Report written: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  ",
              f"Seeds: {', '.join(str(s) for s in sorted({r['seed'] for rows in results.values() for r in rows}))}  ",
-             f"Dense MLM head's share of a forward's FLOPs at this shape: {100 * shape.head_share():.1f}% "
-             f"(BERT-base at seq 128: {100 * flops_model.BERT_BASE.head_share():.1f}%)", ""]
+             f"The dense MLM head's share of a training step's FLOPs at this shape: {100 * here.head_share:.1f}% "
+             f"(BERT-base at seq {seq_len}: {100 * base.head_share:.1f}%)", ""]
     lines += ["## Runs", "", "Final evaluation on the fixed held-out blocks; training seconds exclude start-up, "
               "evaluation and saving. Mean ± standard deviation over seeds.", ""]
     rows = []
@@ -193,7 +201,7 @@ def write(out: str, arms: Sequence[Arm], n_boot: int = 2000) -> List[str]:
             cells.append(f"**{value:.3g}** [{lo:.3g}..{hi:.3g}]")
         rows.append(cells)
     lines += _table(["share", "ratio of speed-ups", "equal loss", "equal accuracy"], rows)
-    lines += model_section(shape, results, budgets, finals, study)
+    lines += model_section({"this study's shape": here, f"BERT-base, seq {seq_len}": base}, results, budgets, finals)
     os.makedirs(out, exist_ok=True)
     md, table = os.path.join(out, "results.md"), os.path.join(out, "results.csv")
     with open(md, "w", encoding="utf-8") as f:
@@ -205,27 +213,23 @@ def write(out: str, arms: Sequence[Arm], n_boot: int = 2000) -> List[str]:
     return [md, table]
 
 
-def model_section(shape: flops_model.Shape, results: Dict[str, List[dict]], budgets, finals, study: dict) -> List[str]:
-    """The FLOPs model at this shape (against what was measured) and for BERT-base."""
-    sift = dict(study["shape"]["sift"]) if isinstance(study["shape"]["sift"], dict) else dict(study["shape"]["sift"])
-    exit_layer, keep = int(sift.get("exit_layer", 1)), float(sift.get("keep_ratio", 0.5))
-    mlm = float(study["shape"].get("mlm_probability", 0.15))
+def model_section(models: Dict[str, "flops_model.StepModel"], results: Dict[str, List[dict]], budgets,
+                  finals) -> List[str]:
+    """The FLOPs model at this shape (beside what was measured) and for BERT-base: the head's
+    speed-up, the selection's share and, with this study's measured saving in samples, SIFT's."""
     lines = ["", "## BERT-base on a GPU: a FLOPs model, not a measurement", ""]
-    rows = []
-    measured_share = [r["selection_share"] for r in results.get("trainer_sparse_sift", [])
-                      if r.get("selection_share") is not None]
-    saving = None
+    saving = math.nan
     if "trainer_sparse_sift" in finals:
         saving = frontier.matched(frontier.frontier(budgets), finals["trainer_sparse_sift"], "loss", "samples")[0]
-    for name, s in (("this study's shape", shape), ("BERT-base, seq 128", flops_model.BERT_BASE)):
-        share = flops_model.selection_share(s, exit_layer, keep, mlm)
-        head = flops_model.head_speedup(s, mlm)
-        sift_up = flops_model.sift_speedup(saving, share) if saving else math.nan
-        rows.append([name, f"{100 * s.head_share():.1f}%", f"{head:.3g}", f"{100 * share:.1f}%",
-                     _f(saving), _f(sift_up), _f(head * sift_up)])
-    lines += _table(["shape", "dense head's FLOPs share", "head speed-up", "selection share", "SIFT sample saving "
-                     "(measured here, equal loss)", "SIFT speed-up", "product"], rows)
-    if measured_share:
+    rows = []
+    for name, m in models.items():
+        sift_up = flops_model.sift_speedup(saving, m.selection_share)
+        rows.append([name, f"{100 * m.head_share:.1f}%", f"{m.head_speedup:.3g}", f"{100 * m.selection_share:.1f}%",
+                     _f(saving), _f(sift_up), _f(m.head_speedup * sift_up)])
+    lines += _table(["shape", "dense head's FLOPs share", "head speed-up", "selection share",
+                     "SIFT sample saving (measured here, equal loss)", "SIFT speed-up", "product"], rows)
+    measured = [r["selection_share"] for r in results.get("trainer_sparse_sift", []) if r.get("selection_share")]
+    if measured:
         lines += ["", f"Measured selection share of the step time at this shape (SiftTrainer, CPU): "
-                  f"{100 * float(np.mean(measured_share)):.1f}%."]
+                  f"{100 * float(np.mean(measured)):.1f}%."]
     return lines
