@@ -55,6 +55,28 @@ def test_curve_from_records_after_a_resume():
     assert curve(probed).probe == {"probe/spearman": pytest.approx(0.7), "probe/top_half_overlap": pytest.approx(0.8)}
 
 
+def test_the_nsp_figures_of_the_final_evaluation_reach_the_report():
+    """mlm+nsp runs: the last evaluation's NSP loss and accuracy go into results.md (mean ± std over
+    seeds [min..max]) and results.csv; runs without them add nothing."""
+    from sift_ds.study import report
+
+    def run(acc, loss):
+        records = [{"step": s, "samples": s * 16, "elapsed_s": s / 10, "val_loss": 6.0 - s / 100, "val_acc": s / 1000,
+                    "val_nsp_acc": acc - 0.1, "val_nsp_loss": loss + 0.1} for s in (10, 20)]
+        records[-1].update(val_nsp_acc=acc, val_nsp_loss=loss)
+        return curve(records + [{"step": 25, "samples": 400, "elapsed_s": 2.5}])  # a training record after it
+    curves = {"vanilla": [run(0.7, 0.5), run(0.8, 0.4)], "distilled": [run(0.9, 0.3), run(0.9, 0.3)]}
+    assert curves["vanilla"][0].extras == {"val_nsp_loss": 0.5, "val_nsp_acc": 0.7}
+    lines = report.extras_markdown(curves)
+    assert "| vanilla | 0.45 ± 0.071 [0.4..0.5] | 0.75 ± 0.071 [0.7..0.8] |" in lines
+    assert "| distilled | 0.3 ± 0 [0.3..0.3] | 0.9 ± 0 [0.9..0.9] |" in lines
+    assert report.extras_markdown({"vanilla": [linear(6.0, 0.001)]}) == []
+    study = analyze(curves, n_boot=10)
+    rows = {r["arm"]: r for r in report.csv_rows(study, {"vanilla": [0, 1], "distilled": [0, 1]}, None, curves)}
+    assert rows["vanilla"]["final_val_nsp_acc_mean"] == pytest.approx(0.75)
+    assert rows["distilled"]["final_val_nsp_loss_mean"] == pytest.approx(0.3)
+
+
 def test_spread_of_seeds():
     s = spread([1.0, 2.0, 3.0])
     assert (s.mean, s.std, s.lo, s.hi, s.n, s.total) == (2.0, 1.0, 1.0, 3.0, 3, 3)

@@ -14,7 +14,7 @@ draws each arm's seeds with replacement and recomputes the target from the resam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +24,8 @@ BASELINE = "vanilla"
 METRICS = {"loss": ("val_loss", True), "acc": ("val_acc", False)}  # name -> (field, lower is better)
 AXES = ("samples", "time")
 PROBE_KEYS = ("probe/spearman", "probe/top_half_overlap")
+# Reported at the final evaluation when a run has them (the mlm+nsp objective), not compared on curves.
+FINAL_EXTRAS = {"val_nsp_loss": "NSP loss", "val_nsp_acc": "NSP accuracy"}
 
 
 def dedupe(records: Sequence[dict]) -> List[dict]:
@@ -43,6 +45,7 @@ class Curve:
     selection_share: float  # mean over the records outside SIFT's warm-up; 0 if none (never selected, e.g. vanilla)
     probe: Dict[str, float]  # fidelity probe (probe/spearman, probe/top_half_overlap): mean after warm-up; NaN if none
     overhead_share: float = math.nan  # sift/overhead_share (selection + data of dropped rows), mean after warm-up
+    extras: Dict[str, float] = field(default_factory=dict)  # FINAL_EXTRAS at the last evaluation that has them
 
 
 def curve(records: Sequence[dict]) -> Curve:
@@ -58,8 +61,10 @@ def curve(records: Sequence[dict]) -> Curve:
         probe[key] = float(np.nanmean(values)) if values and not np.all(np.isnan(values)) else math.nan
     overhead = [float(r["sift/overhead_share"]) for r in rows
                 if not r.get("sift/warmup") and r.get("sift/overhead_share") is not None]
+    extras = {key: float(r[key]) for key in FINAL_EXTRAS for r in evals[-1:] if r.get(key) is not None}
     return Curve(col("samples"), col("elapsed_s"), col("val_loss"), col("val_acc"),
-                 float(np.mean(shares)) if shares else 0.0, probe, float(np.mean(overhead)) if overhead else math.nan)
+                 float(np.mean(shares)) if shares else 0.0, probe, float(np.mean(overhead)) if overhead else math.nan,
+                 extras)
 
 
 def crossing(y, target: float, lower: bool = True) -> Optional[Tuple[int, float]]:

@@ -10,7 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from .analysis import AXES, METRICS, Curve, Spread, Study, band
+from .analysis import AXES, FINAL_EXTRAS, METRICS, Curve, Spread, Study, band, spread
 from .arms import Arm
 from .frontier import BOUND_ABOVE, BOUND_BELOW, BudgetStudy
 
@@ -151,7 +151,20 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
     return "\n".join(out + ["", LEGEND, "## Plots", ""] + plots) + "\n"
 
 
-def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetStudy] = None) -> List[dict]:
+def extras_markdown(curves: Dict[str, List[Curve]]) -> List[str]:
+    """The final NSP loss and accuracy per arm (mean ± std over seeds [min..max]), when runs have them."""
+    keys = [k for k in FINAL_EXTRAS if any(k in c.extras for cs in curves.values() for c in cs)]
+    if not keys:
+        return []
+    out = ["", "## Next-sentence prediction at the final evaluation", ""]
+    rows = []
+    for label, cs in curves.items():
+        rows.append([label] + [_spread(spread([c.extras[k] for c in cs if k in c.extras])) for k in keys])
+    return out + _table(["arm"] + [f"{k} mean ± std [min..max]" for k in keys], rows)
+
+
+def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetStudy] = None,
+             curves: Optional[Dict[str, List[Curve]]] = None) -> List[dict]:
     rows = []
     for a in study.arms:
         row = {"arm": a.label, "seeds": len(seeds.get(a.label, []))}
@@ -176,6 +189,10 @@ def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetS
                 q = f"budget_matched_{metric}_{axis}"
                 row.update({q: m.speedup if m else None, f"{q}_bound": m.where if m else None,
                             f"{q}_ci_lo": m.interval[0] if m else None, f"{q}_ci_hi": m.interval[1] if m else None})
+        for key in FINAL_EXTRAS:
+            values = [c.extras[key] for c in (curves or {}).get(a.label, []) if key in c.extras]
+            if values:
+                row[f"final_{key}_mean"] = sum(values) / len(values)
         rows.append(row)
     return rows
 
@@ -230,9 +247,12 @@ def write(out: str, study: Study, curves: Dict[str, List[Curve]], arms: Sequence
     paths = [os.path.join(out, "results.md"), os.path.join(out, "results.csv")]
     with open(paths[0], "w", encoding="utf-8") as f:
         f.write(markdown(study, arms, seeds, command, budget, charged))
-    rows = csv_rows(study, seeds, budget)
+        extras = extras_markdown(curves)
+        if extras:
+            f.write("\n".join(extras) + "\n")
+    rows = csv_rows(study, seeds, budget, curves)
     with open(paths[1], "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     for key, axis in PLOTS:
