@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ds_config", help="the pretraining job's ds_config (model, data shape, optimizer, schedule)")
     p.add_argument("--data", help="JSON-lines corpus (optionally .xz), one document per line")
+    p.add_argument("--vocab_size", type=int, help="the WordPiece vocabulary (default: the ds_config's pretrain.vocab_size)")
     p.add_argument("--budgets", type=int_list, default=[400, 600, 900], help="run_mlm.py's frontier, in steps")
     p.add_argument("--steps", type=int, default=600, help="the arms' budget in steps")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
@@ -271,6 +272,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             section, shape_settings = run_mlm_report.study_settings(args.ds_config, args.sift)
         except ValueError as err:
             fail(err)
+        if args.vocab_size is not None:
+            if args.vocab_size < 128:
+                fail(f"--vocab_size {args.vocab_size}: too small for a WordPiece vocabulary (at least 128)")
+            section = dict(section, vocab_size=args.vocab_size)
         train_file, prepared, tokenizer, eval_set = prepare(args, section)
         shape = run_mlm_arms.StudyShape(model_config=os.path.abspath(section["model"]),
                                         ds_config=os.path.abspath(args.ds_config), tokenizer=os.path.abspath(tokenizer),

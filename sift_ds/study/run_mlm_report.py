@@ -221,15 +221,22 @@ def model_section(models: Dict[str, "flops_model.StepModel"], results: Dict[str,
     saving = math.nan
     if "trainer_sparse_sift" in finals:
         saving = frontier.matched(frontier.frontier(budgets), finals["trainer_sparse_sift"], "loss", "samples")[0]
+    measured = [r["selection_share"] for r in results.get("trainer_sparse_sift", []) if r.get("selection_share")]
+    here = next(iter(models.values()))
+    scale = float(np.mean(measured)) / here.selection_share if measured else math.nan
     rows = []
     for name, m in models.items():
-        sift_up = flops_model.sift_speedup(saving, m.selection_share)
-        rows.append([name, f"{100 * m.head_share:.1f}%", f"{m.head_speedup:.3g}", f"{100 * m.selection_share:.1f}%",
-                     _f(saving), _f(sift_up), _f(m.head_speedup * sift_up)])
+        for label, share in ((name, m.selection_share),
+                             (f"{name}, selection share x {scale:.2f} (measured / model here)", m.selection_share * scale)):
+            if math.isnan(share):
+                continue
+            sift_up = flops_model.sift_speedup(saving, share)
+            rows.append([label, f"{100 * m.head_share:.1f}%", f"{m.head_speedup:.3g}", f"{100 * share:.1f}%",
+                         _f(saving), _f(sift_up), _f(m.head_speedup * sift_up)])
     lines += _table(["shape", "dense head's FLOPs share", "head speed-up", "selection share",
                      "SIFT sample saving (measured here, equal loss)", "SIFT speed-up", "product"], rows)
-    measured = [r["selection_share"] for r in results.get("trainer_sparse_sift", []) if r.get("selection_share")]
     if measured:
         lines += ["", f"Measured selection share of the step time at this shape (SiftTrainer, CPU): "
-                  f"{100 * float(np.mean(measured)):.1f}%."]
+                  f"{100 * float(np.mean(measured)):.1f}%, against the FLOPs model's {100 * here.selection_share:.1f}%; "
+                  "the rows marked x scale the model's share by that ratio."]
     return lines
