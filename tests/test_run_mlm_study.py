@@ -1,6 +1,7 @@
 """The end-to-end study against run_mlm.py: its fixed evaluation against a direct HF forward in
 float64, its masks and document split, the FLOPs model by hand, the settings every arm shares, and
 the report's budget-matched speed-ups on results whose answer is known."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -180,3 +181,38 @@ def test_launcher_refuses_a_frontier_of_one_budget():
                            "--analyze_only"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("run_mlm_study.py: error: --budgets")
+
+
+def _step_stages():
+    spec = importlib.util.spec_from_file_location("step_stages", os.path.join(REPO, "benchmarks", "step_stages.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_stages_puts_each_sampled_stack_in_its_stage(tmp_path):
+    """py-spy stacks (root first) as benchmarks/step_stages.py reads them: the outer context decides
+    (a backward, the selection's own prefix forward), else the innermost forward module (the
+    masked-only head wraps the model's whole forward); nothing outside the training loop counts."""
+    stages = _step_stages()
+    loop = ["<module> (run_mlm_sift.py:404)", "Trainer._inner_training_loop (transformers/trainer.py:1675)"]
+    sparse = ["Trainer.compute_loss (transformers/trainer.py:2200)", "forward (sift_ds/mlm_head.py:110)"]
+    layer = ["BertEncoder.forward (transformers/models/bert/modeling_bert.py:450)",
+             "BertLayer.forward (transformers/models/bert/modeling_bert.py:386)", "linear (torch/nn/functional.py:1)"]
+    stacks = {
+        "forward: encoder": loop + sparse + layer,
+        "forward: MLM head + loss": loop + sparse + ["cross_entropy (torch/nn/functional.py:3400)"],
+        "selection": loop + ["SiftTrainer.get_batch_samples (sift_ds/hf.py:205)", "select (sift_ds/frontend.py:90)"]
+        + layer,
+        "backward": loop + ["Tensor.backward (torch/_tensor.py:623)", "_engine_run_backward (torch/autograd/graph.py:979)"],
+        "optimizer": loop + ["AdamW.step (torch/optim/adamw.py:200)"],
+        "data": loop + ["_SingleProcessDataLoaderIter._next_data (torch/utils/data/dataloader.py:790)"],
+        "front-end": loop + ["Trainer.log (transformers/trainer.py:3000)"],
+    }
+    for stage, frames in stacks.items():
+        assert stages.stage_of(frames) == stage, stage
+    assert stages.stage_of(["<module> (run_mlm_sift.py:404)", "tokenize (x.py:1)"]) is None
+    raw = tmp_path / "raw.txt"
+    raw.write_text(";".join(stacks["backward"]) + " 7\n" + ";".join(stacks["optimizer"]) + " 3\n"
+                   + "<module> (a.py:1);setup (a.py:2) 5\n")
+    assert stages.read_raw(str(raw)) == {"backward": 7, "optimizer": 3}
