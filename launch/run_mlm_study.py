@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sift", default='{"criterion": "entropy", "exit_layer": 1, "keep_ratio": 0.5, '
                                      '"selection_start_step": 30, "anneal_start_step": 0, "anneal_end_step": 0}',
                    help="the SIFT arms' settings (a JSON object of sift keys)")
+    p.add_argument("--only", help="run these arms only (comma-separated labels), e.g. to time two arms side by side")
     p.add_argument("--pin_cores", type=int_list, default=[], help="one core per run, len(cores) runs at a time")
     p.add_argument("--work", default="runs/run_mlm_study", help="data, models and logs")
     p.add_argument("--out", default="runs/run_mlm_study/report", help="results and each run's small files")
@@ -288,8 +289,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "budgets": args.budgets, "steps": args.steps, "seeds": args.seeds,
                        "shape": {k: v for k, v in shape_settings.items()}, "model": section["model"],
                        "vocab_size": section["vocab_size"]}, f, indent=1)
-        plan = [(arm, seed) for seed in range(args.seeds) for arm in arms]  # seed-major
+        chosen = set(args.only.split(",")) if args.only else {a.label for a in arms}
+        unknown = chosen - {a.label for a in arms}
+        if unknown:
+            fail(f"--only {args.only}: no arm named {sorted(unknown)[0]} (arms: {', '.join(a.label for a in arms)})")
+        plan = [(arm, seed) for seed in range(args.seeds) for arm in arms if arm.label in chosen]  # seed-major
         run_all(plan, shape, args, eval_set)
+    if args.only:
+        return 0  # a part of the study: no report
     try:
         paths = run_mlm_report.write(args.out, arms, n_boot=args.bootstrap)
     except ValueError as err:

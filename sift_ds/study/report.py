@@ -10,7 +10,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from .analysis import AXES, FINAL_EXTRAS, METRICS, Curve, Spread, Study, band, spread
+from .analysis import AXES, FINAL_EXTRAS, METRICS, Curve, Spread, Study, band
+from .final_extras import extras_markdown
+from .tables import table as _table
 from .arms import Arm
 from .frontier import BOUND_ABOVE, BOUND_BELOW, BudgetStudy
 
@@ -55,11 +57,6 @@ def _spread(s: Spread, digits: int = 4) -> str:
     if not s.total:
         return "—"
     return f"{_num(s.mean, digits)} ± {_num(s.std, 2)} [{_num(s.lo, digits)}..{_num(s.hi, digits)}]"
-
-
-def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
 BUDGET_LEGEND = """\
@@ -149,18 +146,6 @@ def markdown(study: Study, arms: Sequence[Arm], seeds: Dict[str, List[int]], com
     out += _table(["measure", "value"], [[k, _num(v)] for k, v in study.noise.items()])
     plots = [f"![{k} vs {x}](plots/{k}_vs_{x}.png)" for k, x in PLOTS]
     return "\n".join(out + ["", LEGEND, "## Plots", ""] + plots) + "\n"
-
-
-def extras_markdown(curves: Dict[str, List[Curve]]) -> List[str]:
-    """The final NSP loss and accuracy per arm (mean ± std over seeds [min..max]), when runs have them."""
-    keys = [k for k in FINAL_EXTRAS if any(k in c.extras for cs in curves.values() for c in cs)]
-    if not keys:
-        return []
-    out = ["", "## Next-sentence prediction at the final evaluation", ""]
-    rows = []
-    for label, cs in curves.items():
-        rows.append([label] + [_spread(spread([c.extras[k] for c in cs if k in c.extras])) for k in keys])
-    return out + _table(["arm"] + [f"{k} mean ± std [min..max]" for k in keys], rows)
 
 
 def csv_rows(study: Study, seeds: Dict[str, List[int]], budget: Optional[BudgetStudy] = None,

@@ -14,11 +14,13 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from transformers import BertConfig
 
 from ..config import SiftConfig
 from . import flops_model, frontier
 from .analysis import METRICS, Curve
 from .run_mlm_arms import Arm
+from .tables import table as _table
 
 READINGS = (frontier.LINEAR, frontier.LOG)
 STUDY_FILE = "run_mlm_study.json"  # the command and settings, in --out (not compare.py's study.json)
@@ -119,14 +121,8 @@ def _spread(values: Sequence[float], digits: int = 4) -> str:
     return f"{v.mean():.{digits}g} ± {sd:.2g}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def model_config(study: dict):
     """The study's model config (a ``BertConfig``) with the study's vocabulary size."""
-    from transformers import BertConfig
-
     path = study["model"] if os.path.isabs(study["model"]) else os.path.join(
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), study["model"])
     config = BertConfig.from_json_file(path)
