@@ -86,16 +86,6 @@ def read_raw(path: str) -> Counter:
     return counts
 
 
-def seconds_per_step(arm, run_dir: str) -> float:
-    """The run's own training seconds per step (the job's elapsed_s, Trainer's train_runtime)."""
-    if arm.front_end == "job":
-        with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        return float(records[-1]["elapsed_s"]) / arm.steps
-    with open(os.path.join(run_dir, "train_results.json"), encoding="utf-8") as f:
-        return float(json.load(f)["train_runtime"]) / arm.steps
-
-
 def profile(arm, shape, py_spy: str, core: int, out: str) -> dict:
     run_dir = os.path.join(out, arm.label)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -114,7 +104,7 @@ def profile(arm, shape, py_spy: str, core: int, out: str) -> dict:
                        preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     counts = read_raw(raw)
     total = sum(counts.values())
-    step_s = seconds_per_step(arm, run_dir)
+    step_s = run_mlm_arms.train_seconds(arm, run_dir)[0] / arm.steps
     return {"arm": arm.label, "seconds_per_step": step_s, "samples": total,
             "share": {s: counts[s] / total for s in STAGES}, "seconds": {s: step_s * counts[s] / total for s in STAGES}}
 

@@ -132,30 +132,6 @@ def evaluate_main(model_dir: str, eval_set: str, result: str) -> None:
 
 
 # ----------------------------------------------------------------------------- runs
-def train_seconds(arm, run_dir: str) -> Tuple[float, Optional[float]]:
-    """(training seconds without evaluation or checkpoints, mean selection share after warm-up) of a
-    finished run: the job's elapsed_s at its last step, the Trainer's train_runtime."""
-    from sift_ds.pretrain.metrics import read_metrics
-
-    if arm.front_end == "job":
-        records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-        last = [r for r in records if r.get("step") == arm.steps]
-        if not last:
-            raise ValueError(f"{run_dir}: metrics.jsonl has no record of step {arm.steps}")
-        shares = [r["sift/selection_share"] for r in records
-                  if r.get("sift/selection_share") is not None and not r.get("sift/warmup")]
-        return float(last[-1]["elapsed_s"]), (sum(shares) / len(shares) if shares else None)
-    with open(os.path.join(run_dir, "train_results.json"), encoding="utf-8") as f:
-        runtime = float(json.load(f)["train_runtime"])
-    with open(os.path.join(run_dir, "trainer_state.json"), encoding="utf-8") as f:
-        history = json.load(f)["log_history"]
-    if not any(h.get("step") == arm.steps for h in history):
-        raise ValueError(f"{run_dir}: trainer_state.json does not reach step {arm.steps}")
-    shares = [h["sift/selection_share"] for h in history
-              if h.get("sift/selection_share") is not None and not h.get("sift/warmup")]
-    return runtime, (sum(shares) / len(shares) if shares else None)
-
-
 def portable(text: str, args) -> str:
     """``text`` without this machine's paths: the corpus as <data>, --work as <work>, the checkout's
     files relative to it, anything else <path> (``sift_ds.study.identity.relocate``)."""
@@ -206,7 +182,7 @@ def launch(arm, seed: int, shape, args, eval_set: str, cores: Tuple[int, ...]) -
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin).returncode
     if code != 0:
         raise RuntimeError(f"run {arm.label}/seed{seed} failed (exit {code}); log: {run_dir}/log.txt")
-    seconds, share = train_seconds(arm, run_dir)
+    seconds, share = run_mlm_arms.train_seconds(arm, run_dir)
     scores_file = os.path.join(run_dir, "fixed_eval.json")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--evaluate",
                     run_mlm_arms.final_model(arm, run_dir), eval_set, scores_file],

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..pretrain.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_MLM = os.path.join(REPO, "launch", "run_mlm_sift.py")
@@ -108,3 +110,25 @@ def job_command(deepspeed: str, port: int, arm: Arm, shape: StudyShape, seed: in
 def final_model(arm: Arm, out: str) -> str:
     """Where a finished run's model is: the Trainer's output_dir, the job's final/."""
     return os.path.join(out, "final") if arm.front_end == "job" else out
+
+
+def train_seconds(arm, run_dir: str) -> Tuple[float, Optional[float]]:
+    """(training seconds without evaluation or checkpoints, mean selection share after warm-up) of a
+    finished run: the job's elapsed_s at its last step, the Trainer's train_runtime."""
+    if arm.front_end == "job":
+        records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+        last = [r for r in records if r.get("step") == arm.steps]
+        if not last:
+            raise ValueError(f"{run_dir}: metrics.jsonl has no record of step {arm.steps}")
+        shares = [r["sift/selection_share"] for r in records
+                  if r.get("sift/selection_share") is not None and not r.get("sift/warmup")]
+        return float(last[-1]["elapsed_s"]), (sum(shares) / len(shares) if shares else None)
+    with open(os.path.join(run_dir, "train_results.json"), encoding="utf-8") as f:
+        runtime = float(json.load(f)["train_runtime"])
+    with open(os.path.join(run_dir, "trainer_state.json"), encoding="utf-8") as f:
+        history = json.load(f)["log_history"]
+    if not any(h.get("step") == arm.steps for h in history):
+        raise ValueError(f"{run_dir}: trainer_state.json does not reach step {arm.steps}")
+    shares = [h["sift/selection_share"] for h in history
+              if h.get("sift/selection_share") is not None and not h.get("sift/warmup")]
+    return runtime, (sum(shares) / len(shares) if shares else None)
