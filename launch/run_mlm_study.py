@@ -9,7 +9,8 @@ validation loss and accuracy, every arm against ``run_mlm.py``'s frontier (sift_
 The ds_config's "pretrain" section gives the model, sequence length and vocabulary size, and its
 optimizer, scheduler and batch are every arm's (run_mlm.py gets the same as flags). The study first
 holds out 5% of the documents (sift_ds.study.fixed_eval), trains the WordPiece tokenizer and prepares
-the blocks on the rest; then it runs every arm x seed, seed-major, each on a core of its own, and
+the blocks on the rest; then it runs every arm x seed, seed-major (each seed starting its arms at a different place, so that
+neighbours change), each on a core of its own, and
 scores every final model on the same held-out blocks with the same masks. --work keeps the data,
 models and logs; --out gets each run's result.json, metrics and log (without this machine's paths),
 run_mlm_study.json and results.md / results.csv.
@@ -269,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         unknown = chosen - {a.label for a in arms}
         if unknown:
             fail(f"--only {args.only}: no arm named {sorted(unknown)[0]} (arms: {', '.join(a.label for a in arms)})")
-        plan = [(arm, seed) for seed in range(args.seeds) for arm in arms if arm.label in chosen]  # seed-major
+        plan = run_mlm_arms.study_plan([arm for arm in arms if arm.label in chosen], args.seeds)
         run_all(plan, shape, args, eval_set)
     if args.only:
         return 0  # a part of the study: no report

@@ -130,6 +130,19 @@ def test_every_arm_gets_the_ds_config_settings():
     assert section["vocab_size"] == 8192
 
 
+def test_plan_is_seed_major_and_changes_neighbours_between_seeds():
+    arms = run_mlm_arms.study_arms([300, 450, 675], 450)
+    plan = run_mlm_arms.study_plan(arms, 3)
+    assert sorted((a.label, s) for a, s in plan) == sorted((a.label, s) for s in range(3) for a in arms)
+    assert [s for _, s in plan] == sorted(s for _, s in plan)  # seed-major
+    neighbours = []
+    for seed in range(3):
+        order = [a.label for a, s in plan if s == seed]
+        neighbours.append({frozenset(pair) for pair in zip(order, order[1:])})
+    assert not set.intersection(*neighbours)  # no two arms are next to each other in every seed
+    assert [a for a, _ in run_mlm_arms.study_plan(arms[:2], 1)] == arms[:2]
+
+
 def test_settings_the_trainer_cannot_match_are_refused(tmp_path):
     with open(STUDY_CONFIG, encoding="utf-8") as f:
         config = json.load(f)

@@ -225,9 +225,10 @@ def test_arm_budgets_and_vanilla_frontier_arms(tmp_path):
     assert parse_arm("vanilla").vanilla and parse_arm("vanilla").max_steps is None
     path = tmp_path / "arms.json"
     path.write_text(json.dumps({"vanilla": ["--sift_enabled", "false"], "v2": ["--sift_enabled=false", "--max_steps=9"],
-                                "s": ["--sift_enabled", "true"]}))
+                                "s": ["--sift_enabled", "true"],
+                                "kd": ["--sift_enabled", "false", "--async_convergence", "{}"]}))
     arms = load_arms_file(str(path))
-    assert [(a.vanilla, a.max_steps) for a in arms] == [(True, None), (True, 9), (False, None)]
+    assert [(a.vanilla, a.max_steps) for a in arms] == [(True, None), (True, 9), (False, None), (False, None)]
 
 
 def test_a_moved_study_keeps_its_finished_runs(tmp_path):

@@ -143,9 +143,18 @@ def arms_from_mapping(mapping, source: str = "arms file") -> List[Arm]:
             raise ValueError(f"{source}: label {label!r} is not filesystem-safe (letters, digits, '.', '_', '-')")
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"{source}: arm {label!r}: expected a list of strings, got {json.dumps(words)}")
-        vanilla = _flag_value(words, "--sift_enabled") in ("false", "0", "no", "off")
-        arms.append(Arm(label=label, overrides=tuple(words), spec=f"{label}: {' '.join(words)}", vanilla=vanilla))
+        arms.append(Arm(label=label, overrides=tuple(words), spec=f"{label}: {' '.join(words)}",
+                        vanilla=_plain_vanilla(words)))
     return arms
+
+
+def _plain_vanilla(words: Sequence[str]) -> bool:
+    """Whether an arms-file arm is a point of the vanilla frontier: SIFT off and nothing else changed
+    but its step budget. An arm with SIFT off and other changes (another method, e.g.
+    ``--async_convergence``) is read against the frontier like a SIFT arm."""
+    if _flag_value(words, "--sift_enabled") not in ("false", "0", "no", "off"):
+        return False
+    return set(flags(words)) <= {"--sift_enabled", "--max_steps"}
 
 
 def _flag_value(words: Sequence[str], flag: str) -> Optional[str]:

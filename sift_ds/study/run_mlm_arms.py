@@ -14,6 +14,7 @@ run's own last step); they differ in front-end, MLM head and selection:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,6 +71,20 @@ def study_arms(budgets: Sequence[int], steps: int) -> List[Arm]:
     return arms + [Arm("job", "job", steps, True, False), Arm("job_sift", "job", steps, True, True),
                    Arm("trainer_sparse", "run_mlm", steps, True, False),
                    Arm("trainer_sparse_sift", "run_mlm", steps, True, True)]
+
+
+def study_plan(arms: Sequence[Arm], seeds: int) -> List[Tuple[Arm, int]]:
+    """Every (arm, seed), seed-major. Seed s takes its arms with a stride of the s-th whole number
+    prime to their count (1, 2, 3, ... for 7 arms), so that runs next to each other in the queue, which
+    share the machine, are different pairs of arms in different seeds and a neighbour's effect on
+    speed averages out over seeds."""
+    n = len(arms)
+    strides = [k for k in range(1, max(n, 2) * (seeds + 1)) if math.gcd(k, max(n, 1)) == 1]
+    plan = []
+    for seed in range(seeds):
+        stride = strides[seed % len(strides)] if n > 1 else 1
+        plan += [(arms[(i * stride) % n], seed) for i in range(n)]
+    return plan
 
 
 def sift_section(shape: StudyShape, on: bool) -> Dict[str, object]:
