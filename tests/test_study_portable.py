@@ -113,6 +113,10 @@ def test_a_committed_study_is_accepted_with_the_corpus_at_another_path(out, tmp_
     shutil.copy(corpus, copy)
     script = os.path.join(REPO, "launch", "pretrain_gpt.py" if "llama" in config else "pretrain_bert.py")
     passthrough = words[words.index("--") + 1:] if "--" in words else []  # e.g. a shared --tokenizer
+    # study.json names files of the study's own folder relative to the checkout; its run.sh gives them
+    # as absolute paths (recorded as <out>/...)
+    inside = os.path.relpath(out, REPO) + "/"
+    passthrough = [os.path.join(REPO, w) if w.startswith(inside) else w for w in passthrough]
     preflight.check_settings(plan, runs.Settings(script, config, passthrough, [str(copy)]))
 
 
