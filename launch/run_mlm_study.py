@@ -9,8 +9,8 @@ validation loss and accuracy, every arm against ``run_mlm.py``'s frontier (sift_
 The ds_config's "pretrain" section gives the model, sequence length and vocabulary size, and its
 optimizer, scheduler and batch are every arm's (run_mlm.py gets the same as flags). The study first
 holds out 5% of the documents (sift_ds.study.fixed_eval), trains the WordPiece tokenizer and prepares
-the blocks on the rest; then it runs every arm x seed, seed-major (each seed starting its arms at a different place, so that
-neighbours change), each on a core of its own, and
+the blocks on the rest; then it runs every arm x seed, seed-major (each seed in another order of arms,
+so that neighbours change; run_mlm_arms.study_plan), each on a core of its own, and
 scores every final model on the same held-out blocks with the same masks. --work keeps the data,
 models and logs; --out gets each run's result.json, metrics and log (without this machine's paths),
 run_mlm_study.json and results.md / results.csv.

@@ -79,12 +79,8 @@ def study_plan(arms: Sequence[Arm], seeds: int) -> List[Tuple[Arm, int]]:
     share the machine, are different pairs of arms in different seeds and a neighbour's effect on
     speed averages out over seeds."""
     n = len(arms)
-    strides = [k for k in range(1, max(n, 2) * (seeds + 1)) if math.gcd(k, max(n, 1)) == 1]
-    plan = []
-    for seed in range(seeds):
-        stride = strides[seed % len(strides)] if n > 1 else 1
-        plan += [(arms[(i * stride) % n], seed) for i in range(n)]
-    return plan
+    strides = [k for k in range(1, n) if math.gcd(k, n) == 1] or [1]  # distinct orders, then they repeat
+    return [(arms[(i * strides[seed % len(strides)]) % n], seed) for seed in range(seeds) for i in range(n)]
 
 
 def sift_section(shape: StudyShape, on: bool) -> Dict[str, object]:
